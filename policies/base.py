@@ -1,0 +1,128 @@
+"""Scheduling building blocks every policy shares, each choice a hook a policy can override.
+
+The hooks keep the decisions apart: ``order_waiting`` (queue order), ``pick_victim``
+(preemption), ``plan_decodes`` / ``plan_prefills`` (admission under the token and KV budgets)
+and ``partition`` (the SM split). A policy is pure: it reads the view and returns a Batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from policies.batch import UNTIL_CHANGE, Batch, PrefillChunk
+from policies.kvcache import KVBudget
+from policies.partition import Lane, Partition
+from policies.request import Request
+from policies.view import EngineView
+
+
+class SchedulingPolicy:
+    """Base for policies: FCFS queue, newest-first preemption, aggregated partition."""
+
+    name = "base"
+
+    def __init__(self, params: object) -> None:
+        self.params = params
+
+    def partition(self, view: EngineView) -> Partition:
+        return view.gpu.aggregated()
+
+    def next_batch(self, view: EngineView, lane: Lane) -> Batch | None:
+        raise NotImplementedError
+
+    def order_waiting(self, view: EngineView) -> Iterable[Request]:
+        return view.waiting
+
+    def pick_victim(self, candidates: Sequence[Request]) -> Request:
+        """Recompute-preempt the most recently admitted request, as vLLM does."""
+        return candidates[-1]
+
+    def plan_decodes(
+        self,
+        view: EngineView,
+        requests: Sequence[Request],
+        kv: KVBudget,
+        preempted: list[Request],
+        scheduled: set[int],
+    ) -> list[Request]:
+        """One decode step for each request in order, preempting when KV runs out."""
+        chosen: list[Request] = []
+        for req in requests:
+            if req.id in scheduled or req in preempted:
+                continue
+            if self._fit_or_preempt(view, req, req.kv_tokens + 1, kv, preempted, scheduled):
+                chosen.append(req)
+                scheduled.add(req.id)
+        return chosen
+
+    def continue_prefills(
+        self,
+        view: EngineView,
+        requests: Sequence[Request],
+        token_budget: int,
+        kv: KVBudget,
+        preempted: list[Request],
+        scheduled: set[int],
+    ) -> list[PrefillChunk]:
+        """Next chunks of prompts already admitted (they hold KV), preempting when KV runs out."""
+        chunks: list[PrefillChunk] = []
+        for req in requests:
+            if token_budget <= 0:
+                break
+            if req.id in scheduled or req in preempted:
+                continue
+            length = min(req.remaining_prefill, token_budget)
+            if self._fit_or_preempt(view, req, req.kv_tokens + length, kv, preempted, scheduled):
+                chunks.append(PrefillChunk(req, req.kv_tokens, length))
+                scheduled.add(req.id)
+                token_budget -= length
+        return chunks
+
+    def admit_waiting(
+        self,
+        candidates: Iterable[Request],
+        token_budget: int,
+        kv: KVBudget,
+        free_seqs: int,
+    ) -> list[PrefillChunk]:
+        """First chunks of waiting requests in queue order; stops at the first that does not fit."""
+        chunks: list[PrefillChunk] = []
+        for req in candidates:
+            if token_budget <= 0 or free_seqs <= 0:
+                break
+            length = min(req.remaining_prefill, token_budget)
+            if not kv.try_grow(req.id, req.kv_tokens + length):
+                break
+            chunks.append(PrefillChunk(req, req.kv_tokens, length))
+            token_budget -= length
+            free_seqs -= 1
+        return chunks
+
+    def _fit_or_preempt(
+        self,
+        view: EngineView,
+        req: Request,
+        total_tokens: int,
+        kv: KVBudget,
+        preempted: list[Request],
+        scheduled: set[int],
+    ) -> bool:
+        while not kv.try_grow(req.id, total_tokens):
+            pool = [
+                r
+                for r in view.running
+                if not r.in_flight and r.id not in scheduled and r is not req and r not in preempted
+            ]
+            victim = self.pick_victim(pool) if pool else req
+            kv.release(victim.id)
+            preempted.append(victim)
+            if victim is req:
+                return False
+        return True
+
+    @staticmethod
+    def steady(batch: Batch) -> Batch:
+        """Mark a decode-only batch without preemption as repeatable until something changes."""
+        if not batch.prefill and not batch.preempt and batch.decode:
+            batch.steady_steps = UNTIL_CHANGE
+        return batch

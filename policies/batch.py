@@ -1,0 +1,107 @@
+"""The work of one forward pass on one lane, and its summary for a latency model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from policies.request import Request
+
+# A decode-only batch the policy would repeat until something changes: the engine decides how
+# many iterations actually pass before an arrival, a finish or a KV shortage intervenes.
+UNTIL_CHANGE = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class BatchShape:
+    """What a latency model needs to know about a batch (no request objects).
+
+    ``prefill_q``/``prefill_ctx`` are each chunk's new tokens and cached tokens before it;
+    ``decode_ctx_sum`` sums the context every decode request attends to (cached + new token).
+    ``sampled`` counts sequences that sample a token (lm_head rows).
+    """
+
+    prefill_q: tuple[int, ...] = ()
+    prefill_ctx: tuple[int, ...] = ()
+    n_decode: int = 0
+    decode_ctx_sum: int = 0
+    sampled: int = 0
+
+    @property
+    def prefill_tokens(self) -> int:
+        return sum(self.prefill_q)
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.prefill_q) + self.n_decode
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.prefill_q and self.n_decode == 0
+
+    @staticmethod
+    def decode(n_decode: int, decode_ctx_sum: int) -> BatchShape:
+        return BatchShape(n_decode=n_decode, decode_ctx_sum=decode_ctx_sum, sampled=n_decode)
+
+    @staticmethod
+    def prefill(q: int, ctx: int = 0, completes: bool = True) -> BatchShape:
+        return BatchShape(prefill_q=(q,), prefill_ctx=(ctx,), sampled=int(completes))
+
+
+@dataclass(slots=True)
+class PrefillChunk:
+    request: Request
+    start: int
+    length: int
+
+    @property
+    def completes(self) -> bool:
+        return self.start + self.length >= self.request.prefill_target
+
+
+@dataclass(slots=True)
+class Batch:
+    """Prefill chunks and decode requests for one forward pass, plus preemptions to apply first.
+
+    ``steady_steps`` is the policy's promise: it would return this same decode-only batch (and
+    the same partition) for that many consecutive iterations if nothing changed but time and
+    these requests' own decode progress: no arrival, finish, preemption, KV shortage or
+    change on another lane. Engines may run that many iterations at once (the simulator does);
+    the runtime asks again every iteration and must get the same answer.
+    """
+
+    prefill: list[PrefillChunk] = field(default_factory=list)
+    decode: list[Request] = field(default_factory=list)
+    preempt: list[Request] = field(default_factory=list)
+    steady_steps: int = 1
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.prefill and not self.decode
+
+    @property
+    def prefill_tokens(self) -> int:
+        return sum(c.length for c in self.prefill)
+
+    @property
+    def tokens(self) -> int:
+        return self.prefill_tokens + len(self.decode)
+
+    def shape(self) -> BatchShape:
+        decode_ctx = 0
+        for r in self.decode:
+            decode_ctx += r.kv_tokens + 1
+        return BatchShape(
+            prefill_q=tuple(c.length for c in self.prefill),
+            prefill_ctx=tuple(c.start for c in self.prefill),
+            n_decode=len(self.decode),
+            decode_ctx_sum=decode_ctx,
+            sampled=len(self.decode) + sum(1 for c in self.prefill if c.completes),
+        )
+
+    def describe(self) -> tuple:
+        """A hashable summary of the decision, for comparing engines step by step."""
+        return (
+            tuple((c.request.id, c.start, c.length) for c in self.prefill),
+            tuple(r.id for r in self.decode),
+            tuple(r.id for r in self.preempt),
+        )

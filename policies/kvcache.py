@@ -1,0 +1,121 @@
+"""Paged KV-cache block accounting shared by the simulator and the real runtime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class KVExhausted(RuntimeError):
+    """An allocation was committed without checking that the blocks were free."""
+
+
+class KVCache:
+    """Fixed-size blocks handed out from a free list; a request's blocks form its block table.
+
+    The runtime indexes its paged KV tensors with these block ids, and the simulator uses the
+    same object, so both run out of memory at the same moment.
+    """
+
+    def __init__(self, num_blocks: int, block_size: int = 16) -> None:
+        if num_blocks <= 0 or block_size <= 0:
+            raise ValueError(f"KV cache needs positive blocks and block size, got {num_blocks}, {block_size}")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self._free: list[int] = list(range(num_blocks - 1, -1, -1))
+        self._tables: dict[int, list[int]] = {}
+
+    @property
+    def free_blocks(self) -> int:
+        return len(self._free)
+
+    @property
+    def used_blocks(self) -> int:
+        return self.num_blocks - len(self._free)
+
+    @property
+    def usage(self) -> float:
+        return self.used_blocks / self.num_blocks
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.num_blocks * self.block_size
+
+    def blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.block_size)
+
+    def held(self, request_id: int) -> int:
+        table = self._tables.get(request_id)
+        return len(table) if table else 0
+
+    def extra_blocks(self, request_id: int, total_tokens: int) -> int:
+        """Blocks still to allocate for the request to hold ``total_tokens`` tokens."""
+        return max(0, self.blocks_for(total_tokens) - self.held(request_id))
+
+    def can_grow(self, request_id: int, total_tokens: int) -> bool:
+        return self.extra_blocks(request_id, total_tokens) <= len(self._free)
+
+    def grow(self, request_id: int, total_tokens: int) -> list[int]:
+        """Allocate what the request needs to hold ``total_tokens``; returns the new block ids."""
+        need = self.extra_blocks(request_id, total_tokens)
+        if need == 0:
+            return []
+        if need > len(self._free):
+            raise KVExhausted(
+                f"request {request_id} needs {need} blocks, {len(self._free)} free: "
+                "the policy must check the KV budget (or preempt) before committing"
+            )
+        new = self._free[-need:]
+        del self._free[-need:]
+        self._tables.setdefault(request_id, []).extend(reversed(new))
+        return new
+
+    def free(self, request_id: int) -> int:
+        """Return the request's blocks to the pool; returns how many were freed."""
+        table = self._tables.pop(request_id, None)
+        if not table:
+            return 0
+        self._free.extend(reversed(table))
+        return len(table)
+
+    def block_table(self, request_id: int) -> list[int]:
+        return list(self._tables.get(request_id, ()))
+
+    def budget(self) -> KVBudget:
+        return KVBudget(self)
+
+
+@dataclass(slots=True)
+class KVBudget:
+    """A policy's scratch copy of the free-block count: check-then-commit without mutating.
+
+    A policy plans a batch against a budget; the engine then commits the batch on the real
+    cache, where every allocation is known to fit.
+    """
+
+    cache: KVCache
+    free: int = -1
+    _extra: dict[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        self.free = self.cache.free_blocks
+        self._extra = {}
+
+    def held(self, request_id: int) -> int:
+        return self.cache.held(request_id) + self._extra.get(request_id, 0)
+
+    def need(self, request_id: int, total_tokens: int) -> int:
+        return max(0, self.cache.blocks_for(total_tokens) - self.held(request_id))
+
+    def try_grow(self, request_id: int, total_tokens: int) -> bool:
+        need = self.need(request_id, total_tokens)
+        if need > self.free:
+            return False
+        self.free -= need
+        if need:
+            self._extra[request_id] = self._extra.get(request_id, 0) + need
+        return True
+
+    def release(self, request_id: int) -> None:
+        """Count the request's blocks (held and planned) as free again, as a preemption will."""
+        self.free += self.held(request_id)
+        self._extra[request_id] = -self.cache.held(request_id)

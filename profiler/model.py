@@ -1,0 +1,155 @@
+"""The latency model interface: seconds for a batch on some SMs, beside an optional co-runner.
+
+Every model is a per-operator-class roofline: an operator takes
+``max(flops / compute_rate(op, sms), bytes / (bandwidth(op, sms) * share))`` where ``share``
+is the fraction of its bandwidth left when another lane competes for HBM, plus a fixed
+per-iteration overhead. Models differ in where the curves come from: the datasheet model
+derives them from published peaks, a measured profile fits them from a GPU sweep.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from policies.batch import BatchShape
+from policies.partition import GpuSpec
+from profiler.config import ModelConfig
+from profiler.ops import OP_CLASSES, CostModel
+
+
+class LatencyModel(ABC):
+    """Predicts batch latency; subclasses supply the SM-dependent compute and bandwidth curves."""
+
+    def __init__(self, gpu: GpuSpec, config: ModelConfig, source: str, measured: bool) -> None:
+        self.gpu = gpu
+        self.config = config
+        self.source = source
+        self.measured = measured
+        self.costs = CostModel(config)
+        self._curves: dict[tuple[str, int], tuple[float, float]] = {}
+
+    @abstractmethod
+    def compute_rate(self, op: str, sms: int) -> float:
+        """Achievable FLOP/s of an operator class on ``sms`` SMs."""
+
+    @abstractmethod
+    def bandwidth(self, op: str, sms: int) -> float:
+        """Achievable HBM bytes/s of an operator class on ``sms`` SMs with no co-runner."""
+
+    @property
+    @abstractmethod
+    def hbm_bandwidth(self) -> float:
+        """Total achievable HBM bandwidth that co-running lanes share."""
+
+    @abstractmethod
+    def overhead_s(self, shape: BatchShape) -> float:
+        """Per-iteration time outside the operators (launch, sampling, scheduling)."""
+
+    @property
+    def label(self) -> str:
+        """How reports name the model's provenance."""
+        return self.source if self.measured else f"{self.source} (datasheet estimate, not a measurement)"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": type(self).__name__,
+            "label": self.label,
+            "measured": self.measured,
+            "gpu": self.gpu.name,
+            "num_sms": self.gpu.num_sms,
+            "sm_granularity": self.gpu.sm_granularity,
+            "model": self.config.name,
+        }
+
+    def curves(self, op: str, sms: int) -> tuple[float, float]:
+        key = (op, sms)
+        hit = self._curves.get(key)
+        if hit is None:
+            if sms <= 0:
+                raise ValueError(f"a batch needs at least one SM, got {sms}")
+            hit = (self.compute_rate(op, sms), self.bandwidth(op, sms))
+            self._curves[key] = hit
+        return hit
+
+    def op_times(self, shape: BatchShape, sms: int, share: float = 1.0) -> dict[str, float]:
+        cost = self.costs.costs(shape)
+        out = {}
+        for op in OP_CLASSES:
+            flops, nbytes = cost.flops[op], cost.bytes[op]
+            if flops == 0.0 and nbytes == 0.0:
+                out[op] = 0.0
+                continue
+            rate, bw = self.curves(op, sms)
+            out[op] = max(flops / rate, nbytes / (bw * share))
+        return out
+
+    def _alone(self, shape: BatchShape, sms: int) -> tuple[float, float]:
+        """Seconds alone and bytes moved."""
+        if shape.is_empty:
+            return 0.0, 0.0
+        t = sum(self.op_times(shape, sms).values()) + self.overhead_s(shape)
+        return t, self.costs.costs(shape).total_bytes
+
+    def share(self, shape: BatchShape, sms: int, co_runner: BatchShape | None, co_sms: int) -> float:
+        """Fraction of its bandwidth a lane keeps beside a co-runner: proportional sharing.
+
+        Each lane would draw bytes / time-alone; when the two demands exceed the HBM's
+        bandwidth each gets its proportional share, i.e. both are scaled by the same factor.
+        """
+        if co_runner is None or co_runner.is_empty or shape.is_empty:
+            return 1.0
+        t_a, b_a = self._alone(shape, sms)
+        t_b, b_b = self._alone(co_runner, co_sms)
+        demand = b_a / t_a + (b_b / t_b if t_b > 0 else 0.0)
+        return min(1.0, self.hbm_bandwidth / demand)
+
+    def predict(
+        self, shape: BatchShape, sms: int, co_runner: BatchShape | None = None, co_sms: int = 0
+    ) -> float:
+        if shape.is_empty:
+            return 0.0
+        share = self.share(shape, sms, co_runner, co_sms)
+        return sum(self.op_times(shape, sms, share).values()) + self.overhead_s(shape)
+
+    def slowdown(self, shape: BatchShape, sms: int, co_runner: BatchShape, co_sms: int) -> float:
+        """How many times slower ``shape`` runs beside ``co_runner`` than alone."""
+        return self.predict(shape, sms, co_runner, co_sms) / self.predict(shape, sms)
+
+    def predict_decode_run(
+        self,
+        n_decode: int,
+        ctx_sum: int,
+        steps: int,
+        sms: int,
+        co_runner: BatchShape | None = None,
+        co_sms: int = 0,
+    ) -> np.ndarray:
+        """Durations of ``steps`` consecutive decode iterations of the same requests.
+
+        Step j attends to ``ctx_sum + j * n_decode`` tokens in all. Vectorised, so the
+        simulator can advance many identical iterations in one event.
+        """
+        ctx = ctx_sum + n_decode * np.arange(steps, dtype=np.float64)
+        c = self.costs
+        gf, gb = c.gemm(n_decode, n_decode)
+        af, ab = c.attn_decode(n_decode, ctx)
+        of, ob = c.other(n_decode)
+        overhead = self.overhead_s(BatchShape.decode(n_decode, ctx_sum))
+
+        def total(share: np.ndarray | float) -> np.ndarray:
+            rate, bw = self.curves("gemm", sms)
+            t = np.maximum(gf / rate, gb / (bw * share))
+            rate, bw = self.curves("attn_decode", sms)
+            t = t + np.maximum(af / rate, ab / (bw * share))
+            rate, bw = self.curves("other", sms)
+            return t + np.maximum(of / rate, ob / (bw * share)) + overhead
+
+        alone = total(1.0)
+        if co_runner is None or co_runner.is_empty:
+            return alone
+        t_b, b_b = self._alone(co_runner, co_sms)
+        demand = (gb + ab + ob) / alone + (b_b / t_b if t_b > 0 else 0.0)
+        return total(np.minimum(1.0, self.hbm_bandwidth / demand))

@@ -1,0 +1,25 @@
+"""Errors a user can fix; the CLI prints their one-line message instead of a traceback."""
+
+
+class TwinError(ValueError):
+    """Bad input or an impossible configuration, with a one-line message naming the fix."""
+
+
+class SimulationError(RuntimeError):
+    """The simulated engine reached a state a correct policy never produces."""
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Every error class whose message is meant for the user as it is."""
+    from policies import PolicyError
+    from profiler.config import ConfigError
+    from traces import TraceError
+
+    found: list[type[Exception]] = [TwinError, PolicyError, ConfigError, TraceError]
+    try:
+        from profiler.profile_io import ProfileError
+
+        found.append(ProfileError)
+    except ImportError:
+        pass
+    return tuple(found)

@@ -1,0 +1,156 @@
+"""One simulation from a config: resolve the trace, policy and latency model, run, write."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+import policies
+import traces
+from policies import Slo
+from profiler.config import load_model_config
+from profiler.model import LatencyModel
+from twin import plots
+from twin.errors import TwinError
+from twin.latency import load_latency_model
+from twin.metrics import records_frame, summarize
+from twin.sim import EngineConfig, Simulator
+
+RUN_FILES = ("records.parquet", "iterations.parquet", "summary.json", "config.json")
+
+
+@dataclass
+class SimConfig:
+    trace: str = "azure-conv"
+    format: str | None = None
+    rate: float | None = None
+    cv: float = 1.0
+    rate_scale: float = 1.0
+    start_s: float = 0.0
+    duration_s: float | None = None
+    max_requests: int | None = None
+    seed: int = 0
+    policy: str = "vllm"
+    policy_args: dict[str, Any] = field(default_factory=dict)
+    model: str = "llama-3.1-8b"
+    gpu: str = "h100"
+    profile: str | None = None
+    slo: Slo = field(default_factory=Slo)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+@dataclass
+class RunResult:
+    config: dict[str, Any]
+    records: pd.DataFrame
+    iterations: pd.DataFrame
+    timeline: pd.DataFrame
+    summary: dict[str, Any]
+    model: LatencyModel
+    decisions: list[tuple]
+
+
+def load_workload(cfg: SimConfig) -> traces.Workload:
+    wl = traces.load(cfg.trace, format=cfg.format, rate=cfg.rate, cv=cfg.cv, seed=cfg.seed)
+    if cfg.start_s or cfg.duration_s is not None:
+        end = None if cfg.duration_s is None else cfg.start_s + cfg.duration_s
+        wl = wl.window(cfg.start_s, end)
+    if cfg.rate_scale != 1.0:
+        if cfg.rate_scale <= 0:
+            raise TwinError(f"--rate-scale must be positive, got {cfg.rate_scale}")
+        wl = wl.scale_rate(cfg.rate_scale)
+    if cfg.max_requests is not None:
+        wl = wl.first(cfg.max_requests)
+    if len(wl) == 0:
+        raise TwinError(f"trace {cfg.trace!r} has no requests left after --duration/--max-requests")
+    return wl
+
+
+def simulate(
+    cfg: SimConfig,
+    progress: Callable[[int, int], None] | None = None,
+    workload: traces.Workload | None = None,
+    record_decisions: bool = False,
+) -> RunResult:
+    wl = workload if workload is not None else load_workload(cfg)
+    model_cfg = load_model_config(cfg.model)
+    model = load_latency_model(model_cfg, cfg.gpu, cfg.profile)
+    policy = policies.get(cfg.policy, **cfg.policy_args)
+    sim = Simulator(wl, policy, model, cfg.slo, cfg.engine, progress, record_decisions)
+    wall = time.perf_counter()
+    result = sim.run()
+    wall = time.perf_counter() - wall
+    records = records_frame(result.requests)
+    summary = summarize(records, cfg.slo)
+    summary.update({
+        "policy": cfg.policy,
+        "trace": wl.name or cfg.trace,
+        "latency_model": model.label,
+        "iterations": int(len(result.iterations["start_s"])),
+        "partition_changes": result.partition_changes,
+        "mean_decode_sms": _mean_decode_sms(result.timeline),
+        "kv_blocks": sim.kv.num_blocks,
+        "simulated_s": result.end_s,
+        "wall_s": wall,
+    })
+    resolved = {
+        **dataclasses.asdict(cfg),
+        "policy_params": policies.params_dict(policy),
+        "model_config": model_cfg.to_dict(),
+        "latency_model": model.describe(),
+        "workload": {"name": wl.name, "source": wl.source, "requests": len(wl), **wl.notes},
+    }
+    return RunResult(resolved, records, pd.DataFrame(result.iterations),
+                     pd.DataFrame(result.timeline), summary, model, result.decisions)
+
+
+def _mean_decode_sms(timeline: dict) -> float:
+    """Time-weighted SMs of the decode work: the decode lane in split mode, all in aggregated."""
+    t = timeline["time_s"]
+    if len(t) < 2:
+        return float("nan")
+    dt = t[1:] - t[:-1]
+    sms = (timeline["decode_sms"] + timeline["mixed_sms"])[:-1]
+    return float((sms * dt).sum() / dt.sum()) if dt.sum() > 0 else float(sms[0])
+
+
+def prepare_out(out: Path, force: bool = False) -> Path:
+    """Create the output directory; refuse to overwrite an earlier run unless forced."""
+    if out.exists() and not out.is_dir():
+        raise TwinError(f"--out {out} is a file; give a directory")
+    if out.is_dir() and not force and any((out / f).exists() for f in RUN_FILES):
+        raise TwinError(f"--out {out} already holds a run; pick a new directory or pass --force")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_run(result: RunResult, out: Path, with_plots: bool = True) -> list[Path]:
+    written = []
+    result.records.to_parquet(out / "records.parquet", index=False)
+    result.iterations.to_parquet(out / "iterations.parquet", index=False)
+    for name, data in (("summary.json", result.summary), ("config.json", result.config)):
+        (out / name).write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
+    written += [out / f for f in RUN_FILES]
+    if with_plots:
+        title = (f"{result.summary['policy']} on {result.summary['trace']}; "
+                 f"{result.model.label}")
+        slo = Slo(**result.config["slo"])
+        written.append(plots.latency_cdfs(result.records, slo, title, out / "latency_cdf.png"))
+        written.append(plots.run_timeline(result.records, result.timeline, title,
+                                          out / "timeline.png", result.model.gpu.num_sms))
+    return written
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
