@@ -18,7 +18,9 @@ class KVCache:
 
     def __init__(self, num_blocks: int, block_size: int = 16) -> None:
         if num_blocks <= 0 or block_size <= 0:
-            raise ValueError(f"KV cache needs positive blocks and block size, got {num_blocks}, {block_size}")
+            raise ValueError(
+                f"KV cache needs positive blocks and block size, got {num_blocks}, {block_size}"
+            )
         self.num_blocks = num_blocks
         self.block_size = block_size
         self._free: list[int] = list(range(num_blocks - 1, -1, -1))

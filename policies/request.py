@@ -70,9 +70,21 @@ class Request:
 
     def token_times_array(self) -> np.ndarray:
         """Every output token's time, in order (engines append floats or arrays of times)."""
-        if not self.token_times:
+        parts: list[np.ndarray] = []
+        floats: list[float] = []
+        for t in self.token_times:
+            if isinstance(t, np.ndarray):
+                if floats:
+                    parts.append(np.array(floats))
+                    floats = []
+                parts.append(t)
+            else:
+                floats.append(t)
+        if floats:
+            parts.append(np.array(floats))
+        if not parts:
             return np.empty(0)
-        return np.concatenate([np.atleast_1d(np.asarray(t, dtype=float)) for t in self.token_times])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def reset_for_recompute(self) -> None:
         """Drop the KV; the prompt plus the tokens generated so far must be prefilled again."""

@@ -51,8 +51,9 @@ class StaticSplitPolicy(SchedulingPolicy):
             decodes = self.plan_decodes(view, view.decoding, kv, preempted, scheduled)
             batch = Batch(decode=[r for r in decodes if r not in preempted], preempt=preempted)
             return self.steady(batch) if not batch.is_empty or preempted else None
-        return prefill_batch(self, view, kv, self.params.max_num_batched_tokens,
-                             self.params.max_num_seqs)
+        return prefill_batch(
+            self, view, kv, self.params.max_num_batched_tokens, self.params.max_num_seqs
+        )
 
 
 def prefill_batch(

@@ -73,7 +73,9 @@ class ModelConfig:
                 raise ConfigError(f"{source}: missing field {key!r} (a HF config.json has it)")
             value = cfg[key]
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{source}: field {key!r} must be a positive integer, got {value!r}")
+                raise ConfigError(
+                    f"{source}: field {key!r} must be a positive integer, got {value!r}"
+                )
             return value
 
         heads = need("num_attention_heads")
@@ -100,7 +102,7 @@ class ModelConfig:
 
 
 def load_model_config(spec: str | Path) -> ModelConfig:
-    """A bundled name (``llama-3.1-8b``, ``qwen3-8b``), a config.json, or a directory holding one."""
+    """A bundled name (``llama-3.1-8b``, ``qwen3-8b``), a config.json, or a directory with one."""
     text = str(spec)
     if text in BUNDLED_CONFIGS:
         raw = resources.files("profiler").joinpath("configs", BUNDLED_CONFIGS[text]).read_text()
@@ -119,5 +121,6 @@ def load_model_config(spec: str | Path) -> ModelConfig:
         raise ConfigError(f"{path}: not a readable JSON config ({exc})") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: expected a JSON object with the model's fields")
-    return ModelConfig.from_hf(cfg, name=path.parent.name if path.name == "config.json" else path.stem,
-                               source=str(path))
+    return ModelConfig.from_hf(
+        cfg, name=path.parent.name if path.name == "config.json" else path.stem, source=str(path)
+    )

@@ -51,7 +51,11 @@ class LatencyModel(ABC):
     @property
     def label(self) -> str:
         """How reports name the model's provenance."""
-        return self.source if self.measured else f"{self.source} (datasheet estimate, not a measurement)"
+        return (
+            self.source
+            if self.measured
+            else f"{self.source} (datasheet estimate, not a measurement)"
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -86,25 +90,28 @@ class LatencyModel(ABC):
             out[op] = max(flops / rate, nbytes / (bw * share))
         return out
 
-    def _alone(self, shape: BatchShape, sms: int) -> tuple[float, float]:
-        """Seconds alone and bytes moved."""
+    def demand(self, shape: BatchShape, sms: int) -> tuple[float, float]:
+        """HBM bytes/s a batch draws alone: while its kernels run, and averaged over its time."""
         if shape.is_empty:
             return 0.0, 0.0
-        t = sum(self.op_times(shape, sms).values()) + self.overhead_s(shape)
-        return t, self.costs.costs(shape).total_bytes
+        busy = sum(self.op_times(shape, sms).values())
+        nbytes = self.costs.costs(shape).total_bytes
+        return nbytes / busy, nbytes / (busy + self.overhead_s(shape))
 
-    def share(self, shape: BatchShape, sms: int, co_runner: BatchShape | None, co_sms: int) -> float:
+    def share(
+        self, shape: BatchShape, sms: int, co_runner: BatchShape | None, co_sms: int
+    ) -> float:
         """Fraction of its bandwidth a lane keeps beside a co-runner: proportional sharing.
 
-        Each lane would draw bytes / time-alone; when the two demands exceed the HBM's
-        bandwidth each gets its proportional share, i.e. both are scaled by the same factor.
+        While a lane's kernels run they draw their alone bandwidth; the co-runner draws its
+        average. When the two exceed the HBM's bandwidth, the lane's memory-bound time
+        stretches by the oversubscription.
         """
         if co_runner is None or co_runner.is_empty or shape.is_empty:
             return 1.0
-        t_a, b_a = self._alone(shape, sms)
-        t_b, b_b = self._alone(co_runner, co_sms)
-        demand = b_a / t_a + (b_b / t_b if t_b > 0 else 0.0)
-        return min(1.0, self.hbm_bandwidth / demand)
+        own, _ = self.demand(shape, sms)
+        _, other = self.demand(co_runner, co_sms)
+        return min(1.0, self.hbm_bandwidth / (own + other))
 
     def predict(
         self, shape: BatchShape, sms: int, co_runner: BatchShape | None = None, co_sms: int = 0
@@ -139,17 +146,17 @@ class LatencyModel(ABC):
         of, ob = c.other(n_decode)
         overhead = self.overhead_s(BatchShape.decode(n_decode, ctx_sum))
 
-        def total(share: np.ndarray | float) -> np.ndarray:
+        def busy(share: np.ndarray | float) -> np.ndarray:
             rate, bw = self.curves("gemm", sms)
             t = np.maximum(gf / rate, gb / (bw * share))
             rate, bw = self.curves("attn_decode", sms)
             t = t + np.maximum(af / rate, ab / (bw * share))
             rate, bw = self.curves("other", sms)
-            return t + np.maximum(of / rate, ob / (bw * share)) + overhead
+            return t + np.maximum(of / rate, ob / (bw * share))
 
-        alone = total(1.0)
+        alone = busy(1.0)
         if co_runner is None or co_runner.is_empty:
-            return alone
-        t_b, b_b = self._alone(co_runner, co_sms)
-        demand = (gb + ab + ob) / alone + (b_b / t_b if t_b > 0 else 0.0)
-        return total(np.minimum(1.0, self.hbm_bandwidth / demand))
+            return alone + overhead
+        _, other = self.demand(co_runner, co_sms)
+        own = (gb + ab + ob) / alone
+        return busy(np.minimum(1.0, self.hbm_bandwidth / (own + other))) + overhead

@@ -37,13 +37,19 @@ def default_out(trace: str, policy: str) -> Path:
 def simulate_command(
     trace: str = typer.Option("azure-conv", help="Bundled trace name or a trace file path."),
     format: str | None = typer.Option(None, "--format", help="Force the trace format."),
-    rate: float | None = typer.Option(None, help="Mean request rate (req/s); needed by length-only traces."),
+    rate: float | None = typer.Option(
+        None, help="Mean request rate (req/s); needed by length-only traces."
+    ),
     cv: float = typer.Option(1.0, help="Arrival CV for synthetic arrivals (1 = Poisson)."),
     policy: str = typer.Option("vllm", help="Policy name (see `twin policies`)."),
-    policy_arg: list[str] = typer.Option([], "--policy-arg", help="Policy parameter key=value (repeatable)."),
+    policy_arg: list[str] = typer.Option(
+        [], "--policy-arg", help="Policy parameter key=value (repeatable)."
+    ),
     model: str = typer.Option("llama-3.1-8b", help="Bundled model name or HF config.json path."),
     gpu: str = typer.Option("h100", help="Datasheet GPU model, used when no --profile is given."),
-    profile: str | None = typer.Option(None, help="Measured profile directory (from `twin profile`)."),
+    profile: str | None = typer.Option(
+        None, help="Measured profile directory (from `twin profile`)."
+    ),
     rate_scale: float = typer.Option(1.0, help="Multiply the trace's request rate."),
     start: float = typer.Option(0.0, help="Start of the trace window (s)."),
     duration: float | None = typer.Option(None, help="Length of the trace window (s)."),
@@ -51,8 +57,13 @@ def simulate_command(
     seed: int = typer.Option(0, help="Seed for synthetic arrivals and sampling."),
     slo_ttft: float = typer.Option(Slo.ttft_s, help="TTFT SLO (s)."),
     slo_tbt: float = typer.Option(Slo.tbt_s, help="TBT SLO (s)."),
-    tbt_stat: str = typer.Option(Slo.tbt_statistic, help="Per-request TBT statistic checked against the SLO: mean, p90, p99 or max."),
-    out: Path | None = typer.Option(None, help="Output directory (default: runs/<trace>-<policy>)."),
+    tbt_stat: str = typer.Option(
+        Slo.tbt_statistic,
+        help="Per-request TBT statistic checked against the SLO: mean, p90, p99 or max.",
+    ),
+    out: Path | None = typer.Option(
+        None, help="Output directory (default: runs/<trace>-<policy>)."
+    ),
     force: bool = typer.Option(False, help="Overwrite an earlier run in --out."),
     plots: bool = typer.Option(True, help="Write PNG plots."),
     fast_forward: bool = typer.Option(True, help="Advance steady decode iterations in one event."),
@@ -62,10 +73,22 @@ def simulate_command(
     if tbt_stat not in ("mean", "p90", "p99", "max"):
         raise TwinError(f"--tbt-stat {tbt_stat!r}: use mean, p90, p99 or max")
     cfg = SimConfig(
-        trace=trace, format=format, rate=rate, cv=cv, rate_scale=rate_scale, start_s=start,
-        duration_s=duration, max_requests=max_requests, seed=seed, policy=policy,
-        policy_args=parse_policy_args(policy_arg), model=model, gpu=gpu, profile=profile,
-        slo=Slo(slo_ttft, slo_tbt, tbt_stat), engine=EngineConfig(fast_forward=fast_forward),
+        trace=trace,
+        format=format,
+        rate=rate,
+        cv=cv,
+        rate_scale=rate_scale,
+        start_s=start,
+        duration_s=duration,
+        max_requests=max_requests,
+        seed=seed,
+        policy=policy,
+        policy_args=parse_policy_args(policy_arg),
+        model=model,
+        gpu=gpu,
+        profile=profile,
+        slo=Slo(slo_ttft, slo_tbt, tbt_stat),
+        engine=EngineConfig(fast_forward=fast_forward),
     )
     out_dir = prepare_out(out or default_out(trace, policy), force)
     with progress_bar(f"simulating {policy}", enabled=not quiet) as update:
@@ -74,5 +97,7 @@ def simulate_command(
     if not quiet:
         s = result.summary
         console.print(summary_table(s, f"{policy} on {s['trace']} ({s['latency_model']})"))
-        console.print(f"simulated {s['requests']} requests ({s['simulated_s']:.0f} s of serving) "
-                      f"in {s['wall_s']:.2f} s; wrote {len(written)} files to {out_dir}")
+        console.print(
+            f"simulated {s['requests']} requests ({s['simulated_s']:.0f} s of serving) "
+            f"in {s['wall_s']:.2f} s; wrote {len(written)} files to {out_dir}"
+        )

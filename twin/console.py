@@ -42,8 +42,14 @@ def progress_bar(label: str, enabled: bool = True) -> Iterator[Callable[[int, in
     if not enabled:
         yield lambda done, total: None
         return
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
         task = bar.add_task(label, total=None)
 
         def update(done: int, total: int) -> None:
@@ -58,15 +64,24 @@ def summary_table(summary: dict[str, Any], title: str) -> Table:
     table.add_column("value", justify="right")
     rows = [
         ("requests finished", f"{summary['finished']} / {summary['requests']}"),
-        ("throughput", f"{summary['throughput_rps']:.2f} req/s, "
-                       f"{summary['output_tokens_per_s']:.0f} out tok/s"),
-        ("goodput", f"{summary['goodput_rps']:.2f} req/s "
-                    f"({100 * summary['slo_attainment']:.1f}% meet both SLOs)"),
+        (
+            "throughput",
+            f"{summary['throughput_rps']:.2f} req/s, "
+            f"{summary['output_tokens_per_s']:.0f} out tok/s",
+        ),
+        (
+            "goodput",
+            f"{summary['goodput_rps']:.2f} req/s "
+            f"({100 * summary['slo_attainment']:.1f}% meet both SLOs)",
+        ),
         ("TTFT p50 / p90 / p99", _ms(summary, "ttft")),
         ("TBT p50 / p90 / p99", _ms(summary, "tbt")),
         ("E2E p50 / p90 / p99", _ms(summary, "e2e")),
-        ("SLOs", f"TTFT <= {summary['slo_ttft_s']:g} s, TBT ({summary['slo_tbt_statistic']}) "
-                 f"<= {summary['slo_tbt_s']:g} s"),
+        (
+            "SLOs",
+            f"TTFT <= {summary['slo_ttft_s']:g} s, TBT ({summary['slo_tbt_statistic']}) "
+            f"<= {summary['slo_tbt_s']:g} s",
+        ),
         ("preemptions", str(summary["preemptions"])),
     ]
     if "iterations" in summary:

@@ -89,17 +89,19 @@ def simulate(
     wall = time.perf_counter() - wall
     records = records_frame(result.requests)
     summary = summarize(records, cfg.slo)
-    summary.update({
-        "policy": cfg.policy,
-        "trace": wl.name or cfg.trace,
-        "latency_model": model.label,
-        "iterations": int(len(result.iterations["start_s"])),
-        "partition_changes": result.partition_changes,
-        "mean_decode_sms": _mean_decode_sms(result.timeline),
-        "kv_blocks": sim.kv.num_blocks,
-        "simulated_s": result.end_s,
-        "wall_s": wall,
-    })
+    summary.update(
+        {
+            "policy": cfg.policy,
+            "trace": wl.name or cfg.trace,
+            "latency_model": model.label,
+            "iterations": int(len(result.iterations["start_s"])),
+            "partition_changes": result.partition_changes,
+            "mean_decode_sms": _mean_decode_sms(result.timeline),
+            "kv_blocks": sim.kv.num_blocks,
+            "simulated_s": result.end_s,
+            "wall_s": wall,
+        }
+    )
     resolved = {
         **dataclasses.asdict(cfg),
         "policy_params": policies.params_dict(policy),
@@ -107,8 +109,15 @@ def simulate(
         "latency_model": model.describe(),
         "workload": {"name": wl.name, "source": wl.source, "requests": len(wl), **wl.notes},
     }
-    return RunResult(resolved, records, pd.DataFrame(result.iterations),
-                     pd.DataFrame(result.timeline), summary, model, result.decisions)
+    return RunResult(
+        resolved,
+        records,
+        pd.DataFrame(result.iterations),
+        pd.DataFrame(result.timeline),
+        summary,
+        model,
+        result.decisions,
+    )
 
 
 def _mean_decode_sms(timeline: dict) -> float:
@@ -139,12 +148,18 @@ def write_run(result: RunResult, out: Path, with_plots: bool = True) -> list[Pat
         (out / name).write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
     written += [out / f for f in RUN_FILES]
     if with_plots:
-        title = (f"{result.summary['policy']} on {result.summary['trace']}; "
-                 f"{result.model.label}")
+        title = f"{result.summary['policy']} on {result.summary['trace']}; {result.model.label}"
         slo = Slo(**result.config["slo"])
         written.append(plots.latency_cdfs(result.records, slo, title, out / "latency_cdf.png"))
-        written.append(plots.run_timeline(result.records, result.timeline, title,
-                                          out / "timeline.png", result.model.gpu.num_sms))
+        written.append(
+            plots.run_timeline(
+                result.records,
+                result.timeline,
+                title,
+                out / "timeline.png",
+                result.model.gpu.num_sms,
+            )
+        )
     return written
 
 

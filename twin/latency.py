@@ -10,13 +10,17 @@ from profiler.model import LatencyModel
 from twin.errors import TwinError
 
 
-def load_latency_model(config: ModelConfig, gpu: str = "h100", profile: str | None = None) -> LatencyModel:
+def load_latency_model(
+    config: ModelConfig, gpu: str = "h100", profile: str | None = None
+) -> LatencyModel:
     if profile:
         path = Path(profile)
         try:
             from profiler.fitted import FittedModel
         except ImportError:
-            raise TwinError(f"--profile {profile}: this build cannot read measured profiles yet") from None
+            raise TwinError(
+                f"--profile {profile}: this build cannot read measured profiles yet"
+            ) from None
         return FittedModel.from_profile(path, model_config=config)
     sheet = GPUS.get(gpu.lower())
     if sheet is None:

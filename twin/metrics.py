@@ -12,8 +12,15 @@ import pandas as pd
 from policies import Request, Slo
 
 RECORD_COLUMNS = (
-    "request_id", "arrival_s", "prompt_tokens", "output_tokens", "first_token_s", "finish_s",
-    "token_times_s", "preemptions", "status",
+    "request_id",
+    "arrival_s",
+    "prompt_tokens",
+    "output_tokens",
+    "first_token_s",
+    "finish_s",
+    "token_times_s",
+    "preemptions",
+    "status",
 )
 PERCENTILES = (50, 90, 99)
 
@@ -21,8 +28,17 @@ PERCENTILES = (50, 90, 99)
 def records_frame(requests: Iterable[Request]) -> pd.DataFrame:
     """One row per request in the schema both engines write to records.parquet."""
     rows = [
-        (r.id, r.arrival_s, r.prompt_tokens, r.output_tokens, r.first_token_s, r.finish_s,
-         r.token_times_array(), r.preemptions, str(r.status))
+        (
+            r.id,
+            r.arrival_s,
+            r.prompt_tokens,
+            r.output_tokens,
+            r.first_token_s,
+            r.finish_s,
+            r.token_times_array(),
+            r.preemptions,
+            str(r.status),
+        )
         for r in requests
     ]
     return pd.DataFrame.from_records(rows, columns=RECORD_COLUMNS)
@@ -44,14 +60,16 @@ def request_metrics(records: pd.DataFrame, slo: Slo) -> pd.DataFrame:
         tbt_mean.append(gaps.mean() if gaps.size else math.nan)
         tbt_max.append(gaps.max() if gaps.size else math.nan)
         tbt_slo.append(stat(gaps) if gaps.size else 0.0)
-    out = pd.DataFrame({
-        "request_id": done["request_id"].to_numpy(),
-        "ttft_s": ttft,
-        "e2e_s": e2e,
-        "tbt_mean_s": tbt_mean,
-        "tbt_max_s": tbt_max,
-        "preemptions": done["preemptions"].to_numpy(),
-    })
+    out = pd.DataFrame(
+        {
+            "request_id": done["request_id"].to_numpy(),
+            "ttft_s": ttft,
+            "e2e_s": e2e,
+            "tbt_mean_s": tbt_mean,
+            "tbt_max_s": tbt_max,
+            "preemptions": done["preemptions"].to_numpy(),
+        }
+    )
     out["meets_ttft"] = out["ttft_s"] <= slo.ttft_s
     out["meets_tbt"] = np.asarray(tbt_slo) <= slo.tbt_s
     out["meets_slo"] = out["meets_ttft"] & out["meets_tbt"]
@@ -98,8 +116,12 @@ def summarize(records: pd.DataFrame, slo: Slo) -> dict[str, Any]:
         "slo_tbt_statistic": slo.tbt_statistic,
         "preemptions": int(records["preemptions"].sum()),
     }
-    for name, values in (("ttft", per["ttft_s"]), ("tbt", gaps), ("e2e", per["e2e_s"]),
-                         ("tpot", per["tbt_mean_s"].dropna())):
+    for name, values in (
+        ("ttft", per["ttft_s"]),
+        ("tbt", gaps),
+        ("e2e", per["e2e_s"]),
+        ("tpot", per["tbt_mean_s"].dropna()),
+    ):
         out.update(percentiles(name, np.asarray(values, dtype=float)))
     return out
 
@@ -108,5 +130,7 @@ def percentiles(name: str, values: np.ndarray) -> dict[str, float]:
     if values.size == 0:
         return {f"{name}_mean_s": math.nan, **{f"{name}_p{p}_s": math.nan for p in PERCENTILES}}
     qs = np.percentile(values, PERCENTILES)
-    return {f"{name}_mean_s": float(values.mean()),
-            **{f"{name}_p{p}_s": float(q) for p, q in zip(PERCENTILES, qs, strict=True)}}
+    return {
+        f"{name}_mean_s": float(values.mean()),
+        **{f"{name}_p{p}_s": float(q) for p, q in zip(PERCENTILES, qs, strict=True)},
+    }

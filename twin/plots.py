@@ -39,12 +39,16 @@ def latency_cdfs(records: pd.DataFrame, slo: Slo, title: str, path: Path) -> Pat
     return path
 
 
-def run_timeline(records: pd.DataFrame, timeline: pd.DataFrame, title: str, path: Path,
-                 num_sms: int) -> Path:
+def run_timeline(
+    records: pd.DataFrame, timeline: pd.DataFrame, title: str, path: Path, num_sms: int
+) -> Path:
     fig, axes = plt.subplots(4, 1, figsize=(10, 9), sharex=True)
     done = records[records["status"] == "finished"]
-    times = (np.concatenate([np.asarray(t, float) for t in done["token_times_s"]])
-             if len(done) else np.empty(0))
+    times = (
+        np.concatenate([np.asarray(t, float) for t in done["token_times_s"]])
+        if len(done)
+        else np.empty(0)
+    )
     end = float(timeline["time_s"].max()) if len(timeline) else 1.0
     bin_s = max(end / 200.0, 1e-3)
     if times.size:

@@ -24,7 +24,6 @@ from policies import (
     EngineView,
     KVCache,
     Lane,
-    Partition,
     Policy,
     Request,
     Slo,
@@ -42,8 +41,11 @@ class EngineConfig:
     block_size: int = 16
     fast_forward: bool = True
     max_steps_per_event: int = 1 << 16
+    num_kv_blocks: int | None = None  # overrides the count derived from GPU memory
 
     def kv_blocks(self, model: LatencyModel) -> int:
+        if self.num_kv_blocks is not None:
+            return self.num_kv_blocks
         cfg = model.config
         budget = model.gpu.memory_bytes * self.gpu_memory_utilization
         free = budget - cfg.weight_bytes - self.activation_reserve_bytes
@@ -208,7 +210,8 @@ class Simulator:
             if not self.gpu.is_valid(part):
                 raise SimulationError(
                     f"policy {self.policy.name!r} chose {part}, not a valid partition of "
-                    f"{self.gpu.name} ({self.gpu.num_sms} SMs in steps of {self.gpu.sm_granularity})"
+                    f"{self.gpu.name} ({self.gpu.num_sms} SMs, "
+                    f"in steps of {self.gpu.sm_granularity})"
                 )
             if part.is_split != self.partition.is_split and self.in_flight:
                 return  # a mode switch waits for the running batches to drain
@@ -257,8 +260,20 @@ class Simulator:
             req.in_flight = True
         cum = np.cumsum(durations)
         total = float(cum[-1])
-        run = Run(lane, batch, shape, sms, steps, now, durations, cum / total, duration=total,
-                  last=now, end=now + total, co_label=_label(co))
+        run = Run(
+            lane,
+            batch,
+            shape,
+            sms,
+            steps,
+            now,
+            durations,
+            cum / total,
+            duration=total,
+            last=now,
+            end=now + total,
+            co_label=_label(co),
+        )
         run.breaks.append((now, 0.0))
         self.in_flight[lane] = run
         if self.record_decisions:
@@ -272,8 +287,11 @@ class Simulator:
         if not self.config.fast_forward or batch.prefill or not batch.decode:
             return 1
         reqs = batch.decode
-        limit = min(batch.steady_steps, self.config.max_steps_per_event,
-                    min(r.output_tokens - r.generated for r in reqs))
+        limit = min(
+            batch.steady_steps,
+            self.config.max_steps_per_event,
+            min(r.output_tokens - r.generated for r in reqs),
+        )
         if limit <= 1:
             return 1
         limit = self._kv_steps(reqs, limit)
@@ -296,7 +314,9 @@ class Simulator:
 
     def _kv_steps(self, reqs: list[Request], limit: int) -> int:
         bs = self.kv.block_size
-        slack = np.fromiter((self.kv.held(r.id) * bs - r.kv_tokens for r in reqs), np.int64, len(reqs))
+        slack = np.fromiter(
+            (self.kv.held(r.id) * bs - r.kv_tokens for r in reqs), np.int64, len(reqs)
+        )
         free = self.kv.free_blocks
 
         def blocks(m: int) -> int:
@@ -410,13 +430,28 @@ class Simulator:
     # ----------------------------------------------------------------- recording
     def _sample(self) -> None:
         p = self.partition
-        self._timeline.append((
-            self.env.now, len(self.waiting), len(self.running), self.kv.usage,
-            p.mixed_sms, p.prefill_sms, p.decode_sms,
-        ))
+        self._timeline.append(
+            (
+                self.env.now,
+                len(self.waiting),
+                len(self.running),
+                self.kv.usage,
+                p.mixed_sms,
+                p.prefill_sms,
+                p.decode_sms,
+            )
+        )
 
     def _timeline_table(self) -> dict[str, np.ndarray]:
-        cols = ("time_s", "waiting", "running", "kv_usage", "mixed_sms", "prefill_sms", "decode_sms")
+        cols = (
+            "time_s",
+            "waiting",
+            "running",
+            "kv_usage",
+            "mixed_sms",
+            "prefill_sms",
+            "decode_sms",
+        )
         if not self._timeline:
             return {c: np.empty(0) for c in cols}
         arr = np.array(self._timeline, dtype=float)
@@ -424,9 +459,21 @@ class Simulator:
 
     def _iteration_table(self) -> dict[str, np.ndarray]:
         """One row per executed iteration (steady runs expanded step by step)."""
-        cols: dict[str, list] = {k: [] for k in (
-            "lane", "start_s", "end_s", "sms", "prefill_tokens", "prefill_chunks", "decode_requests",
-            "context_tokens", "predicted_s", "co_runner")}
+        cols: dict[str, list] = {
+            k: []
+            for k in (
+                "lane",
+                "start_s",
+                "end_s",
+                "sms",
+                "prefill_tokens",
+                "prefill_chunks",
+                "decode_requests",
+                "context_tokens",
+                "predicted_s",
+                "co_runner",
+            )
+        }
         for run, ends in self._iters:
             k = run.steps
             starts = np.concatenate(([run.start], ends[:-1]))
@@ -434,7 +481,9 @@ class Simulator:
             if k > 1:
                 ctx = shape.decode_ctx_sum + shape.n_decode * np.arange(k)
             else:
-                ctx = np.array([shape.decode_ctx_sum + sum(shape.prefill_q) + sum(shape.prefill_ctx)])
+                ctx = np.array(
+                    [shape.decode_ctx_sum + sum(shape.prefill_q) + sum(shape.prefill_ctx)]
+                )
             cols["lane"].append(np.full(k, run.lane.value, dtype=object))
             cols["start_s"].append(starts)
             cols["end_s"].append(ends)

@@ -1,0 +1,26 @@
+from pathlib import Path
+
+import pytest
+
+from tests.workloads import make_workload
+
+SHARED_TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
+
+
+@pytest.fixture
+def shared_traces() -> Path:
+    if not SHARED_TRACES.is_dir():
+        pytest.skip("the public traces folder is not beside the repository")
+    return SHARED_TRACES
+
+
+@pytest.fixture
+def workload():
+    return make_workload()
+
+
+@pytest.fixture
+def h100_model():
+    from profiler import DatasheetModel, load_model_config
+
+    return DatasheetModel(load_model_config("llama-3.1-8b"))
