@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from policies.base import SchedulingPolicy
 from policies.batch import Batch
 from policies.partition import Lane, Partition
-from policies.registry import register
+from policies.registry import PolicyError, register
 from policies.view import EngineView
 
 
@@ -37,7 +37,7 @@ class StaticSplitPolicy(SchedulingPolicy):
         part = view.gpu.split_with_decode(self.params.decode_sms)
         if not view.gpu.is_valid(part):
             options = view.gpu.decode_sm_options()
-            raise ValueError(
+            raise PolicyError(
                 f"static-split decode_sms={self.params.decode_sms} is not a valid split on "
                 f"{view.gpu.name}; pick one of {options}"
             )

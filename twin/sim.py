@@ -459,42 +459,43 @@ class Simulator:
 
     def _iteration_table(self) -> dict[str, np.ndarray]:
         """One row per executed iteration (steady runs expanded step by step)."""
-        cols: dict[str, list] = {
-            k: []
-            for k in (
-                "lane",
-                "start_s",
-                "end_s",
-                "sms",
-                "prefill_tokens",
-                "prefill_chunks",
-                "decode_requests",
-                "context_tokens",
-                "predicted_s",
-                "co_runner",
-            )
+        if not self._iters:
+            return {c: np.empty(0) for c in ITERATION_COLUMNS}
+        runs = [run for run, _ in self._iters]
+        steps = np.array([run.steps for run in runs])
+        ends = np.concatenate([e for _, e in self._iters])
+        first = np.cumsum(steps) - steps  # row of each run's first iteration
+        starts = np.concatenate(([0.0], ends[:-1]))
+        starts[first] = [run.start for run in runs]
+        # Context read per iteration: a steady decode run grows by one token per request a step.
+        step_in_run = np.arange(len(ends)) - np.repeat(first, steps)
+        n_decode = np.array([run.shape.n_decode for run in runs])
+        ctx0 = np.array([
+            run.shape.decode_ctx_sum + sum(run.shape.prefill_q) + sum(run.shape.prefill_ctx)
+            for run in runs
+        ])
+
+        def per_run(values: list, dtype: object = None) -> np.ndarray:
+            return np.repeat(np.array(values, dtype=dtype), steps)
+
+        return {
+            "lane": per_run([run.lane.value for run in runs], object),
+            "start_s": starts,
+            "end_s": ends,
+            "sms": per_run([run.sms for run in runs]),
+            "prefill_tokens": per_run([run.shape.prefill_tokens for run in runs]),
+            "prefill_chunks": per_run([len(run.shape.prefill_q) for run in runs]),
+            "decode_requests": np.repeat(n_decode, steps),
+            "context_tokens": np.repeat(ctx0, steps) + np.repeat(n_decode, steps) * step_in_run,
+            "predicted_s": np.concatenate([run.predicted for run in runs]),
+            "co_runner": per_run([run.co_label for run in runs], object),
         }
-        for run, ends in self._iters:
-            k = run.steps
-            starts = np.concatenate(([run.start], ends[:-1]))
-            shape = run.shape
-            if k > 1:
-                ctx = shape.decode_ctx_sum + shape.n_decode * np.arange(k)
-            else:
-                ctx = np.array(
-                    [shape.decode_ctx_sum + sum(shape.prefill_q) + sum(shape.prefill_ctx)]
-                )
-            cols["lane"].append(np.full(k, run.lane.value, dtype=object))
-            cols["start_s"].append(starts)
-            cols["end_s"].append(ends)
-            cols["sms"].append(np.full(k, run.sms))
-            cols["prefill_tokens"].append(np.full(k, shape.prefill_tokens))
-            cols["prefill_chunks"].append(np.full(k, len(shape.prefill_q)))
-            cols["decode_requests"].append(np.full(k, shape.n_decode))
-            cols["context_tokens"].append(ctx)
-            cols["predicted_s"].append(run.predicted)
-            cols["co_runner"].append(np.full(k, run.co_label, dtype=object))
-        return {c: (np.concatenate(v) if v else np.empty(0)) for c, v in cols.items()}
+
+
+ITERATION_COLUMNS = (
+    "lane", "start_s", "end_s", "sms", "prefill_tokens", "prefill_chunks", "decode_requests",
+    "context_tokens", "predicted_s", "co_runner",
+)
 
 
 def _label(run: Run | None) -> str:
