@@ -14,6 +14,25 @@ app = typer.Typer(
 app.command("simulate")(simulate_command)
 
 
+@app.callback()
+def _root() -> None:
+    """Simulate, profile and validate LLM serving with intra-GPU prefill/decode splits."""
+
+
+@app.command("policies")
+def policies_command() -> None:
+    """List the policies and their parameters with defaults."""
+    import dataclasses
+
+    import policies
+    from twin.console import console
+
+    for name in policies.names():
+        params = dataclasses.fields(policies.params_class(name))
+        args = ", ".join(f"{f.name}={f.default!r}" for f in params)
+        console.print(f"[bold]{name}[/]  {args}", highlight=False)
+
+
 def main() -> None:
     app()
 

@@ -55,10 +55,10 @@ def simulate_command(
     duration: float | None = typer.Option(None, help="Length of the trace window (s)."),
     max_requests: int | None = typer.Option(None, help="Keep only the first N requests."),
     seed: int = typer.Option(0, help="Seed for synthetic arrivals and sampling."),
-    slo_ttft: float = typer.Option(Slo.ttft_s, help="TTFT SLO (s)."),
-    slo_tbt: float = typer.Option(Slo.tbt_s, help="TBT SLO (s)."),
+    slo_ttft: float = typer.Option(Slo().ttft_s, help="TTFT SLO (s)."),
+    slo_tbt: float = typer.Option(Slo().tbt_s, help="TBT SLO (s)."),
     tbt_stat: str = typer.Option(
-        Slo.tbt_statistic,
+        Slo().tbt_statistic,
         help="Per-request TBT statistic checked against the SLO: mean, p90, p99 or max.",
     ),
     out: Path | None = typer.Option(

@@ -1,0 +1,90 @@
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from twin.cli import app
+
+runner = CliRunner()
+
+
+def simulate(*args: str):
+    return runner.invoke(app, ["simulate", "--quiet", *args])
+
+
+def test_simulate_writes_records_summary_config_and_plots(tmp_path):
+    out = tmp_path / "run"
+    result = simulate("--trace", "azure-conv", "--max-requests", "150", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    for name in (
+        "records.parquet",
+        "iterations.parquet",
+        "summary.json",
+        "config.json",
+        "latency_cdf.png",
+        "timeline.png",
+    ):
+        assert (out / name).is_file(), name
+    records = pd.read_parquet(out / "records.parquet")
+    assert len(records) == 150
+    assert (records["status"] == "finished").all()
+    assert [len(t) for t in records["token_times_s"]] == records["output_tokens"].tolist()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] == 150 and summary["throughput_rps"] > 0
+    assert "datasheet estimate" in summary["latency_model"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["policy"] == "vllm" and config["policy_params"]["max_num_batched_tokens"] == 8192
+    assert config["model_config"]["num_layers"] == 32
+
+
+def test_simulate_refuses_to_overwrite_a_run(tmp_path):
+    out = tmp_path / "run"
+    assert simulate("--max-requests", "20", "--out", str(out), "--no-plots").exit_code == 0
+    again = simulate("--max-requests", "20", "--out", str(out))
+    assert again.exit_code == 2
+    assert "already holds a run" in again.output
+    assert simulate("--max-requests", "20", "--out", str(out), "--force").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--policy", "fifo"], "unknown policy 'fifo'"),
+        (["--trace", "nonexistent-trace"], "nonexistent-trace"),
+        (["--policy-arg", "max_num_seqs"], "key=value"),
+        (["--policy-arg", "bogus=1"], "no parameter 'bogus'"),
+        (["--model", "no-such-model"], "neither a bundled config"),
+        (["--gpu", "tpu"], "no datasheet model"),
+        (["--rate-scale", "-1"], "--rate-scale"),
+        (["--tbt-stat", "median"], "--tbt-stat"),
+        (["--policy", "static-split", "--policy-arg", "decode_sms=5"], "not a valid split"),
+    ],
+)
+def test_bad_input_gives_one_line_error(tmp_path, args, message):
+    result = simulate("--max-requests", "10", "--out", str(tmp_path / "o"), *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_simulate_split_policy_on_a_trace_file(tmp_path, shared_traces):
+    out = tmp_path / "split"
+    result = simulate(
+        "--trace",
+        str(shared_traces / "azure2023_code.csv"),
+        "--policy",
+        "static-split",
+        "--policy-arg",
+        "decode_sms=48",
+        "--duration",
+        "60",
+        "--out",
+        str(out),
+        "--no-plots",
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] == summary["requests"] > 50
+    assert summary["mean_decode_sms"] == pytest.approx(48)

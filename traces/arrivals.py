@@ -1,0 +1,24 @@
+"""Synthetic arrival processes for traces that carry only lengths."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from traces.errors import TraceError
+
+
+def arrival_times(n: int, rate: float, cv: float = 1.0, seed: int = 0) -> np.ndarray:
+    """``n`` arrival times starting at 0: Poisson (cv = 1) or gamma inter-arrivals with that CV."""
+    if not rate > 0:
+        raise TraceError(f"arrival rate must be positive (--rate), got {rate}")
+    if not cv > 0:
+        raise TraceError(f"arrival CV must be positive (--cv), got {cv}")
+    rng = np.random.default_rng(seed)
+    if n <= 0:
+        return np.empty(0)
+    if cv == 1.0:
+        gaps = rng.exponential(1.0 / rate, n - 1)
+    else:
+        shape = 1.0 / cv**2  # gamma with mean 1/rate and the asked coefficient of variation
+        gaps = rng.gamma(shape, 1.0 / (rate * shape), n - 1)
+    return np.concatenate(([0.0], np.cumsum(gaps)))
