@@ -78,6 +78,11 @@ class ModelConfig:
                 )
             return value
 
+        # transformers 5 nests rope_theta and the scaling inside rope_parameters.
+        rope = cfg.get("rope_parameters") or {}
+        rope_scaling = cfg.get("rope_scaling")
+        if rope_scaling is None and rope.get("rope_type", "default") != "default":
+            rope_scaling = rope
         heads = need("num_attention_heads")
         hidden = need("hidden_size")
         head_dim = cfg.get("head_dim") or hidden // heads
@@ -93,8 +98,8 @@ class ModelConfig:
             vocab_size=need("vocab_size"),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-            rope_theta=float(cfg.get("rope_theta", 10000.0)),
-            rope_scaling=cfg.get("rope_scaling"),
+            rope_theta=float(cfg.get("rope_theta", rope.get("rope_theta", 10000.0))),
+            rope_scaling=rope_scaling,
             qk_norm=model_type == "qwen3",
             max_position_embeddings=int(cfg.get("max_position_embeddings", 8192)),
             model_type=model_type,

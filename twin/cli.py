@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from twin.cmd_run import run_command
 from twin.cmd_simulate import simulate_command
 
 app = typer.Typer(
@@ -12,6 +13,7 @@ app = typer.Typer(
     help="Simulate, profile and validate LLM serving with intra-GPU prefill/decode splits.",
 )
 app.command("simulate")(simulate_command)
+app.command("run")(run_command)
 
 
 @app.callback()

@@ -20,7 +20,7 @@ from profiler.model import LatencyModel
 from twin import plots
 from twin.errors import TwinError
 from twin.latency import load_latency_model
-from twin.metrics import records_frame, summarize
+from twin.metrics import mean_decode_sms, records_frame, summarize
 from twin.sim import EngineConfig, Simulator
 
 RUN_FILES = ("records.parquet", "iterations.parquet", "summary.json", "config.json")
@@ -96,7 +96,11 @@ def simulate(
             "latency_model": model.label,
             "iterations": int(len(result.iterations["start_s"])),
             "partition_changes": result.partition_changes,
-            "mean_decode_sms": _mean_decode_sms(result.timeline),
+            "mean_decode_sms": mean_decode_sms(
+                result.timeline["time_s"],
+                result.timeline["mixed_sms"],
+                result.timeline["decode_sms"],
+            ),
             "kv_blocks": sim.kv.num_blocks,
             "simulated_s": result.end_s,
             "wall_s": wall,
@@ -120,16 +124,6 @@ def simulate(
     )
 
 
-def _mean_decode_sms(timeline: dict) -> float:
-    """Time-weighted SMs of the decode work: the decode lane in split mode, all in aggregated."""
-    t = timeline["time_s"]
-    if len(t) < 2:
-        return float("nan")
-    dt = t[1:] - t[:-1]
-    sms = (timeline["decode_sms"] + timeline["mixed_sms"])[:-1]
-    return float((sms * dt).sum() / dt.sum()) if dt.sum() > 0 else float(sms[0])
-
-
 def prepare_out(out: Path, force: bool = False) -> Path:
     """Create the output directory; refuse to overwrite an earlier run unless forced."""
     if out.exists() and not out.is_dir():
@@ -141,25 +135,41 @@ def prepare_out(out: Path, force: bool = False) -> Path:
 
 
 def write_run(result: RunResult, out: Path, with_plots: bool = True) -> list[Path]:
-    written = []
-    result.records.to_parquet(out / "records.parquet", index=False)
-    result.iterations.to_parquet(out / "iterations.parquet", index=False)
-    for name, data in (("summary.json", result.summary), ("config.json", result.config)):
+    title = f"{result.summary['policy']} on {result.summary['trace']}; {result.model.label}"
+    return write_outputs(
+        out,
+        result.records,
+        result.iterations,
+        result.timeline,
+        result.summary,
+        result.config,
+        title,
+        result.model.gpu.num_sms,
+        with_plots,
+    )
+
+
+def write_outputs(
+    out: Path,
+    records: pd.DataFrame,
+    iterations: pd.DataFrame,
+    timeline: pd.DataFrame,
+    summary: dict[str, Any],
+    config: dict[str, Any],
+    title: str,
+    num_sms: int,
+    with_plots: bool = True,
+) -> list[Path]:
+    """The files of a run, the same for the simulator and the runtime."""
+    records.to_parquet(out / "records.parquet", index=False)
+    iterations.to_parquet(out / "iterations.parquet", index=False)
+    for name, data in (("summary.json", summary), ("config.json", config)):
         (out / name).write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
-    written += [out / f for f in RUN_FILES]
+    written = [out / f for f in RUN_FILES]
     if with_plots:
-        title = f"{result.summary['policy']} on {result.summary['trace']}; {result.model.label}"
-        slo = Slo(**result.config["slo"])
-        written.append(plots.latency_cdfs(result.records, slo, title, out / "latency_cdf.png"))
-        written.append(
-            plots.run_timeline(
-                result.records,
-                result.timeline,
-                title,
-                out / "timeline.png",
-                result.model.gpu.num_sms,
-            )
-        )
+        slo = Slo(**config["slo"])
+        written.append(plots.latency_cdfs(records, slo, title, out / "latency_cdf.png"))
+        written.append(plots.run_timeline(records, timeline, title, out / "timeline.png", num_sms))
     return written
 
 

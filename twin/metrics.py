@@ -23,6 +23,38 @@ RECORD_COLUMNS = (
     "status",
 )
 PERCENTILES = (50, 90, 99)
+# iterations.parquet and the run timeline: one layout for both engines.
+ITERATION_COLUMNS = (
+    "lane",
+    "start_s",
+    "end_s",
+    "sms",
+    "prefill_tokens",
+    "prefill_chunks",
+    "decode_requests",
+    "context_tokens",
+    "predicted_s",
+    "co_runner",
+)
+TIMELINE_COLUMNS = (
+    "time_s",
+    "waiting",
+    "running",
+    "kv_usage",
+    "mixed_sms",
+    "prefill_sms",
+    "decode_sms",
+)
+
+
+def mean_decode_sms(time_s, mixed_sms, decode_sms) -> float:
+    """Time-weighted SMs doing decode work: the decode lane when split, all SMs when not."""
+    t = np.asarray(time_s, dtype=float)
+    if t.size < 2:
+        return math.nan
+    sms = (np.asarray(mixed_sms, dtype=float) + np.asarray(decode_sms, dtype=float))[:-1]
+    dt = np.diff(t)
+    return float((sms * dt).sum() / dt.sum()) if dt.sum() > 0 else float(sms[0])
 
 
 def records_frame(requests: Iterable[Request]) -> pd.DataFrame:

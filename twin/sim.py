@@ -32,6 +32,7 @@ from policies import (
 from profiler.model import LatencyModel
 from traces import Workload
 from twin.errors import SimulationError
+from twin.metrics import ITERATION_COLUMNS, TIMELINE_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -443,19 +444,10 @@ class Simulator:
         )
 
     def _timeline_table(self) -> dict[str, np.ndarray]:
-        cols = (
-            "time_s",
-            "waiting",
-            "running",
-            "kv_usage",
-            "mixed_sms",
-            "prefill_sms",
-            "decode_sms",
-        )
         if not self._timeline:
-            return {c: np.empty(0) for c in cols}
+            return {c: np.empty(0) for c in TIMELINE_COLUMNS}
         arr = np.array(self._timeline, dtype=float)
-        return {c: arr[:, i] for i, c in enumerate(cols)}
+        return {c: arr[:, i] for i, c in enumerate(TIMELINE_COLUMNS)}
 
     def _iteration_table(self) -> dict[str, np.ndarray]:
         """One row per executed iteration (steady runs expanded step by step)."""
@@ -470,10 +462,12 @@ class Simulator:
         # Context read per iteration: a steady decode run grows by one token per request a step.
         step_in_run = np.arange(len(ends)) - np.repeat(first, steps)
         n_decode = np.array([run.shape.n_decode for run in runs])
-        ctx0 = np.array([
-            run.shape.decode_ctx_sum + sum(run.shape.prefill_q) + sum(run.shape.prefill_ctx)
-            for run in runs
-        ])
+        ctx0 = np.array(
+            [
+                run.shape.decode_ctx_sum + sum(run.shape.prefill_q) + sum(run.shape.prefill_ctx)
+                for run in runs
+            ]
+        )
 
         def per_run(values: list, dtype: object = None) -> np.ndarray:
             return np.repeat(np.array(values, dtype=dtype), steps)
@@ -490,12 +484,6 @@ class Simulator:
             "predicted_s": np.concatenate([run.predicted for run in runs]),
             "co_runner": per_run([run.co_label for run in runs], object),
         }
-
-
-ITERATION_COLUMNS = (
-    "lane", "start_s", "end_s", "sms", "prefill_tokens", "prefill_chunks", "decode_requests",
-    "context_tokens", "predicted_s", "co_runner",
-)
 
 
 def _label(run: Run | None) -> str:

@@ -1,0 +1,1 @@
+"""Attention kernels over the paged KV cache: a Triton decode kernel and its torch reference."""
