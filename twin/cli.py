@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from twin.cmd_profile import profile_command
 from twin.cmd_run import run_command
 from twin.cmd_simulate import simulate_command
 
@@ -14,6 +15,7 @@ app = typer.Typer(
 )
 app.command("simulate")(simulate_command)
 app.command("run")(run_command)
+app.command("profile")(profile_command)
 
 
 @app.callback()

@@ -1,0 +1,165 @@
+"""``twin profile``: measure latency against SM partitions on a GPU, fit the curves, or refit."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from twin.console import console, friendly_errors, progress_bar
+from twin.errors import TwinError
+
+DEFAULT_MODEL = "llama-3.1-8b"
+NO_GPU_HINT = "`twin profile --fit-only DIR` refits a stored profile on any machine"
+
+
+@friendly_errors
+def profile_command(
+    quick: bool = typer.Option(
+        False, "--quick", help="Small grid: 7 SM counts, fewer shapes (minutes on an H100)."
+    ),
+    model: str | None = typer.Option(
+        None, help=f"Bundled model name or HF config.json path [default: {DEFAULT_MODEL}]."
+    ),
+    out: Path | None = typer.Option(
+        None, help="Profile directory to write [default: profiles/<model>-<gpu>]."
+    ),
+    fit_only: Path | None = typer.Option(
+        None,
+        "--fit-only",
+        metavar="DIR",
+        help="Refit the samples stored in DIR (no GPU needed): rewrites fit.json and plots.",
+    ),
+    force: bool = typer.Option(False, help="Overwrite an existing profile in --out."),
+    device: int = typer.Option(0, help="CUDA device index to profile."),
+    plots: bool = typer.Option(True, help="Write PNG plots."),
+    quiet: bool = typer.Option(False, help="No progress bar or summary table."),
+) -> None:
+    """Sweep operators over SM partitions on a GPU and fit the latency model's curves."""
+    if fit_only is not None:
+        if out is not None:
+            raise TwinError("--out does not apply to --fit-only: the fit is written into DIR")
+        refit(fit_only, model, plots, quiet)
+        return
+    measure(model or DEFAULT_MODEL, quick, out, force, device, plots, quiet)
+
+
+def refit(directory: Path, model: str | None, plots: bool, quiet: bool) -> None:
+    from profiler.config import load_model_config
+    from profiler.profile_io import ProfileError, check_same_model, read_meta, read_samples
+
+    if not directory.is_dir():
+        raise ProfileError(f"--fit-only {directory}: no such profile directory")
+    meta = read_meta(directory)
+    if model is not None:
+        check_same_model(meta["model_config"], load_model_config(model), directory)
+    samples = read_samples(directory)
+    finish(directory, samples, meta, plots, quiet)
+
+
+def measure(
+    model: str, quick: bool, out: Path | None, force: bool, device: int, plots: bool, quiet: bool
+) -> None:
+    from profiler.config import load_model_config
+    from profiler.partition import PartitionError, probe
+    from profiler.profile_io import read_meta, write_meta, write_samples
+    from profiler.sweep import SweepError, gpu_sweep
+
+    cfg = load_model_config(model)
+    try:
+        info = probe(device)
+    except PartitionError as exc:
+        raise TwinError(
+            f"twin profile needs a CUDA GPU with green contexts (driver 12.4+): {exc}; "
+            f"{NO_GPU_HINT}"
+        ) from None
+    out = out or Path("profiles") / f"{_slug(cfg.name)}-{_slug(info.name)}{'-quick' * quick}"
+    _prepare(out, force)
+    with progress_bar(f"profiling {cfg.name} on {info.name}", enabled=not quiet) as update:
+        try:
+            samples, meta = gpu_sweep(cfg, quick=quick, device=device, progress=update)
+        except (PartitionError, SweepError) as exc:
+            raise TwinError(f"twin profile: {exc}") from None
+    write_meta(out, meta)
+    write_samples(out, samples)
+    if meta["skipped"] and not quiet:
+        console.print(f"{len(meta['skipped'])} samples failed and were skipped (see meta.json)")
+    finish(out, samples, read_meta(out), plots, quiet)
+
+
+def finish(directory: Path, samples: Any, meta: dict, plots: bool, quiet: bool) -> None:
+    from profiler.fit import fit_profile
+    from profiler.profile_io import write_fit
+
+    with progress_bar("fitting curves", enabled=not quiet) as update:
+        update(0, 1)
+        fit = fit_profile(samples, meta)
+        update(1, 1)
+    write_fit(directory, fit)
+    written = ["fit.json"]
+    if plots:
+        from profiler.plots import write_plots
+
+        written += [p.name for p in write_plots(directory, samples, fit, meta)]
+    if not quiet:
+        console.print(fit_table(fit, meta))
+        for line in fit_lines(fit):
+            console.print(line, highlight=False)
+        console.print(f"wrote {', '.join(written)} to {directory}")
+
+
+def fit_table(fit: dict[str, Any], meta: dict[str, Any]) -> Table:
+    kind = "synthetic profile" if meta.get("synthetic") else "measured"
+    table = Table(
+        title=f"{meta['model_config'].name} on {meta['device']} ({kind}, {meta['date']})",
+        title_justify="left",
+        header_style="bold",
+    )
+    for col in ("operator class", "compute curve", "bandwidth curve", "CV MAPE", "samples"):
+        table.add_column(col, justify="left" if col.endswith("class") else "right")
+    for op, entry in fit["ops"].items():
+        cv = entry.get("cv_mape")
+        table.add_row(
+            op,
+            entry["compute"]["form"],
+            entry["bandwidth"]["form"],
+            "-" if cv is None else f"{100 * cv:.1f}%",
+            str(entry.get("n", 0)),
+        )
+    return table
+
+
+def fit_lines(fit: dict[str, Any]) -> list[str]:
+    corun, over = fit.get("corun", {}), fit["overhead"]
+    lines = [
+        f"shared HBM bandwidth {fit['hbm_bandwidth'] / 1e12:.2f} TB/s "
+        f"(copy {fit.get('copy_bandwidth', fit['hbm_bandwidth']) / 1e12:.2f} TB/s x co-run "
+        f"scale {corun.get('scale', 1.0):.2f} from {corun.get('n', 0)} co-run samples)",
+        f"per-iteration overhead: prefill {1e3 * over['prefill_s']:.2f} ms, "
+        f"decode {1e3 * over['decode_s']:.2f} ms",
+    ]
+    sat = fit.get("summary", {}).get("saturation", {}).get("attn_decode_bandwidth_sms")
+    if sat:
+        lines.append(f"decode attention reaches 95% of its bandwidth at {sat} SMs")
+    return lines
+
+
+def _prepare(out: Path, force: bool) -> None:
+    from profiler.profile_io import FIT, META, SAMPLES
+
+    if out.exists() and not out.is_dir():
+        raise TwinError(f"--out {out} is a file; choose a directory")
+    held = [n for n in (META, SAMPLES, FIT) if (out / n).exists()]
+    if held and not force:
+        raise TwinError(
+            f"--out {out} already holds a profile ({', '.join(held)}); "
+            "pass --force to overwrite it or choose another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-") or "gpu"
