@@ -83,6 +83,11 @@ def build_runtime(
     dtype = _dtype(settings.dtype, device)
     latency = load_latency_model(cfg, gpu, profile)
     pol = policies.get(policy, **(policy_args or {}))
+    if getattr(pol, "gpus", 1) != 1:
+        raise TwinError(
+            f"policy {policy!r} needs {pol.gpus} GPUs; the runtime serves on one, so run it with "
+            "`twin simulate` or pick a single-GPU policy"
+        )
     max_len = settings.max_model_len or cfg.max_position_embeddings
     _check_host_memory(cfg, dtype, device)
     net = LlamaModel(cfg, max_len, dtype, device)

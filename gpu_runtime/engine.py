@@ -19,7 +19,18 @@ from dataclasses import dataclass, field
 from gpu_runtime.clock import VirtualClock, WallClock
 from gpu_runtime.executor import Executor, Pending
 from gpu_runtime.jobs import Job
-from policies import Batch, BatchShape, EngineView, KVCache, Lane, Policy, Request, Slo, Status
+from policies import (
+    Batch,
+    BatchShape,
+    EngineView,
+    KVCache,
+    Lane,
+    Partition,
+    Policy,
+    Request,
+    Slo,
+    Status,
+)
 from policies.view import LatencyModel
 
 
@@ -204,11 +215,17 @@ class Engine:
             kv.grow(req.id, req.kv_tokens + 1)
             req.in_flight = True
         shape = batch.shape()
-        sms = self.partition.sms(lane)
         co = self._co_runner(lane)
         co_shape, co_sms = (co.shape, co.sms) if co else (None, 0)
+        sms = self.partition.sms_beside(lane, co_sms, self.gpu.num_sms)
+        partition = self.partition
+        if sms != partition.sms(lane):
+            rest = self.gpu.num_sms - sms
+            partition = (
+                Partition.split(sms, rest) if lane is Lane.PREFILL else Partition.split(rest, sms)
+            )
         predicted = self.model.predict(shape, sms, co_shape, co_sms)
-        pending = self.executor.launch(lane, self.partition, batch, kv, self._job_of)
+        pending = self.executor.launch(lane, partition, batch, kv, self._job_of)
         run = Run(lane, batch, shape, sms, now, predicted, pending, _label(co))
         self.in_flight[lane] = run
         if co is not None:

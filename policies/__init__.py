@@ -5,7 +5,14 @@ of the SMs. The simulator (``twin``) and the real runtime (``gpu_runtime``) call
 objects through the same interface.
 """
 
-from policies import static_split, vllm  # noqa: F401  (registers the policies)
+from policies import (  # noqa: F401  (registers the policies)
+    disagg,
+    duetserve,
+    nexus,
+    sglang,
+    static_split,
+    vllm,
+)
 from policies.base import SchedulingPolicy
 from policies.batch import UNTIL_CHANGE, Batch, BatchShape, PrefillChunk
 from policies.kvcache import KVBudget, KVCache, KVExhausted

@@ -120,6 +120,44 @@ class SchedulingPolicy:
                 return False
         return True
 
+    def decode_only_batch(self, view: EngineView) -> Batch | None:
+        """One decode step of every decoding request, in order, preempting when KV runs out."""
+        kv = view.kv.budget()
+        preempted: list[Request] = []
+        decodes = self.plan_decodes(view, view.decoding, kv, preempted, set())
+        batch = Batch(decode=[r for r in decodes if r not in preempted], preempt=preempted)
+        if batch.is_empty and not preempted:
+            return None
+        return self.steady(batch)
+
+    def prefill_only_batch(
+        self, view: EngineView, token_budget: int, max_num_seqs: int
+    ) -> Batch | None:
+        """Admitted prompts' next chunks, then new requests in queue order, under the budgets."""
+        kv = view.kv.budget()
+        preempted: list[Request] = []
+        scheduled: set[int] = set()
+        chunks = self.continue_prefills(
+            view, view.prefilling, token_budget, kv, preempted, scheduled
+        )
+        token_budget -= sum(c.length for c in chunks)
+        if not preempted:
+            free_seqs = max_num_seqs - len(view.running)
+            chunks += self.admit_waiting(self.order_waiting(view), token_budget, kv, free_seqs)
+        if not chunks and not preempted:
+            return None
+        return Batch(prefill=chunks, preempt=preempted)
+
+    def split_lane_batch(self, view: EngineView, lane: Lane) -> Batch | None:
+        """The batch of a split lane: decode-only on DECODE, prefill-only on PREFILL.
+
+        Uses the policy's ``max_num_batched_tokens`` and ``max_num_seqs`` parameters.
+        """
+        if lane is Lane.DECODE:
+            return self.decode_only_batch(view)
+        p = self.params
+        return self.prefill_only_batch(view, p.max_num_batched_tokens, p.max_num_seqs)
+
     @staticmethod
     def steady(batch: Batch) -> Batch:
         """Mark a decode-only batch without preemption as repeatable until something changes."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -41,6 +42,15 @@ class Partition:
             return self.mixed_sms
         return self.prefill_sms if lane is Lane.PREFILL else self.decode_sms
 
+    def sms_beside(self, lane: Lane, co_sms: int, num_sms: int) -> int:
+        """SMs a lane's next batch gets: its share, less any the other lane's batch still holds.
+
+        A new split applies to each lane at its next batch, so for a while the other lane may
+        still run on its old, larger share; the two never claim more than the device has.
+        """
+        own = self.sms(lane)
+        return min(own, num_sms - co_sms) if co_sms else own
+
     def __str__(self) -> str:
         if self.is_split:
             return f"split(p={self.prefill_sms}, d={self.decode_sms})"
@@ -76,16 +86,20 @@ class GpuSpec:
 
     def decode_sm_options(self) -> list[int]:
         """Every decode SM count of a valid split that gives prefill the rest, ascending."""
-        g, n = self.sm_granularity, self.num_sms
-        options = set()
-        for k in range(g, n, g):
-            for d in (k, n - k):
-                if min(d, n - d) >= self.min_split_sms:
-                    options.add(d)
-        return sorted(options)
+        return list(_decode_sm_options(self.num_sms, self.sm_granularity, self.min_split_sms))
 
     def split_with_decode(self, decode_sms: int) -> Partition:
         return Partition.split(self.num_sms - decode_sms, decode_sms)
 
     def aggregated(self) -> Partition:
         return Partition.aggregated(self.num_sms)
+
+
+@functools.cache
+def _decode_sm_options(n: int, granularity: int, min_split: int) -> tuple[int, ...]:
+    options = set()
+    for k in range(granularity, n, granularity):
+        for d in (k, n - k):
+            if min(d, n - d) >= min_split:
+                options.add(d)
+    return tuple(sorted(options))

@@ -44,29 +44,4 @@ class StaticSplitPolicy(SchedulingPolicy):
         return part
 
     def next_batch(self, view: EngineView, lane: Lane) -> Batch | None:
-        kv = view.kv.budget()
-        preempted: list = []
-        scheduled: set[int] = set()
-        if lane is Lane.DECODE:
-            decodes = self.plan_decodes(view, view.decoding, kv, preempted, scheduled)
-            batch = Batch(decode=[r for r in decodes if r not in preempted], preempt=preempted)
-            return self.steady(batch) if not batch.is_empty or preempted else None
-        return prefill_batch(
-            self, view, kv, self.params.max_num_batched_tokens, self.params.max_num_seqs
-        )
-
-
-def prefill_batch(
-    policy: SchedulingPolicy, view: EngineView, kv, token_budget: int, max_num_seqs: int
-) -> Batch | None:
-    """A prefill-only batch: admitted prompts' next chunks, then new requests in queue order."""
-    preempted: list = []
-    scheduled: set[int] = set()
-    chunks = policy.continue_prefills(view, view.prefilling, token_budget, kv, preempted, scheduled)
-    token_budget -= sum(c.length for c in chunks)
-    if not preempted:
-        free_seqs = max_num_seqs - len(view.running)
-        chunks += policy.admit_waiting(policy.order_waiting(view), token_budget, kv, free_seqs)
-    if not chunks and not preempted:
-        return None
-    return Batch(prefill=chunks, preempt=preempted)
+        return self.split_lane_batch(view, lane)

@@ -15,9 +15,21 @@ from policies.request import Request
 
 
 class LatencyModel(Protocol):
-    """Predicts the seconds one batch takes on ``sms`` SMs, optionally beside a co-runner."""
+    """Predicts the seconds one batch takes on ``sms`` SMs, optionally beside a co-runner.
+
+    ``op_times``, ``op_bytes`` and ``op_roofline`` break a batch down by operator class
+    (``gemm``, ``attn_prefill``, ``attn_decode``, ``other``) for policies with their own cost
+    model; ``share`` is the fraction of its HBM bandwidth an operator keeps (1 when alone).
+    """
 
     gpu: GpuSpec
+    hbm_bandwidth: float
+
+    def op_times(self, shape: BatchShape, sms: int, share: float = 1.0) -> dict[str, float]: ...
+
+    def op_bytes(self, shape: BatchShape) -> dict[str, float]: ...
+
+    def op_roofline(self, shape: BatchShape, sms: int) -> dict[str, tuple[float, float]]: ...
 
     def predict(
         self, shape: BatchShape, sms: int, co_runner: BatchShape | None = None, co_sms: int = 0

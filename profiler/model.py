@@ -90,6 +90,23 @@ class LatencyModel(ABC):
             out[op] = max(flops / rate, nbytes / (bw * share))
         return out
 
+    def op_roofline(self, shape: BatchShape, sms: int) -> dict[str, tuple[float, float]]:
+        """Per operator class, (compute seconds, memory seconds at full bandwidth) on ``sms``.
+
+        An operator takes ``max(compute, memory / share)`` when it keeps ``share`` of its
+        bandwidth, which lets a policy try many shares without recounting the work.
+        """
+        cost = self.costs.costs(shape)
+        out = {}
+        for op in OP_CLASSES:
+            rate, bw = self.curves(op, sms) if sms > 0 else (1.0, 1.0)
+            out[op] = (cost.flops[op] / rate, cost.bytes[op] / bw)
+        return out
+
+    def op_bytes(self, shape: BatchShape) -> dict[str, float]:
+        """HBM bytes each operator class moves in one iteration of ``shape``."""
+        return dict(self.costs.costs(shape).bytes)
+
     def demand(self, shape: BatchShape, sms: int) -> tuple[float, float]:
         """HBM bytes/s a batch draws alone: while its kernels run, and averaged over its time."""
         if shape.is_empty:

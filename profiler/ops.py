@@ -8,6 +8,7 @@ average (flash attention skips the masked half), a decode token to c + 1.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +65,17 @@ class CostModel:
         # and read K/V of every attended token (2 hkv d).
         self.attn_q_bytes = L * b * (2 * hq * d + 2 * hkv * d)
         self.attn_kv_bytes_per_ctx = L * b * 2 * hkv * d
+        # Policies that predict before deciding ask about the same shapes many times over.
+        self.costs = functools.lru_cache(maxsize=1024)(self._costs)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["costs"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.costs = functools.lru_cache(maxsize=1024)(self._costs)
 
     def gemm(self, tokens, rows):
         flops = self.gemm_flops_per_token * tokens + self.head_flops_per_row * rows
@@ -93,7 +105,7 @@ class CostModel:
     def other(self, tokens):
         return self.other_flops_per_token * tokens, self.other_bytes_per_token * tokens
 
-    def costs(self, shape: BatchShape) -> OpCosts:
+    def _costs(self, shape: BatchShape) -> OpCosts:
         tokens = shape.tokens
         gf, gb = self.gemm(tokens, shape.sampled) if tokens else (0.0, 0.0)
         pf, pb = self.attn_prefill(shape)

@@ -21,7 +21,7 @@ from twin import plots
 from twin.errors import TwinError
 from twin.latency import load_latency_model
 from twin.metrics import mean_decode_sms, records_frame, summarize
-from twin.sim import EngineConfig, Simulator
+from twin.sim import EngineConfig, make_simulator
 
 RUN_FILES = ("records.parquet", "iterations.parquet", "summary.json", "config.json")
 
@@ -83,7 +83,7 @@ def simulate(
     model_cfg = load_model_config(cfg.model)
     model = load_latency_model(model_cfg, cfg.gpu, cfg.profile)
     policy = policies.get(cfg.policy, **cfg.policy_args)
-    sim = Simulator(wl, policy, model, cfg.slo, cfg.engine, progress, record_decisions)
+    sim = make_simulator(wl, policy, model, cfg.slo, cfg.engine, progress, record_decisions)
     wall = time.perf_counter()
     result = sim.run()
     wall = time.perf_counter() - wall
@@ -94,6 +94,8 @@ def simulate(
             "policy": cfg.policy,
             "trace": wl.name or cfg.trace,
             "latency_model": model.label,
+            "gpus": getattr(policy, "gpus", 1),
+            "goodput_per_gpu_rps": summary["goodput_rps"] / getattr(policy, "gpus", 1),
             "iterations": int(len(result.iterations["start_s"])),
             "partition_changes": result.partition_changes,
             "mean_decode_sms": mean_decode_sms(

@@ -91,6 +91,8 @@ class SimResult:
 
 
 class Simulator:
+    """One GPU. ``make_simulator`` picks the two-GPU engine for policies that need it."""
+
     def __init__(
         self,
         workload: Workload,
@@ -175,7 +177,8 @@ class Simulator:
             return float(self.workload.arrival_s[self._arrived])
         return math.inf
 
-    def _view(self) -> EngineView:
+    def _view(self, lane: Lane | None = None) -> EngineView:
+        """What the policy sees; ``lane`` is the lane it is asked to fill (None: the split)."""
         return EngineView(
             now=self.env.now,
             waiting=self.waiting,
@@ -208,12 +211,7 @@ class Simulator:
             return
         part = self.policy.partition(self._view())
         if part != self.partition:
-            if not self.gpu.is_valid(part):
-                raise SimulationError(
-                    f"policy {self.policy.name!r} chose {part}, not a valid partition of "
-                    f"{self.gpu.name} ({self.gpu.num_sms} SMs, "
-                    f"in steps of {self.gpu.sm_granularity})"
-                )
+            self._check_partition(part)
             if part.is_split != self.partition.is_split and self.in_flight:
                 return  # a mode switch waits for the running batches to drain
             self.partition = part
@@ -222,9 +220,26 @@ class Simulator:
         for lane in self.partition.lanes:
             if lane in self.in_flight:
                 continue
-            batch = self.policy.next_batch(self._view(), lane)
+            batch = self.policy.next_batch(self._view(lane), lane)
             if batch is not None:
                 self._launch(lane, batch)
+
+    def _check_partition(self, part) -> None:
+        if not self.gpu.is_valid(part):
+            raise SimulationError(
+                f"policy {self.policy.name!r} chose {part}, not a valid partition of "
+                f"{self.gpu.name} ({self.gpu.num_sms} SMs, in steps of {self.gpu.sm_granularity})"
+            )
+
+    def _kv_for(self, lane: Lane) -> KVCache:
+        """The KV cache a lane's batches allocate from (one GPU: the same for both lanes)."""
+        return self.kv
+
+    def _free_kv(self, req: Request) -> None:
+        self.kv.free(req.id)
+
+    def _prefill_done(self, req: Request) -> None:
+        """A request finished its prefill and goes on decoding (a hook for two-GPU engines)."""
 
     # ----------------------------------------------------------------- launching
     def _launch(self, lane: Lane, batch: Batch) -> None:
@@ -234,7 +249,7 @@ class Simulator:
         if batch.is_empty:
             self._again = True
             return
-        kv = self.kv
+        kv = self._kv_for(lane)
         for chunk in batch.prefill:
             req = chunk.request
             if req.status is Status.WAITING:
@@ -246,8 +261,8 @@ class Simulator:
             kv.grow(req.id, chunk.start + chunk.length)
             req.in_flight = True
         shape = batch.shape()
-        sms = self.partition.sms(lane)
         co = self._co_runner(lane)
+        sms = self.partition.sms_beside(lane, co.sms if co else 0, self.gpu.num_sms)
         co_shape, co_sms = (co.shape, co.sms) if co else (None, 0)
         steps = self._steady_steps(batch, lane, sms, co) if batch.steady_steps > 1 else 1
         if steps > 1:
@@ -340,7 +355,7 @@ class Simulator:
             raise SimulationError(
                 f"policy {self.policy.name!r} preempted request {req.id} while another lane runs it"
             )
-        self.kv.free(req.id)
+        self._free_kv(req)
         if req.status is Status.RUNNING:
             self.running.remove(req)
         elif req in self.waiting:
@@ -397,6 +412,7 @@ class Simulator:
         else:
             step_ends = np.array([now])
         finished: list[Request] = []
+        prefilled: list[Request] = []
         for chunk in batch.prefill:
             req = chunk.request
             req.in_flight = False
@@ -408,6 +424,8 @@ class Simulator:
                 req.token_times.append(now)
                 if req.generated >= req.output_tokens:
                     finished.append(req)
+                else:
+                    prefilled.append(req)
         k = run.steps
         for req in batch.decode:
             req.in_flight = False
@@ -419,8 +437,10 @@ class Simulator:
         for req in finished:
             req.finish_s = now
             req.status = Status.FINISHED
-            self.kv.free(req.id)
+            self._free_kv(req)
             self.running.remove(req)
+        for req in prefilled:
+            self._prefill_done(req)
         self._iters.append((run, step_ends))
         self._sample()
         co = self._co_runner(run.lane)
@@ -491,3 +511,15 @@ def _label(run: Run | None) -> str:
         return ""
     s = run.shape
     return f"{run.lane.value}:{run.sms}sm:{s.prefill_tokens}p+{s.n_decode}d"
+
+
+def make_simulator(workload: Workload, policy: Policy, model: LatencyModel, *args, **kwargs):
+    """The engine a policy runs on: one GPU, or two for policies with ``gpus = 2``."""
+    gpus = getattr(policy, "gpus", 1)
+    if gpus == 1:
+        return Simulator(workload, policy, model, *args, **kwargs)
+    if gpus == 2:
+        from twin.disagg import DisaggSimulator
+
+        return DisaggSimulator(workload, policy, model, *args, **kwargs)
+    raise SimulationError(f"policy {policy.name!r} asks for {gpus} GPUs; the simulator has 1 or 2")

@@ -1,0 +1,102 @@
+"""DuetServe: aggregated by default, SM multiplexing only when the TBT SLO is at risk.
+
+Source: DuetServe (arXiv 2511.04791), sections 3-4. Each step the attention-aware roofline
+predicts the next mixed batch (vLLM's decode-first chunked batch on all SMs). If it meets the
+TBT SLO the step runs aggregated. If not, the work is split into a prefill-only and a
+decode-only batch on two SM partitions, with decode's SM count ``S_d`` chosen to maximise
+
+    (k * decode_tokens + prefill_tokens) / max(k * t_d(S_d), t_p(S - S_d))
+    subject to t_d(S_d) <= TBT SLO,
+
+where ``k`` (``lookahead``) decode steps overlap one prefill batch. When no split meets the
+SLO (decode alone is too slow even on most SMs) the step stays aggregated, the split could
+not help.
+
+Simplifies: the roofline is the twin's latency model on the candidate SM counts (with no
+cross-partition contention term, as in the paper); SM counts follow the GPU's split
+granularity (8 SMs on H100 green contexts, DuetServe masks 2-SM TPCs); the decode lane runs
+free instead of exactly ``k`` steps per prefill batch; the prediction skips the KV check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from policies.batch import Batch, BatchShape
+from policies.partition import Lane, Partition
+from policies.registry import register
+from policies.shapes import decode_shape, merge, prefill_shape
+from policies.view import EngineView
+from policies.vllm import VllmPolicy
+
+
+@dataclass(frozen=True)
+class DuetServeParams:
+    lookahead: int = 4
+    max_num_batched_tokens: int = 8192
+    max_num_seqs: int = 256
+
+    def __post_init__(self) -> None:
+        if self.lookahead < 1 or self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
+            raise ValueError("lookahead, max_num_batched_tokens and max_num_seqs must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class SplitChoice:
+    decode_sms: int
+    throughput: float  # tokens per second of the look-ahead objective
+    decode_s: float
+    prefill_s: float
+
+
+@register("duetserve", DuetServeParams)
+class DuetServePolicy(VllmPolicy):
+    params: DuetServeParams
+
+    def next_batch(self, view: EngineView, lane: Lane) -> Batch | None:
+        if lane is Lane.MIXED:
+            return super().next_batch(view, lane)
+        return self.split_lane_batch(view, lane)
+
+    def partition(self, view: EngineView) -> Partition:
+        prefill, decode = self.pending_work(view)
+        if prefill.is_empty or decode.is_empty:
+            return view.gpu.aggregated()
+        mixed = view.model.predict(merge(prefill, decode), view.gpu.num_sms)
+        if mixed <= view.slo.tbt_s:
+            return view.gpu.aggregated()
+        choice = self.best_split(view, prefill, decode)
+        if choice is None:
+            return view.gpu.aggregated()
+        return view.gpu.split_with_decode(choice.decode_sms)
+
+    def pending_work(self, view: EngineView) -> tuple[BatchShape, BatchShape]:
+        """The decode and prefill work of the next step: every decoding request, then prompts.
+
+        Requests a lane is running count too: the decision is about the whole next step.
+        """
+        p = self.params
+        decoding = [r for r in view.running if not r.is_prefilling]
+        decode = decode_shape(decoding)
+        prefilling = [r for r in view.running if r.is_prefilling]
+        budget = p.max_num_batched_tokens - decode.n_decode
+        seqs = max(0, p.max_num_seqs - len(decoding))
+        prefill = prefill_shape([*prefilling, *view.waiting], budget, seqs)
+        return prefill, decode
+
+    def best_split(
+        self, view: EngineView, prefill: BatchShape, decode: BatchShape
+    ) -> SplitChoice | None:
+        """The decode SM count with the best look-ahead throughput whose decode meets the SLO."""
+        model, n, k = view.model, view.gpu.num_sms, self.params.lookahead
+        tokens = k * decode.n_decode + prefill.prefill_tokens
+        best: SplitChoice | None = None
+        for decode_sms in view.gpu.decode_sm_options():
+            t_d = model.predict(decode, decode_sms)
+            if t_d > view.slo.tbt_s:
+                continue
+            t_p = model.predict(prefill, n - decode_sms)
+            rate = tokens / max(k * t_d, t_p)
+            if best is None or rate > best.throughput:
+                best = SplitChoice(decode_sms, rate, t_d, t_p)
+        return best
