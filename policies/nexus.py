@@ -124,6 +124,8 @@ class NexusPolicy(SchedulingPolicy):
             best = min((evaluate(d) for d in options), key=SplitScore.key)
             return gpu.split_with_decode(best.decode_sms)
         here = evaluate(current.decode_sms)
+        if here.violation == 0.0 and here.objective == 0.0:
+            return current  # nothing to minimise (no prefill to speed up) and nothing violated
         best = here
         for direction in (-1, 1):
             cand = here

@@ -30,6 +30,8 @@ class LatencyModel(ABC):
         self.measured = measured
         self.costs = CostModel(config)
         self._curves: dict[tuple[str, int], tuple[float, float]] = {}
+        # A co-runner's demand is asked for at every re-rate of the other lane.
+        self._demand: dict[tuple[BatchShape, int], tuple[float, float]] = {}
 
     @abstractmethod
     def compute_rate(self, op: str, sms: int) -> float:
@@ -111,6 +113,15 @@ class LatencyModel(ABC):
         """HBM bytes/s a batch draws alone: while its kernels run, and averaged over its time."""
         if shape.is_empty:
             return 0.0, 0.0
+        key = (shape, sms)
+        hit = self._demand.get(key)
+        if hit is None:
+            if len(self._demand) >= 4096:
+                self._demand.clear()
+            hit = self._demand[key] = self._demand_alone(shape, sms)
+        return hit
+
+    def _demand_alone(self, shape: BatchShape, sms: int) -> tuple[float, float]:
         busy = sum(self.op_times(shape, sms).values())
         nbytes = self.costs.costs(shape).total_bytes
         return nbytes / busy, nbytes / (busy + self.overhead_s(shape))

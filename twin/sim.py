@@ -264,8 +264,12 @@ class Simulator:
         co = self._co_runner(lane)
         sms = self.partition.sms_beside(lane, co.sms if co else 0, self.gpu.num_sms)
         co_shape, co_sms = (co.shape, co.sms) if co else (None, 0)
-        steps = self._steady_steps(batch, lane, sms, co) if batch.steady_steps > 1 else 1
-        if steps > 1:
+        steps, durations = (
+            self._steady_steps(batch, lane, sms, co) if batch.steady_steps > 1 else (1, None)
+        )
+        if durations is not None:
+            durations = durations[:steps]
+        elif steps > 1:
             durations = self.model.predict_decode_run(
                 shape.n_decode, shape.decode_ctx_sum, steps, sms, co_shape, co_sms
             )
@@ -298,10 +302,15 @@ class Simulator:
             self._rerate(co)
         self._schedule_end(run)
 
-    def _steady_steps(self, batch: Batch, lane: Lane, sms: int, co: Run | None) -> int:
-        """How many identical decode iterations can pass before anything could change."""
+    def _steady_steps(
+        self, batch: Batch, lane: Lane, sms: int, co: Run | None
+    ) -> tuple[int, np.ndarray | None]:
+        """How many identical decode iterations can pass before anything could change.
+
+        Also returns the predicted durations when it had to compute them (at least ``steps``).
+        """
         if not self.config.fast_forward or batch.prefill or not batch.decode:
-            return 1
+            return 1, None
         reqs = batch.decode
         limit = min(
             batch.steady_steps,
@@ -309,15 +318,15 @@ class Simulator:
             min(r.output_tokens - r.generated for r in reqs),
         )
         if limit <= 1:
-            return 1
+            return 1, None
         limit = self._kv_steps(reqs, limit)
         if limit <= 1:
-            return 1
+            return 1, None
         horizon = self._next_arrival()
         if co is not None:
             horizon = min(horizon, co.end)
         if math.isinf(horizon):
-            return limit
+            return limit, None
         shape = batch.shape()
         co_shape, co_sms = (co.shape, co.sms) if co else (None, 0)
         durations = self.model.predict_decode_run(
@@ -326,7 +335,8 @@ class Simulator:
         # The iteration running when the horizon arrives still completes; the next one is
         # decided with the new state.
         ends = np.cumsum(durations)
-        return max(1, min(limit, int(np.searchsorted(ends, horizon - self.env.now)) + 1))
+        steps = max(1, min(limit, int(np.searchsorted(ends, horizon - self.env.now)) + 1))
+        return steps, durations
 
     def _kv_steps(self, reqs: list[Request], limit: int) -> int:
         bs = self.kv.block_size
