@@ -343,7 +343,9 @@ class Engine:
         s = run.shape
         ctx = s.decode_ctx_sum + sum(s.prefill_q) + sum(s.prefill_ctx)
         row = (run.lane.value, run.start, end, run.sms, s.prefill_tokens, len(s.prefill_q))
-        self.iterations.append((*row, s.n_decode, ctx, run.predicted, run.co_label))
+        self.iterations.append(
+            (*row, s.n_decode, ctx, sum(s.prefill_ctx), run.predicted, run.co_label)
+        )
         self.stats.iterations += 1
         self.stats.by_lane[run.lane.value] = self.stats.by_lane.get(run.lane.value, 0) + 1
 

@@ -7,6 +7,7 @@ import typer
 from twin.cmd_profile import profile_command
 from twin.cmd_run import run_command
 from twin.cmd_simulate import simulate_command
+from twin.cmd_validate import validate_command
 
 app = typer.Typer(
     add_completion=False,
@@ -16,6 +17,7 @@ app = typer.Typer(
 app.command("simulate")(simulate_command)
 app.command("run")(run_command)
 app.command("profile")(profile_command)
+app.command("validate")(validate_command)
 
 
 @app.callback()

@@ -33,18 +33,108 @@ def profile_command(
         metavar="DIR",
         help="Refit the samples stored in DIR (no GPU needed): rewrites fit.json and plots.",
     ),
+    refine_from: list[Path] = typer.Option(
+        [],
+        "--refine-from",
+        metavar="RUN",
+        help="Calibrate the latency model from real iteration timings in a `twin run --trace` "
+        "directory (repeatable); writes calibration.json into --out.",
+    ),
+    holdout: list[Path] = typer.Option(
+        [], "--holdout", metavar="RUN", help="Real runs to report the calibrated error on."
+    ),
+    train_fraction: float = typer.Option(
+        0.5, help="Without --holdout: fit on this first share of each run, test on the rest."
+    ),
+    base_profile: str | None = typer.Option(
+        None, "--profile", help="The model to calibrate (default: the one the real run used)."
+    ),
     force: bool = typer.Option(False, help="Overwrite an existing profile in --out."),
     device: int = typer.Option(0, help="CUDA device index to profile."),
     plots: bool = typer.Option(True, help="Write PNG plots."),
     quiet: bool = typer.Option(False, help="No progress bar or summary table."),
 ) -> None:
     """Sweep operators over SM partitions on a GPU and fit the latency model's curves."""
+    if refine_from:
+        if out is None:
+            raise TwinError("--refine-from needs --out DIR for calibration.json")
+        refine(refine_from, holdout, train_fraction, base_profile, out, force, quiet)
+        return
     if fit_only is not None:
         if out is not None:
             raise TwinError("--out does not apply to --fit-only: the fit is written into DIR")
         refit(fit_only, model, plots, quiet)
         return
     measure(model or DEFAULT_MODEL, quick, out, force, device, plots, quiet)
+
+
+def refine(
+    runs: list[Path],
+    holdout: list[Path],
+    train_fraction: float,
+    base_profile: str | None,
+    out: Path,
+    force: bool,
+    quiet: bool,
+) -> None:
+    """Fit per-operator scales and an overhead to real iteration timings; report the error."""
+    import os
+
+    import pandas as pd
+
+    from profiler.calibrate import CALIBRATION_FILE, CalibrationError, fit, split_by_time
+    from profiler.config import load_model_config
+    from twin.latency import load_latency_model
+    from twin.validate import RealRun
+
+    if (out / CALIBRATION_FILE).exists() and not force:
+        raise TwinError(f"--out {out} already holds {CALIBRATION_FILE}; pick a new one or --force")
+    reals = [RealRun.load(r) for r in runs]
+    held = [RealRun.load(r) for r in holdout]
+    first = reals[0].config
+    profile = base_profile if base_profile is not None else first.get("profile")
+    gpu = first.get("gpu", "h100")
+    base = load_latency_model(load_model_config(first["model"]), gpu, profile)
+    if held:
+        train = pd.concat([r.iterations for r in reals], ignore_index=True)
+        test = pd.concat([r.iterations for r in held], ignore_index=True)
+    else:
+        try:
+            parts = [split_by_time(r.iterations, train_fraction) for r in reals]
+        except CalibrationError as exc:
+            raise TwinError(f"--train-fraction: {exc}") from None
+        train = pd.concat([a for a, _ in parts], ignore_index=True)
+        test = pd.concat([b for _, b in parts], ignore_index=True)
+    source = ", ".join(str(r.summary.get("device", "?")) for r in reals[:1])
+    try:
+        calibrated = fit(base, train, test, source=f"on {source}")
+    except CalibrationError as exc:
+        raise TwinError(f"--refine-from: {exc}") from None
+    cal = calibrated.calibration
+    cal.base_gpu = gpu
+    if profile:
+        out.mkdir(parents=True, exist_ok=True)
+        cal.base_profile = os.path.relpath(Path(profile).resolve(), out.resolve())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CALIBRATION_FILE).write_text(cal.to_json())
+    if not quiet:
+        table = Table(title=f"calibration of {base.label}")
+        for col in ("iterations", "MAPE before", "MAPE after", "p99 before", "p99 after"):
+            table.add_column(col, justify="right")
+        for part in ("train", "test"):
+            before, after = cal.error.get(f"{part}_before"), cal.error.get(f"{part}_after")
+            if before and after:
+                table.add_row(
+                    f"{part}: {before['iterations']}",
+                    f"{before['mape']:.1%}",
+                    f"{after['mape']:.1%}",
+                    f"{before['p99']:.1%}",
+                    f"{after['p99']:.1%}",
+                )
+        console.print(table)
+        scales = ", ".join(f"{op} x{v:.3g}" for op, v in cal.scales.items())
+        console.print(f"scales: {scales}; overhead {cal.overhead_s * 1e3:.2f} ms")
+        console.print(f"wrote {out / CALIBRATION_FILE}; use it with --profile {out}")
 
 
 def refit(directory: Path, model: str | None, plots: bool, quiet: bool) -> None:

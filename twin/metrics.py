@@ -32,7 +32,8 @@ ITERATION_COLUMNS = (
     "prefill_tokens",
     "prefill_chunks",
     "decode_requests",
-    "context_tokens",
+    "context_tokens",  # every token attended to: prefill chunks' cache and new tokens, decodes'
+    "prefill_context_tokens",  # cached tokens before the prefill chunks (their sum)
     "predicted_s",
     "co_runner",
 )

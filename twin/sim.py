@@ -511,6 +511,7 @@ class Simulator:
             "prefill_chunks": per_run([len(run.shape.prefill_q) for run in runs]),
             "decode_requests": np.repeat(n_decode, steps),
             "context_tokens": np.repeat(ctx0, steps) + np.repeat(n_decode, steps) * step_in_run,
+            "prefill_context_tokens": per_run([sum(run.shape.prefill_ctx) for run in runs]),
             "predicted_s": np.concatenate([run.predicted for run in runs]),
             "co_runner": per_run([run.co_label for run in runs], object),
         }
