@@ -10,7 +10,8 @@ decode-only batch on two SM partitions, with decode's SM count ``S_d`` chosen to
 
 where ``k`` (``lookahead``) decode steps overlap one prefill batch. When no split meets the
 SLO (decode alone is too slow even on most SMs) the step stays aggregated, the split could
-not help.
+not help. ``tbt_target_s`` lets a search aim the split at a tighter (or looser) TBT than the
+SLO the run is scored on.
 
 Simplifies: the roofline is the twin's latency model on the candidate SM counts (with no
 cross-partition contention term, as in the paper); SM counts follow the GPU's split
@@ -33,12 +34,18 @@ from policies.vllm import VllmPolicy
 @dataclass(frozen=True)
 class DuetServeParams:
     lookahead: int = 4
+    tbt_target_s: float = 0.0  # the TBT the split must meet; 0 means the run's TBT SLO
     max_num_batched_tokens: int = 8192
     max_num_seqs: int = 256
 
     def __post_init__(self) -> None:
         if self.lookahead < 1 or self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
             raise ValueError("lookahead, max_num_batched_tokens and max_num_seqs must be >= 1")
+        if self.tbt_target_s < 0:
+            raise ValueError("tbt_target_s must not be negative")
+
+    def target(self, slo_tbt_s: float) -> float:
+        return self.tbt_target_s or slo_tbt_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +70,7 @@ class DuetServePolicy(VllmPolicy):
         if prefill.is_empty or decode.is_empty:
             return view.gpu.aggregated()
         mixed = view.model.predict(merge(prefill, decode), view.gpu.num_sms)
-        if mixed <= view.slo.tbt_s:
+        if mixed <= self.params.target(view.slo.tbt_s):
             return view.gpu.aggregated()
         choice = self.best_split(view, prefill, decode)
         if choice is None:
@@ -89,11 +96,12 @@ class DuetServePolicy(VllmPolicy):
     ) -> SplitChoice | None:
         """The decode SM count with the best look-ahead throughput whose decode meets the SLO."""
         model, n, k = view.model, view.gpu.num_sms, self.params.lookahead
+        target = self.params.target(view.slo.tbt_s)
         tokens = k * decode.n_decode + prefill.prefill_tokens
         best: SplitChoice | None = None
         for decode_sms in view.gpu.decode_sm_options():
             t_d = model.predict(decode, decode_sms)
-            if t_d > view.slo.tbt_s:
+            if t_d > target:
                 continue
             t_p = model.predict(prefill, n - decode_sms)
             rate = tokens / max(k * t_d, t_p)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from policies import Slo
-from twin.cmd_simulate import default_out, parse_policy_args
+from twin.cmd_simulate import default_out, resolve_policy
 from twin.console import console, friendly_errors, summary_table
 from twin.errors import TwinError
 from twin.experiment import SimConfig, load_workload, prepare_out
@@ -27,7 +27,10 @@ def run_command(
     tokenizer: str | None = typer.Option(
         None, help="Directory with tokenizer.json (default: a byte-level tokenizer)."
     ),
-    policy: str = typer.Option("vllm", help="Policy name."),
+    policy: str | None = typer.Option(None, help="Policy name [default: vllm]."),
+    policy_config: Path | None = typer.Option(
+        None, help="JSON with the policy and its parameters (e.g. from a policy search)."
+    ),
     policy_arg: list[str] = typer.Option(
         [], "--policy-arg", help="Policy parameter key=value (repeatable)."
     ),
@@ -74,6 +77,7 @@ def run_command(
         raise TwinError(f"--clock {clock!r}: use wall or virtual")
     if max_queue < 1:
         raise TwinError("--max-queue must be at least 1")
+    policy, policy_args = resolve_policy(policy, policy_config, policy_arg)
     settings = RuntimeConfig(
         device=device,
         dtype=dtype,
@@ -89,7 +93,7 @@ def run_command(
     common = dict(
         settings=settings,
         policy=policy,
-        policy_args=parse_policy_args(policy_arg),
+        policy_args=policy_args,
         slo=Slo(slo_ttft, slo_tbt, tbt_stat),
         gpu=gpu,
         profile=profile,

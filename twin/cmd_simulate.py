@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -23,6 +24,31 @@ def parse_policy_args(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def resolve_policy(
+    policy: str | None, policy_config: Path | None, pairs: list[str]
+) -> tuple[str, dict[str, object]]:
+    """The policy and its parameters: --policy-config's, then --policy-arg on top."""
+    name, params = policy, {}
+    if policy_config is not None:
+        try:
+            data = json.loads(policy_config.read_text())
+            config_name, config_params = data["policy"], dict(data.get("params", {}))
+        except FileNotFoundError:
+            raise TwinError(f"--policy-config {policy_config}: no such file") from None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise TwinError(
+                f"--policy-config {policy_config}: expected JSON like "
+                '{"policy": "nexus", "params": {"hysteresis": 0.1}}'
+            ) from None
+        if name is not None and name != config_name:
+            raise TwinError(
+                f"--policy {name} differs from {config_name!r} in --policy-config {policy_config}"
+            )
+        name, params = config_name, config_params
+    params.update(parse_policy_args(pairs))
+    return name or "vllm", params
+
+
 def default_out(trace: str, policy: str) -> Path:
     stem = Path(trace).stem if ("/" in trace or "." in trace) else trace
     base = Path("runs") / f"{stem}-{policy}"
@@ -41,9 +67,14 @@ def simulate_command(
         None, help="Mean request rate (req/s); needed by length-only traces."
     ),
     cv: float = typer.Option(1.0, help="Arrival CV for synthetic arrivals (1 = Poisson)."),
-    policy: str = typer.Option("vllm", help="Policy name (see `twin policies`)."),
+    policy: str | None = typer.Option(
+        None, help="Policy name (see `twin policies`) [default: vllm]."
+    ),
     policy_arg: list[str] = typer.Option(
         [], "--policy-arg", help="Policy parameter key=value (repeatable)."
+    ),
+    policy_config: Path | None = typer.Option(
+        None, help="JSON with the policy and its parameters (e.g. from a policy search)."
     ),
     model: str = typer.Option("llama-3.1-8b", help="Bundled model name or HF config.json path."),
     gpu: str = typer.Option("h100", help="Datasheet GPU model, used when no --profile is given."),
@@ -72,6 +103,7 @@ def simulate_command(
     """Replay a trace through a policy on the simulated GPU; write records, summary and plots."""
     if tbt_stat not in ("mean", "p90", "p99", "max"):
         raise TwinError(f"--tbt-stat {tbt_stat!r}: use mean, p90, p99 or max")
+    policy, policy_args = resolve_policy(policy, policy_config, policy_arg)
     cfg = SimConfig(
         trace=trace,
         format=format,
@@ -83,7 +115,7 @@ def simulate_command(
         max_requests=max_requests,
         seed=seed,
         policy=policy,
-        policy_args=parse_policy_args(policy_arg),
+        policy_args=policy_args,
         model=model,
         gpu=gpu,
         profile=profile,

@@ -88,3 +88,42 @@ def test_simulate_split_policy_on_a_trace_file(tmp_path, shared_traces):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished"] == summary["requests"] > 50
     assert summary["mean_decode_sms"] == pytest.approx(48)
+
+
+def test_policy_config_file_sets_policy_and_params_and_args_override(tmp_path):
+    cfg = tmp_path / "best.json"
+    cfg.write_text(json.dumps({"policy": "nexus", "params": {"hysteresis": 0.2, "aging": 5}}))
+    out = tmp_path / "run"
+    result = simulate(
+        "--max-requests",
+        "30",
+        "--no-plots",
+        "--policy-config",
+        str(cfg),
+        "--policy-arg",
+        "aging=7",
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["policy"] == "nexus"
+    assert config["policy_params"]["hysteresis"] == 0.2
+    assert config["policy_params"]["aging"] == 7.0
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "message"),
+    [
+        ("not json", [], "expected JSON like"),
+        ('{"policy": "nexus"}', ["--policy", "vllm"], "differs from 'nexus'"),
+    ],
+)
+def test_bad_policy_config_is_one_line(tmp_path, content, extra, message):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(content)
+    result = simulate(
+        "--max-requests", "5", "--policy-config", str(cfg), *extra, "--out", str(tmp_path / "o")
+    )
+    assert result.exit_code == 2 and message in result.output
+    assert "Traceback" not in result.output
