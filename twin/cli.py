@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from twin.cmd_compare import compare_command
 from twin.cmd_profile import profile_command
 from twin.cmd_run import run_command
 from twin.cmd_simulate import simulate_command
@@ -15,6 +16,7 @@ app = typer.Typer(
     help="Simulate, profile and validate LLM serving with intra-GPU prefill/decode splits.",
 )
 app.command("simulate")(simulate_command)
+app.command("compare")(compare_command)
 app.command("run")(run_command)
 app.command("profile")(profile_command)
 app.command("validate")(validate_command)

@@ -1,0 +1,154 @@
+"""``twin compare``: several policies over a range of request rates on one trace."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from policies import Slo
+from twin.console import console, friendly_errors
+from twin.errors import TwinError
+from twin.experiment import SimConfig
+
+ALL_POLICIES = "vllm,sglang,static-split,nexus,duetserve,disagg"
+FILES = ("compare.parquet", "compare.csv")
+
+
+@friendly_errors
+def compare_command(
+    trace: str = typer.Option("azure-conv", help="Bundled trace name or a trace file path."),
+    format: str | None = typer.Option(None, "--format", help="Force the trace format."),
+    policies: str = typer.Option(ALL_POLICIES, help="Comma-separated policy names."),
+    rates: str = typer.Option(
+        "1,2,3,4,5,6",
+        help="Comma-separated rates: multipliers of a timestamped trace's own rate, or "
+        "requests/s of Poisson arrivals for a length-only trace.",
+    ),
+    policy_arg: list[str] = typer.Option(
+        [], "--policy-arg", help="policy.key=value for one policy (repeatable)."
+    ),
+    model: str = typer.Option("llama-3.1-8b", help="Bundled model name or HF config.json path."),
+    gpu: str = typer.Option("h100", help="Datasheet GPU model, used when no --profile is given."),
+    profile: str | None = typer.Option(None, help="Measured or calibrated profile directory."),
+    slo_ttft: float = typer.Option(
+        Slo().ttft_s, help="TTFT SLO (s); default from MLPerf Inference's Llama-3.1-8B server."
+    ),
+    slo_tbt: float = typer.Option(Slo().tbt_s, help="TBT SLO (s), per request (see --tbt-stat)."),
+    tbt_stat: str = typer.Option(Slo().tbt_statistic, help="mean, p90, p99 or max."),
+    start: float = typer.Option(0.0, help="Start of the trace window (s)."),
+    duration: float | None = typer.Option(None, help="Length of the trace window (s)."),
+    max_requests: int | None = typer.Option(
+        None, help="Keep only the first N requests (length-only traces: 1000 by default)."
+    ),
+    seed: int = typer.Option(0, help="Seed for synthetic arrivals."),
+    workers: int = typer.Option(0, help="Local worker processes (0: all cores; 1: in-process)."),
+    ray: str | None = typer.Option(
+        None, help="Run on Ray: 'auto' starts or joins a local runtime, or a cluster address."
+    ),
+    out: Path = typer.Option(..., help="Output directory."),
+    resume: bool = typer.Option(
+        False, help="Continue an interrupted compare in --out: finished runs are not redone."
+    ),
+    force: bool = typer.Option(False, help="Discard an earlier compare in --out and start over."),
+    plots: bool = typer.Option(True, help="Write PNG plots."),
+    quiet: bool = typer.Option(False, help="No progress bar or table."),
+) -> None:
+    """Sweep request rates for several policies; write compare.parquet/.csv and plots."""
+    import policies as registry
+    from twin import compare as cmp
+    from twin.sweep import make_executor, run_sweep
+
+    names = [p.strip() for p in policies.split(",") if p.strip()]
+    if not names:
+        raise TwinError("--policies is empty; e.g. --policies vllm,nexus")
+    if tbt_stat not in ("mean", "p90", "p99", "max"):
+        raise TwinError(f"--tbt-stat {tbt_stat!r}: use mean, p90, p99 or max")
+    rate_values = cmp.parse_rates(rates)
+    args = cmp.parse_policy_args(policy_arg, names)
+    for name in names:
+        registry.get(name, **args[name])  # unknown names and bad parameters fail before any work
+    results = out / "compare.parquet"
+    if results.exists() and not resume:
+        if not force:
+            raise TwinError(
+                f"--out {out} already holds a compare; --resume to continue it, --force to redo"
+            )
+        for name in FILES:
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "plots", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    base = SimConfig(
+        trace=trace,
+        format=format,
+        start_s=start,
+        duration_s=duration,
+        max_requests=max_requests,
+        seed=seed,
+        model=model,
+        gpu=gpu,
+        profile=profile,
+        slo=Slo(slo_ttft, slo_tbt, tbt_stat),
+    )
+    specs, mode, own_rate = cmp.build_specs(base, names, rate_values, args)
+    executor = make_executor(workers, ray)
+    wall = time.perf_counter()
+    try:
+        rows = run_sweep(specs, executor, results, progress=not quiet, label="comparing")
+    finally:
+        executor.close()
+    wall = time.perf_counter() - wall
+    table = cmp.results_table(rows, mode, own_rate, names)
+    table.to_csv(out / "compare.csv", index=False)
+    failed = int((rows["status"] != "ok").sum()) if "status" in rows else 0
+    written = [out / "compare.parquet", out / "compare.csv"]
+    if plots and not table.empty:
+        title = f"{trace}: {', '.join(names)}; {model} on {gpu if not profile else profile}"
+        written.append(cmp.latency_vs_load(table, mode, title, out / "latency_vs_load.png"))
+        written.append(cmp.goodput_bars(table, mode, title, out / "goodput.png"))
+        runs = cmp.timeline_runs(specs, table, mode)
+        num_sms = next(iter(runs.values())).model.gpu.num_sms
+        written.append(
+            cmp.partition_timelines(runs, num_sms, title, out / "partition_timeline.png")
+        )
+    if not quiet:
+        console.print(_table(table, mode))
+        console.print(
+            f"{len(specs)} simulations ({failed} failed) in {wall:.1f} s on "
+            f"{getattr(executor, 'workers', 1)} worker(s); wrote {len(written)} files to {out}"
+        )
+    if failed:
+        raise TwinError(f"{failed} of {len(specs)} simulations failed; see the messages above")
+
+
+def _table(table, mode: str) -> Table:
+    unit = "x" if mode == "scale" else "req/s"
+    t = Table(title="policies compared", header_style="bold")
+    for col in (
+        "policy",
+        f"rate ({unit})",
+        "offered req/s",
+        "goodput",
+        "throughput",
+        "TTFT p90",
+        "TBT p90",
+        "SLO met",
+        "decode SMs",
+    ):
+        t.add_column(col, justify="left" if col == "policy" else "right")
+    for row in table.itertuples():
+        t.add_row(
+            row.policy,
+            f"{row.rate:g}",
+            f"{row.offered_rps:.2f}",
+            f"{row.goodput_rps:.2f}",
+            f"{row.throughput_rps:.2f}",
+            f"{row.ttft_p90_s:.3f} s",
+            f"{row.tbt_p90_s * 1e3:.1f} ms",
+            f"{row.slo_attainment:.0%}",
+            f"{row.mean_decode_sms:.0f}",
+        )
+    return t
