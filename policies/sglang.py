@@ -6,7 +6,8 @@ chunked continues, then waiting requests are admitted in queue order while the K
 hold their prompt plus a reserve for the tokens the running requests will still generate
 (``new_token_ratio`` of their remaining output). If any prefill work fits, the iteration runs
 prefill only and the running decodes wait; otherwise it runs one decode step of every running
-request, retracting (recompute-preempting) the newest request when KV runs out.
+request, retracting (recompute-preempting) when KV runs out the request with the fewest
+generated tokens (the longest prompt among equals), as SGLang's ``retract_decode`` does.
 
 Simplifies: ``new_token_ratio`` is held at SGLang's floor (it decays there after ~600 decode
 steps without a retraction) instead of decaying and jumping back after retractions; the
@@ -55,18 +56,24 @@ class SglangPolicy(SchedulingPolicy):
         """A prefill-only batch if any prompt work fits, else None (then decode runs)."""
         p = self.params
         kv = view.kv.budget()
-        preempted: list = []
-        scheduled: set[int] = set()
         budget = p.chunked_prefill_size
-        chunks = self.continue_prefills(view, view.prefilling, budget, kv, preempted, scheduled)
-        budget -= sum(c.length for c in chunks)
-        if not preempted:
-            reserve = self._decode_reserve_tokens(view)
-            free_seqs = p.max_running_requests - len(view.running)
-            chunks += self._admit(view, budget, kv, free_seqs, reserve)
+        chunks: list[PrefillChunk] = []
+        for req in view.prefilling:  # the prompt being chunked; prefill never preempts
+            length = min(req.remaining_prefill, budget)
+            if budget <= 0 or not kv.try_grow(req.id, req.kv_tokens + length):
+                break
+            chunks.append(PrefillChunk(req, req.kv_tokens, length))
+            budget -= length
+        reserve = self._decode_reserve_tokens(view)
+        free_seqs = p.max_running_requests - len(view.running)
+        chunks += self._admit(view, budget, kv, free_seqs, reserve)
         if not chunks:
             return None
-        return Batch(prefill=chunks, preempt=preempted)
+        return Batch(prefill=chunks)
+
+    def pick_victim(self, candidates):
+        """Retract the request with the fewest generated tokens, the longest prompt first."""
+        return min(candidates, key=lambda r: (r.generated, -r.prompt_tokens))
 
     def _decode_reserve_tokens(self, view: EngineView) -> float:
         return self.params.new_token_ratio * sum(r.remaining_output for r in view.running)

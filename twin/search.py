@@ -99,11 +99,11 @@ def search(
 
     Trials run in batches of ``workers`` on the sweep executor; the sampler is seeded, so the
     same call gives the same study. ``storage`` (a path to a journal file, or an optuna URL)
-    keeps the study between calls and machines; the first trial is always the defaults.
+    keeps the study between calls and machines; the first trial starts from the defaults.
     """
     import optuna
 
-    from twin.sweep import make_executor
+    from twin.sweep import make_executor, run_spec
 
     space = space or SPACES.get(base.policy)
     if not space:
@@ -116,9 +116,9 @@ def search(
         sampler=optuna.samplers.TPESampler(seed=seed),
         load_if_exists=True,
     )
-    defaults = {k: v for k, v in policies.params_dict(policies.get(base.policy)).items()}
+    defaults = policies.params_dict(policies.get(base.policy, **base.policy_args))
     if not study.trials:
-        study.enqueue_trial({k: defaults[k] for k in space if k in defaults}, skip_if_exists=True)
+        study.enqueue_trial(_within(defaults, space), skip_if_exists=True)
     executor = make_executor(workers, ray)
     try:
         done = len([t for t in study.trials if t.state.is_finished()])
@@ -146,7 +146,10 @@ def search(
         close = getattr(executor, "close", None)
         if close is not None:
             close()
-    return _result(study, base.policy, space, defaults)
+    baseline = run_spec(base)
+    if baseline["status"] != "ok":
+        raise TwinError(f"the default {base.policy} run failed: {baseline['error']}")
+    return _result(study, base.policy, space, defaults, float(baseline["goodput_rps"]))
 
 
 def _run_numbered(item: tuple[int, SimConfig]) -> tuple[int, dict[str, Any]]:
@@ -168,7 +171,20 @@ def _storage(storage: str | None):
     return JournalStorage(JournalFileBackend(storage))
 
 
-def _result(study, policy: str, space, defaults) -> SearchResult:
+def _within(defaults: dict[str, Any], space: dict[str, tuple]) -> dict[str, Any]:
+    """The default parameters the space can express (the first trial starts from them)."""
+    out = {}
+    for name, spec in space.items():
+        value = defaults.get(name)
+        if value is None:
+            continue
+        inside = value in spec[1] if spec[0] == "choice" else spec[1] <= value <= spec[2]
+        if inside:
+            out[name] = value
+    return out
+
+
+def _result(study, policy: str, space, defaults, default_goodput: float) -> SearchResult:
     rows = []
     for t in study.trials:
         if t.state.name != "COMPLETE":
@@ -178,9 +194,8 @@ def _result(study, policy: str, space, defaults) -> SearchResult:
     if trials.empty:
         raise TwinError("every trial failed; check the trace and policy with `twin simulate`")
     best = study.best_trial
-    first = trials.sort_values("trial").iloc[0]
     params = {**{k: defaults[k] for k in space if k in defaults}, **best.params}
-    return SearchResult(policy, params, float(best.value), float(first["goodput_rps"]), trials)
+    return SearchResult(policy, params, float(best.value), default_goodput, trials)
 
 
 def pareto_front(trials: pd.DataFrame, x: str = "tbt_p90_s", y: str = "goodput_rps"):
@@ -205,16 +220,7 @@ def pareto_plot(result: SearchResult, path: Path, x: str = "tbt_p90_s") -> Path:
     fig, ax = plt.subplots(figsize=(6, 4.2))
     ax.scatter(trials[x] * 1e3, trials["goodput_rps"], s=18, alpha=0.6, label="trials")
     ax.plot(front[x] * 1e3, front["goodput_rps"], color="crimson", marker="o", label="Pareto front")
-    first = trials.sort_values("trial").iloc[0]
-    ax.scatter(
-        [first[x] * 1e3],
-        [first["goodput_rps"]],
-        marker="*",
-        s=160,
-        color="k",
-        label="defaults",
-        zorder=5,
-    )
+    ax.axhline(result.default_goodput, color="k", ls=":", lw=1, label="defaults' goodput")
     ax.set_xlabel(f"{x.replace('_s', '')} (ms)")
     ax.set_ylabel("goodput (req/s)")
     ax.set_title(f"{result.policy}: {len(trials)} trials", fontsize=10)
