@@ -11,7 +11,7 @@ ShareGPT and arXiv length traces (Poisson arrivals), then derives per trace and 
 Saves ``bench/results/policies.json``, one ``compare.csv`` and plots per trace under
 ``bench/results/policies/``.
 
-    python bench/policies.py [--workers 2] [--traces azure-conv,mooncake] [--quick]
+    python bench/compare_policies.py [--workers 2] [--traces azure-conv,mooncake] [--quick]
 """
 
 from __future__ import annotations
@@ -22,20 +22,15 @@ import datetime as dt
 import json
 import math
 import platform
-import sys
 import time
 from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path and its name would shadow the
-# `policies` package.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from policies import Slo  # noqa: E402
-from twin import compare as cmp  # noqa: E402
-from twin.experiment import SimConfig  # noqa: E402
-from twin.sweep import make_executor, run_sweep  # noqa: E402
+from policies import Slo
+from twin import compare as cmp
+from twin.experiment import SimConfig
+from twin.sweep import make_executor, run_sweep
 
 POLICIES = ["vllm", "sglang", "static-split", "nexus", "duetserve", "disagg"]
 WORKLOADS = {  # trace -> rates (multipliers of its own rate, or Poisson req/s)
