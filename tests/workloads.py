@@ -20,3 +20,18 @@ def make_workload(
     return Workload(
         arrival_s=arrivals, prompt_tokens=prompts, output_tokens=outputs, name="synthetic"
     )
+
+
+# A two-layer Qwen3-style config: the real engine runs it on a CPU in milliseconds a step.
+TINY_QWEN3 = {
+    "model_type": "qwen3",
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "vocab_size": 512,
+    "max_position_embeddings": 8192,
+    "tie_word_embeddings": True,
+}

@@ -7,6 +7,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from tests.workloads import TINY_QWEN3
+
 pytest.importorskip("torch")
 
 from twin.cmd_run import run_command  # noqa: E402
@@ -20,25 +22,12 @@ app.command("run")(run_command)
 app.command("noop")(lambda: None)  # keeps "run" a subcommand, as in the real CLI
 runner = CliRunner()
 
-TINY = {
-    "model_type": "qwen3",
-    "hidden_size": 64,
-    "intermediate_size": 96,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-    "vocab_size": 512,
-    "max_position_embeddings": 8192,
-    "tie_word_embeddings": True,
-}
-
 
 @pytest.fixture
 def model_dir(tmp_path):
     d = tmp_path / "tiny-qwen3"
     d.mkdir()
-    (d / "config.json").write_text(json.dumps(TINY))
+    (d / "config.json").write_text(json.dumps(TINY_QWEN3))
     return d
 
 

@@ -6,24 +6,14 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from tests.workloads import TINY_QWEN3
+
 pytest.importorskip("torch")
 
 from twin.cli import app  # noqa: E402
 from twin.validate import finite_report  # noqa: E402
 
 runner = CliRunner()
-TINY = {
-    "model_type": "qwen3",
-    "hidden_size": 64,
-    "intermediate_size": 96,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-    "vocab_size": 512,
-    "max_position_embeddings": 8192,
-    "tie_word_embeddings": True,
-}
 
 
 def invoke(*args):
@@ -37,7 +27,7 @@ def real_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("validate")
     model = tmp / "tiny"
     model.mkdir()
-    (model / "config.json").write_text(json.dumps(TINY))
+    (model / "config.json").write_text(json.dumps(TINY_QWEN3))
     runs = {}
     for policy in ("vllm", "sglang"):
         runs[policy] = tmp / f"real-{policy}"

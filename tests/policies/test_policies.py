@@ -305,3 +305,16 @@ def test_split_lanes_never_mix_phases(model):
         assert isinstance(p, Batch) and p.decode == []
         assert [(c.request.id, c.length) for c in p.prefill] == [(1, 300)]
         assert isinstance(p.prefill[0], PrefillChunk)
+
+
+def test_sglang_retracts_the_request_with_the_least_output_and_longest_prompt(model):
+    kv = KVCache(19, 16)
+    old = decoding(1, kv, 96, generated=50)
+    young_short = decoding(2, kv, 96, generated=2)
+    young_long = Request(3, 0.0, 112, 200, generated=2, kv_tokens=112, status=Status.RUNNING)
+    kv.grow(3, 112)  # 6 + 6 + 7 = 19 blocks: every decode needs one more
+    batch = policies.get("sglang").next_batch(
+        make_view(model, (), [old, young_short, young_long], kv), Lane.MIXED
+    )
+    assert [r.id for r in batch.preempt] == [3]
+    assert [r.id for r in batch.decode] == [1, 2]
