@@ -78,10 +78,12 @@ def simulate(
     progress: Callable[[int, int], None] | None = None,
     workload: traces.Workload | None = None,
     record_decisions: bool = False,
+    latency_model: LatencyModel | None = None,
 ) -> RunResult:
+    """Run one simulation; ``workload`` and ``latency_model`` skip loading them again."""
     wl = workload if workload is not None else load_workload(cfg)
-    model_cfg = load_model_config(cfg.model)
-    model = load_latency_model(model_cfg, cfg.gpu, cfg.profile)
+    model = latency_model or load_latency_model(load_model_config(cfg.model), cfg.gpu, cfg.profile)
+    model_cfg = model.config
     policy = policies.get(cfg.policy, **cfg.policy_args)
     sim = make_simulator(wl, policy, model, cfg.slo, cfg.engine, progress, record_decisions)
     wall = time.perf_counter()

@@ -51,7 +51,9 @@ _WORKLOAD_FIELDS = (
     "rate_scale",
     "max_requests",
 )
-_workloads: dict[tuple, Any] = {}  # per worker process: each trace is loaded once
+# Per worker process: each trace and each latency model is loaded once, then reused.
+_workloads: dict[tuple, Any] = {}
+_models: dict[tuple, Any] = {}
 
 
 def spec_hash(cfg: SimConfig) -> str:
@@ -67,6 +69,19 @@ def cached_workload(cfg: SimConfig):
             _workloads.clear()
         wl = _workloads[key] = load_workload(cfg)
     return wl
+
+
+def cached_model(cfg: SimConfig):
+    from profiler.config import load_model_config
+    from twin.latency import load_latency_model
+
+    key = (cfg.model, cfg.gpu, cfg.profile)
+    model = _models.get(key)
+    if model is None:
+        model = _models[key] = load_latency_model(
+            load_model_config(cfg.model), cfg.gpu, cfg.profile
+        )
+    return model
 
 
 def spec_columns(cfg: SimConfig) -> dict[str, Any]:
@@ -89,7 +104,7 @@ def run_spec(cfg: SimConfig) -> dict[str, Any]:
     """One simulation as one row; an exception becomes an error row, never a crash."""
     row = spec_columns(cfg)
     try:
-        result = simulate(cfg, workload=cached_workload(cfg))
+        result = simulate(cfg, workload=cached_workload(cfg), latency_model=cached_model(cfg))
     except Exception as exc:  # noqa: BLE001  (a sweep reports every failure and goes on)
         return {**row, "status": "error", "error": f"{type(exc).__name__}: {exc}"}
     scalars = {k: v for k, v in result.summary.items() if isinstance(v, int | float | str | bool)}
