@@ -126,17 +126,17 @@ def compare_command(
 
 def _table(table, mode: str) -> Table:
     unit = "x" if mode == "scale" else "req/s"
-    t = Table(title="policies compared", header_style="bold")
+    t = Table(title="policies compared (rates in req/s)", header_style="bold")
     for col in (
         "policy",
-        f"rate ({unit})",
-        "offered req/s",
+        f"rate {unit}",
+        "offered",
         "goodput",
-        "throughput",
-        "TTFT p90",
-        "TBT p90",
+        "thruput",
+        "TTFT p90 s",
+        "TBT p90 ms",
         "SLO met",
-        "decode SMs",
+        "dec SMs",
     ):
         t.add_column(col, justify="left" if col == "policy" else "right")
     for row in table.itertuples():
@@ -146,8 +146,8 @@ def _table(table, mode: str) -> Table:
             f"{row.offered_rps:.2f}",
             f"{row.goodput_rps:.2f}",
             f"{row.throughput_rps:.2f}",
-            f"{row.ttft_p90_s:.3f} s",
-            f"{row.tbt_p90_s * 1e3:.1f} ms",
+            f"{row.ttft_p90_s:.3f}",
+            f"{row.tbt_p90_s * 1e3:.1f}",
             f"{row.slo_attainment:.0%}",
             f"{row.mean_decode_sms:.0f}",
         )
