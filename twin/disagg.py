@@ -29,6 +29,7 @@ class DisaggSimulator(Simulator):
         self.on_decode_gpu: set[int] = set()
         self.transfers: deque[Request] = deque()
         self.link_busy = False
+        self.link_free_s = 0.0
         self.kv_transferred_bytes = 0.0
 
     def _view(self, lane: Lane | None = None) -> EngineView:
@@ -62,6 +63,17 @@ class DisaggSimulator(Simulator):
     def _co_runner(self, lane: Lane) -> Run | None:
         return None  # separate GPUs share no HBM
 
+    def _horizon(self, lane: Lane, co: Run | None) -> float:
+        """The decode GPU's work changes when a transfer lands, so a run stops at the next
+        possible landing: the running transfer's end, or the prefill GPU's batch end."""
+        horizon = self._next_arrival()
+        prefill = self.in_flight.get(Lane.PREFILL)
+        if prefill is not None:
+            horizon = min(horizon, prefill.end)
+        if self.link_busy:
+            horizon = min(horizon, self.link_free_s)
+        return horizon
+
     def _prefill_done(self, req: Request) -> None:
         req.in_flight = True  # in transit: neither GPU may schedule it
         self.transfers.append(req)
@@ -84,7 +96,9 @@ class DisaggSimulator(Simulator):
         nbytes = req.kv_tokens * self.model.config.kv_bytes_per_token
         self.kv_transferred_bytes += nbytes
         self.link_busy = True
-        done = self.env.timeout(self.transfer_s(nbytes))
+        seconds = self.transfer_s(nbytes)
+        self.link_free_s = self.env.now + seconds
+        done = self.env.timeout(seconds)
         done.callbacks.append(lambda _event: self._arrive_on_decode_gpu(req))
 
     def _arrive_on_decode_gpu(self, req: Request) -> None:

@@ -322,9 +322,7 @@ class Simulator:
         limit = self._kv_steps(reqs, limit)
         if limit <= 1:
             return 1, None
-        horizon = self._next_arrival()
-        if co is not None:
-            horizon = min(horizon, co.end)
+        horizon = self._horizon(lane, co)
         if math.isinf(horizon):
             return limit, None
         shape = batch.shape()
@@ -337,6 +335,11 @@ class Simulator:
         ends = np.cumsum(durations)
         steps = max(1, min(limit, int(np.searchsorted(ends, horizon - self.env.now)) + 1))
         return steps, durations
+
+    def _horizon(self, lane: Lane, co: Run | None) -> float:
+        """The next moment something outside a steady run could change its lane's decision."""
+        horizon = self._next_arrival()
+        return min(horizon, co.end) if co is not None else horizon
 
     def _kv_steps(self, reqs: list[Request], limit: int) -> int:
         bs = self.kv.block_size
