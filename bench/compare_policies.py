@@ -88,6 +88,9 @@ def main() -> None:
     ap.add_argument("--ray", default=None)
     ap.add_argument("--max-requests", type=int, default=1000, help="length-only traces")
     ap.add_argument("--quick", action="store_true", help="three rates per trace")
+    ap.add_argument(
+        "--resume", action="store_true", help="keep finished runs of an interrupted benchmark"
+    )
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     args = ap.parse_args()
 
@@ -115,6 +118,8 @@ def main() -> None:
                 specs = [dataclasses.replace(s, max_requests=args.max_requests) for s in specs]
             out = args.out / "policies" / trace
             out.mkdir(parents=True, exist_ok=True)
+            if not args.resume:  # results of an older build must not be reused
+                (out / "compare.parquet").unlink(missing_ok=True)
             start = time.perf_counter()
             rows = run_sweep(specs, executor, out / "compare.parquet", label=trace)
             wall = time.perf_counter() - start
