@@ -128,7 +128,7 @@ class SchedulingPolicy:
         batch = Batch(decode=[r for r in decodes if r not in preempted], preempt=preempted)
         if batch.is_empty and not preempted:
             return None
-        return self.steady(batch)
+        return self.steady(batch, view)
 
     def prefill_only_batch(
         self, view: EngineView, token_budget: int, max_num_seqs: int
@@ -158,9 +158,17 @@ class SchedulingPolicy:
         p = self.params
         return self.prefill_only_batch(view, p.max_num_batched_tokens, p.max_num_seqs)
 
-    @staticmethod
-    def steady(batch: Batch) -> Batch:
-        """Mark a decode-only batch without preemption as repeatable until something changes."""
+    def steady(self, batch: Batch, view: EngineView) -> Batch:
+        """Mark a decode-only batch without preemption as repeatable until something changes.
+
+        Only while the policy keeps the current partition: if it would re-split now (the other
+        lane just took new work, say), the next step must be decided afresh.
+        """
         if not batch.prefill and not batch.preempt and batch.decode:
-            batch.steady_steps = UNTIL_CHANGE
+            if self.partition(view) == view.partition:
+                batch.steady_steps = self.steady_limit(view, batch)
         return batch
+
+    def steady_limit(self, view: EngineView, batch: Batch) -> int:
+        """How many steps the promise holds; policies whose choices change with KV use cap it."""
+        return UNTIL_CHANGE

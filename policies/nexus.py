@@ -32,10 +32,13 @@ contexts) rather than 1% of the SMs; the work weighed is the next batch each lan
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from policies.base import SchedulingPolicy
-from policies.batch import Batch, BatchShape
+from policies.batch import UNTIL_CHANGE, Batch, BatchShape
 from policies.partition import Lane, Partition
 from policies.registry import register
 from policies.shapes import decode_shape, prefill_shape
@@ -89,6 +92,33 @@ class NexusPolicy(SchedulingPolicy):
 
     def next_batch(self, view: EngineView, lane: Lane) -> Batch | None:
         return self.split_lane_batch(view, lane)
+
+    def steady_limit(self, view: EngineView, batch: Batch) -> int:
+        """Steps before KV usage crosses ``kv_threshold`` and the objective would flip."""
+        kv = view.kv
+        target = math.ceil(self.params.kv_threshold * kv.num_blocks)
+        if kv.used_blocks >= target:
+            return UNTIL_CHANGE  # usage only grows while decoding: the objective stays
+        bs, n = kv.block_size, len(batch.decode)
+        longest = min(r.remaining_output for r in batch.decode)  # no run goes past a finish
+        if kv.used_blocks + n * (longest // bs + 2) < target:
+            return UNTIL_CHANGE  # even the longest possible run stays below the threshold
+        tokens = np.fromiter((r.kv_tokens for r in batch.decode), np.int64, len(batch.decode))
+        held = np.fromiter((kv.held(r.id) for r in batch.decode), np.int64, len(batch.decode))
+
+        def used_after(steps: int) -> int:
+            return kv.used_blocks + int(np.maximum(0, -(-(tokens + steps) // bs) - held).sum())
+
+        lo, hi = 0, max(1, longest)  # used_after(lo) stays below the threshold
+        if used_after(hi) < target:
+            return UNTIL_CHANGE
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if used_after(mid) < target:
+                lo = mid
+            else:
+                hi = mid
+        return lo + 1
 
     # ----------------------------------------------------------------- the split
     def __init__(self, params: NexusParams) -> None:

@@ -51,4 +51,4 @@ class VllmPolicy(SchedulingPolicy):
         batch = Batch(prefill=chunks, decode=decodes, preempt=preempted)
         if batch.is_empty and not preempted:
             return None
-        return self.steady(batch)
+        return self.steady(batch, view)

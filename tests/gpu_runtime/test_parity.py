@@ -27,7 +27,21 @@ CASES = {
     "vllm-synthetic": ("vllm", "synthetic", 40, {"max_num_batched_tokens": 256}),
     "static-split-trace": ("static-split", "trace", 24, {"max_num_batched_tokens": 128}),
     "static-split-synthetic": ("static-split", "synthetic", 32, {"decode_sms": 32}),
+    "sglang-trace": ("sglang", "trace", 24, {"chunked_prefill_size": 128}),
+    # No hysteresis: nexus re-splits often, so partition changes are compared too.
+    "nexus-trace": ("nexus", "trace", 24, {"max_num_batched_tokens": 128, "hysteresis": 0.0}),
+    "nexus-synthetic": ("nexus", "synthetic", 40, {"max_num_batched_tokens": 256}),
+    # The tiny model's mixed steps take ~1.5 ms; a target between its decode-only and mixed
+    # predictions makes duetserve switch between aggregated and split mode.
+    "duetserve-trace": ("duetserve", "trace", 24, {"tbt_target_s": 1.5004e-3}),
+    "duetserve-synthetic": (
+        "duetserve",
+        "synthetic",
+        40,
+        {"max_num_batched_tokens": 256, "tbt_target_s": 1.5004e-3},
+    ),
 }
+DYNAMIC = ("nexus-trace", "duetserve-trace", "duetserve-synthetic")
 
 
 def workload(source: str):
@@ -75,3 +89,8 @@ def test_simulator_and_runtime_make_the_same_decisions(case):
 @pytest.mark.parametrize("case", list(CASES))
 def test_parity_cases_preempt_so_that_recompute_is_compared_too(case):
     assert sum(r.preemptions for r in simulate(case).requests) > 0
+
+
+@pytest.mark.parametrize("case", DYNAMIC)
+def test_dynamic_cases_really_change_the_partition(case):
+    assert simulate(case).partition_changes > 5
