@@ -107,3 +107,11 @@ def test_ray_executor_gives_the_same_table():
         ex.close()
     serial = run_sweep(specs(2), InProcessExecutor(), progress=False)
     pd.testing.assert_frame_equal(comparable(serial), comparable(on_ray))
+
+
+def test_ray_flag_without_ray_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    with pytest.raises(TwinError, match=r"pip install 'twin\[ray\]'"):
+        make_executor(0, ray="auto")
