@@ -85,6 +85,10 @@ class SplitScore:
 class NexusPolicy(SchedulingPolicy):
     params: NexusParams
 
+    def __init__(self, params: NexusParams) -> None:
+        super().__init__(params)
+        self._last: tuple[tuple, Batch | None, Partition] | None = None
+
     # ----------------------------------------------------------------- queues and batches
     def order_waiting(self, view: EngineView):
         gamma, now = self.params.aging, view.now
@@ -121,10 +125,6 @@ class NexusPolicy(SchedulingPolicy):
         return lo + 1
 
     # ----------------------------------------------------------------- the split
-    def __init__(self, params: NexusParams) -> None:
-        super().__init__(params)
-        self._last: tuple[tuple, Partition] | None = None
-
     def partition(self, view: EngineView) -> Partition:
         """Re-plan the split when the queues changed since the last call, else keep it."""
         prefill_batch = view.in_flight.get(Lane.PREFILL)
@@ -132,13 +132,14 @@ class NexusPolicy(SchedulingPolicy):
             view.partition,
             len(view.waiting),
             len(view.running),
-            id(prefill_batch) if prefill_batch is not None else 0,
             view.kv.usage >= self.params.kv_threshold,
         )
-        if self._last is not None and self._last[0] == state:
-            return self._last[1]
+        last = self._last
+        # The running prefill batch is compared by identity; holding it keeps its id unique.
+        if last is not None and last[0] == state and last[1] is prefill_batch:
+            return last[2]
         part = self.plan_split(view)
-        self._last = (state, part)
+        self._last = (state, prefill_batch, part)
         return part
 
     def plan_split(self, view: EngineView) -> Partition:
