@@ -20,6 +20,9 @@ class SchedulingPolicy:
     """Base for policies: FCFS queue, newest-first preemption, aggregated partition."""
 
     name = "base"
+    # True when the partition cannot change on an arrival while the prefill lane of a split is
+    # busy (the policy plans from the running prefill batch, not the queue behind it).
+    split_ignores_arrivals = False
 
     def __init__(self, params: object) -> None:
         self.params = params
@@ -167,6 +170,7 @@ class SchedulingPolicy:
         if not batch.prefill and not batch.preempt and batch.decode:
             if self.partition(view) == view.partition:
                 batch.steady_steps = self.steady_limit(view, batch)
+                batch.through_arrivals = self.split_ignores_arrivals and view.partition.is_split
         return batch
 
     def steady_limit(self, view: EngineView, batch: Batch) -> int:

@@ -67,12 +67,17 @@ class Batch:
     these requests' own decode progress: no arrival, finish, preemption, KV shortage or
     change on another lane. Engines may run that many iterations at once (the simulator does);
     the runtime asks again every iteration and must get the same answer.
+
+    ``through_arrivals`` widens the promise for a decode lane of a split partition: while the
+    prefill lane is busy, an arrival changes neither this batch nor the partition (the arrival
+    only waits in the queue), so the promise lasts until the prefill lane's batch ends.
     """
 
     prefill: list[PrefillChunk] = field(default_factory=list)
     decode: list[Request] = field(default_factory=list)
     preempt: list[Request] = field(default_factory=list)
     steady_steps: int = 1
+    through_arrivals: bool = False
 
     @property
     def is_empty(self) -> bool:

@@ -16,8 +16,9 @@ model:
 - a greedy walk from the current split in ``sm_step`` SM steps stops when the objective stops
   improving; a new split is applied only if it improves the objective by more than
   ``hysteresis`` (or repairs a violated constraint);
-- the split is re-planned when the queues change (an arrival, admission, finish or
-  preemption, a new prefill batch, KV usage crossing the threshold), not at every decode step.
+- the split is re-planned when what it weighs changes (an arrival while the prefill lane is
+  free, an admission, finish or preemption, a new prefill batch, KV usage crossing the
+  threshold), not at every decode step; an arrival behind a running prefill batch waits.
 
 The prefill queue is shortest-remaining-prompt-first with aging (score = remaining prompt
 tokens - ``aging`` * seconds waited, γ = 15 in the paper); decode is FCFS, and both lanes keep
@@ -84,10 +85,12 @@ class SplitScore:
 @register("nexus", NexusParams)
 class NexusPolicy(SchedulingPolicy):
     params: NexusParams
+    split_ignores_arrivals = True  # plans from the running prefill batch while there is one
 
     def __init__(self, params: NexusParams) -> None:
         super().__init__(params)
         self._last: tuple[tuple, Batch | None, Partition] | None = None
+        self._roofs = RooflineCache()
 
     # ----------------------------------------------------------------- queues and batches
     def order_waiting(self, view: EngineView):
@@ -130,7 +133,8 @@ class NexusPolicy(SchedulingPolicy):
         prefill_batch = view.in_flight.get(Lane.PREFILL)
         state = (
             view.partition,
-            len(view.waiting),
+            # A running prefill batch is what the plan weighs; the queue behind it is not.
+            len(view.waiting) if prefill_batch is None else -1,
             len(view.running),
             view.kv.usage >= self.params.kv_threshold,
         )
@@ -139,7 +143,9 @@ class NexusPolicy(SchedulingPolicy):
         if last is not None and last[0] == state and last[1] is prefill_batch:
             return last[2]
         part = self.plan_split(view)
-        self._last = (state, prefill_batch, part)
+        # Asked again once the engine has moved to ``part``, the plan would weigh the same
+        # work from where it now stands: it stays (its walk ended there), so remember that too.
+        self._last = ((part, *state[1:]), prefill_batch, part)
         return part
 
     def plan_split(self, view: EngineView) -> Partition:
@@ -190,7 +196,7 @@ class NexusPolicy(SchedulingPolicy):
     def _evaluator(self, view: EngineView, prefill: BatchShape, decode: BatchShape):
         p, model, n = self.params, view.model, view.gpu.num_sms
         decode_priority = view.kv.usage >= p.kv_threshold
-        contention = ContentionModel(model, decode, prefill)
+        contention = ContentionModel(model, decode, prefill, self._roofs)
         prefill_all, decode_all = contention.prefill_all, contention.decode_all
 
         def evaluate(decode_sms: int) -> SplitScore:
@@ -225,37 +231,84 @@ class NexusPolicy(SchedulingPolicy):
         return min(options, key=lambda d: (abs(d - half), d))
 
 
+class RooflineCache:
+    """The prefill batch's costs, which a planner asks for again and again (one latency model).
+
+    The running prefill batch is weighed at every re-plan while it runs, so its rooflines on
+    each SM count and its all-SM latency are worth keeping; decode shapes change with every
+    step and are not kept. Bounded, as queued prompts change too.
+    """
+
+    def __init__(self, limit: int = 256) -> None:
+        self.limit = limit
+        self.model = None
+        self._roofs: dict[tuple[BatchShape, int], tuple[dict[str, tuple[float, float]], float]] = {}
+        self._alone: dict[BatchShape, tuple[float, float, dict[str, float]]] = {}
+
+    def bind(self, model) -> RooflineCache:
+        if model is not self.model:
+            self.model = model
+            self._roofs.clear()
+            self._alone.clear()
+        return self
+
+    def roofline(self, shape: BatchShape, sms: int) -> tuple[dict[str, tuple[float, float]], float]:
+        """(``op_roofline`` on ``sms``, its busy seconds at full bandwidth)."""
+        key = (shape, sms)
+        hit = self._roofs.get(key)
+        if hit is None:
+            if len(self._roofs) >= self.limit:
+                self._roofs.clear()
+            roof = self.model.op_roofline(shape, sms)
+            hit = self._roofs[key] = (roof, _busy(roof))
+        return hit
+
+    def alone(self, shape: BatchShape) -> tuple[float, float, dict[str, float]]:
+        """(latency on all SMs, its fixed overhead, HBM bytes per operator class)."""
+        hit = self._alone.get(shape)
+        if hit is None:
+            if len(self._alone) >= self.limit:
+                self._alone.clear()
+            hit = self._alone[shape] = self.measure(self.model, shape)
+        return hit
+
+    @staticmethod
+    def measure(model, shape: BatchShape) -> tuple[float, float, dict[str, float]]:
+        n = model.gpu.num_sms
+        total = model.predict(shape, n)
+        return total, total - _busy(model.op_roofline(shape, n)), model.op_bytes(shape)
+
+
 class ContentionModel:
     """Nexus's phase latencies for one pair of batches: prefill alone, decode at ``B_eff``."""
 
-    def __init__(self, model, decode: BatchShape, prefill: BatchShape) -> None:
-        n = model.gpu.num_sms
+    def __init__(
+        self, model, decode: BatchShape, prefill: BatchShape, cache: RooflineCache | None = None
+    ) -> None:
         self.model, self.decode, self.prefill = model, decode, prefill
-        self.prefill_all = model.predict(prefill, n)
-        self.decode_all = model.predict(decode, n)
-        self.decode_overhead = self.decode_all - _busy(model.op_roofline(decode, n))
-        self.prefill_overhead = self.prefill_all - _busy(model.op_roofline(prefill, n))
-        self.decode_bytes = sum(model.op_bytes(decode).values())
-        p_bytes = model.op_bytes(prefill)
+        self.cache = cache = (cache or RooflineCache()).bind(model)
+        # Only the prefill side recurs (the running batch, re-planned against until it ends).
+        self.prefill_all, self.prefill_overhead, p_bytes = cache.alone(prefill)
+        self.decode_all, self.decode_overhead, d_bytes = RooflineCache.measure(model, decode)
+        self.decode_bytes = sum(d_bytes.values())
         self.prefill_attn_bytes = p_bytes["attn_prefill"]
         self.prefill_dense_bytes = sum(p_bytes.values()) - self.prefill_attn_bytes
 
     def latencies(self, decode_sms: int, prefill_sms: int) -> tuple[float, float]:
         """(prefill seconds on its SMs, decode seconds on its SMs beside that prefill)."""
-        model = self.model
         if self.prefill.is_empty:
-            return 0.0, model.predict(self.decode, decode_sms)
-        p_roof = model.op_roofline(self.prefill, prefill_sms)
-        t_p = _busy(p_roof) + self.prefill_overhead
+            return 0.0, self.model.predict(self.decode, decode_sms)
+        p_roof, p_busy = self.cache.roofline(self.prefill, prefill_sms)
+        t_p = p_busy + self.prefill_overhead
         if self.decode.is_empty:
             return t_p, 0.0
-        d_roof = model.op_roofline(self.decode, decode_sms)
+        d_roof = self.model.op_roofline(self.decode, decode_sms)
         d_busy = _busy(d_roof)
         d_rate = self.decode_bytes / d_busy
         t_attn = max(p_roof["attn_prefill"])
-        t_dense = t_p - self.prefill_overhead - t_attn
+        t_dense = p_busy - t_attn
         p_attn = t_attn / (t_attn + t_dense)
-        bw = model.hbm_bandwidth
+        bw = self.model.hbm_bandwidth
         t_d = self.decode_overhead
         for weight, seconds, nbytes in (
             (p_attn, t_attn, self.prefill_attn_bytes),
@@ -268,4 +321,8 @@ class ContentionModel:
 
 
 def _busy(roofline: dict[str, tuple[float, float]], share: float = 1.0) -> float:
-    return sum(max(compute, memory / share) for compute, memory in roofline.values())
+    total = 0.0
+    for compute, memory in roofline.values():
+        memory /= share
+        total += compute if compute > memory else memory
+    return total

@@ -32,8 +32,15 @@ class StaticSplitParams:
 @register("static-split", StaticSplitParams)
 class StaticSplitPolicy(SchedulingPolicy):
     params: StaticSplitParams
+    split_ignores_arrivals = True
+
+    def __init__(self, params: StaticSplitParams) -> None:
+        super().__init__(params)
+        self._checked: tuple[object, Partition] | None = None
 
     def partition(self, view: EngineView) -> Partition:
+        if self._checked is not None and self._checked[0] is view.gpu:
+            return self._checked[1]
         part = view.gpu.split_with_decode(self.params.decode_sms)
         if not view.gpu.is_valid(part):
             options = view.gpu.decode_sm_options()
@@ -41,6 +48,7 @@ class StaticSplitPolicy(SchedulingPolicy):
                 f"static-split decode_sms={self.params.decode_sms} is not a valid split on "
                 f"{view.gpu.name}; pick one of {options}"
             )
+        self._checked = (view.gpu, part)
         return part
 
     def next_batch(self, view: EngineView, lane: Lane) -> Batch | None:

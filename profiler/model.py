@@ -30,6 +30,8 @@ class LatencyModel(ABC):
         self.measured = measured
         self.costs = CostModel(config)
         self._curves: dict[tuple[str, int], tuple[float, float]] = {}
+        # Every operator class's curves on one SM count, for the per-batch loops below.
+        self._curve_rows: dict[int, tuple[tuple[str, float, float], ...]] = {}
         # A co-runner's demand is asked for at every re-rate of the other lane.
         self._demand: dict[tuple[BatchShape, int], tuple[float, float]] = {}
 
@@ -80,16 +82,19 @@ class LatencyModel(ABC):
             self._curves[key] = hit
         return hit
 
+    def _row(self, sms: int) -> tuple[tuple[str, float, float], ...]:
+        row = self._curve_rows.get(sms)
+        if row is None:
+            row = self._curve_rows[sms] = tuple((op, *self.curves(op, sms)) for op in OP_CLASSES)
+        return row
+
     def op_times(self, shape: BatchShape, sms: int, share: float = 1.0) -> dict[str, float]:
         cost = self.costs.costs(shape)
+        flops, nbytes = cost.flops, cost.bytes
         out = {}
-        for op in OP_CLASSES:
-            flops, nbytes = cost.flops[op], cost.bytes[op]
-            if flops == 0.0 and nbytes == 0.0:
-                out[op] = 0.0
-                continue
-            rate, bw = self.curves(op, sms)
-            out[op] = max(flops / rate, nbytes / (bw * share))
+        for op, rate, bw in self._row(sms):
+            f, b = flops[op], nbytes[op]
+            out[op] = 0.0 if f == 0.0 and b == 0.0 else max(f / rate, b / (bw * share))
         return out
 
     def op_roofline(self, shape: BatchShape, sms: int) -> dict[str, tuple[float, float]]:
@@ -99,11 +104,10 @@ class LatencyModel(ABC):
         bandwidth, which lets a policy try many shares without recounting the work.
         """
         cost = self.costs.costs(shape)
-        out = {}
-        for op in OP_CLASSES:
-            rate, bw = self.curves(op, sms) if sms > 0 else (1.0, 1.0)
-            out[op] = (cost.flops[op] / rate, cost.bytes[op] / bw)
-        return out
+        flops, nbytes = cost.flops, cost.bytes
+        if sms <= 0:
+            return {op: (flops[op], nbytes[op]) for op in OP_CLASSES}
+        return {op: (flops[op] / rate, nbytes[op] / bw) for op, rate, bw in self._row(sms)}
 
     def op_bytes(self, shape: BatchShape) -> dict[str, float]:
         """HBM bytes each operator class moves in one iteration of ``shape``."""
@@ -116,7 +120,7 @@ class LatencyModel(ABC):
         key = (shape, sms)
         hit = self._demand.get(key)
         if hit is None:
-            if len(self._demand) >= 4096:
+            if len(self._demand) >= 256:
                 self._demand.clear()
             hit = self._demand[key] = self._demand_alone(shape, sms)
         return hit

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from policies import EngineView, KVCache, Lane, Partition, Request, Status
+from policies import Batch, EngineView, KVCache, Lane, Partition, Request, Status
 from twin.errors import SimulationError
 from twin.sim import Run, Simulator
 
@@ -63,7 +63,7 @@ class DisaggSimulator(Simulator):
     def _co_runner(self, lane: Lane) -> Run | None:
         return None  # separate GPUs share no HBM
 
-    def _horizon(self, lane: Lane, co: Run | None) -> float:
+    def _horizon(self, lane: Lane, co: Run | None, batch: Batch) -> float:
         """The decode GPU's work changes when a transfer lands, so a run stops at the next
         possible landing: the running transfer's end, or the prefill GPU's batch end."""
         horizon = self._next_arrival()

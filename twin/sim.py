@@ -11,8 +11,10 @@ iteration at a time.
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -134,7 +136,8 @@ class Simulator:
     # ----------------------------------------------------------------- driving
     def run(self) -> SimResult:
         self.env.process(self._arrivals())
-        self.env.run()
+        with _fewer_collections():
+            self.env.run()
         left = [r for r in self.requests if r.status not in (Status.FINISHED, Status.REJECTED)]
         if left:
             raise SimulationError(
@@ -322,7 +325,7 @@ class Simulator:
         limit = self._kv_steps(reqs, limit)
         if limit <= 1:
             return 1, None
-        horizon = self._horizon(lane, co)
+        horizon = self._horizon(lane, co, batch)
         if math.isinf(horizon):
             return limit, None
         shape = batch.shape()
@@ -336,10 +339,13 @@ class Simulator:
         steps = max(1, min(limit, int(np.searchsorted(ends, horizon - self.env.now)) + 1))
         return steps, durations
 
-    def _horizon(self, lane: Lane, co: Run | None) -> float:
+    def _horizon(self, lane: Lane, co: Run | None, batch: Batch) -> float:
         """The next moment something outside a steady run could change its lane's decision."""
-        horizon = self._next_arrival()
-        return min(horizon, co.end) if co is not None else horizon
+        if co is None:
+            return self._next_arrival()
+        if batch.through_arrivals and co.lane is Lane.PREFILL:
+            return co.end  # arrivals only queue behind the running prefill batch
+        return min(self._next_arrival(), co.end)
 
     def _kv_steps(self, reqs: list[Request], limit: int) -> int:
         bs = self.kv.block_size
@@ -537,3 +543,18 @@ def make_simulator(workload: Workload, policy: Policy, model: LatencyModel, *arg
 
         return DisaggSimulator(workload, policy, model, *args, **kwargs)
     raise SimulationError(f"policy {policy.name!r} asks for {gpus} GPUs; the simulator has 1 or 2")
+
+
+@contextmanager
+def _fewer_collections(gen0: int = 10_000):
+    """Run the cyclic garbage collector less often while simulating.
+
+    A run allocates many short-lived objects (views, batches, events) and few cycles; with the
+    default threshold the collector rescans the growing request table again and again.
+    """
+    old = gc.get_threshold()
+    gc.set_threshold(max(old[0], gen0), *old[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import policies
-from policies import Lane, Slo
+from policies import EngineView, KVCache, Lane, Request, Slo, Status
 from tests.workloads import make_workload
 from traces import Workload
 from twin.disagg import DisaggSimulator
@@ -118,3 +118,61 @@ def test_fast_forward_matches_stepping_for_every_policy(busy_trace, h100_model, 
     assert len(fast.iterations["start_s"]) == len(slow.iterations["start_s"])
     for a, b in zip(fast.requests, slow.requests, strict=True):
         np.testing.assert_allclose(a.token_times_array(), b.token_times_array(), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["static-split", "nexus"])
+def test_decode_runs_hold_through_arrivals_behind_a_running_prefill(busy_trace, h100_model, name):
+    """A split whose partition ignores the queue behind a running prefill batch lets decode
+    runs last until that batch ends: fewer launches, the same token times."""
+    runs = []
+    for honour in (True, False):
+        policy = policies.get(name)
+        policy.split_ignores_arrivals = honour
+        sim = make_simulator(busy_trace, policy, h100_model, Slo(), EngineConfig(), None, True)
+        runs.append((sim.run(), len(sim.decisions)))
+    (fast, fast_launches), (cut, cut_launches) = runs
+    assert fast_launches < cut_launches
+    assert len(fast.iterations["start_s"]) == len(cut.iterations["start_s"])
+    for a, b in zip(fast.requests, cut.requests, strict=True):
+        np.testing.assert_allclose(a.token_times_array(), b.token_times_array(), atol=1e-4)
+
+
+def test_only_split_decode_batches_promise_to_hold_through_arrivals(h100_model):
+    kv = KVCache(1000, 16)
+    running = []
+    for i in range(4):
+        kv.grow(i, 101)
+        running.append(Request(i, 0.0, 100, 50, kv_tokens=100, generated=1, status=Status.RUNNING))
+    waiting = [Request(9, 0.0, 300, 10)]
+
+    def view(part):
+        return EngineView(
+            now=1.0,
+            waiting=waiting,
+            running=running,
+            kv=kv,
+            partition=part,
+            in_flight={},
+            slo=Slo(),
+            model=h100_model,
+            gpu=h100_model.gpu,
+        )
+
+    split = policies.get("static-split").partition(view(h100_model.gpu.aggregated()))
+    batch = policies.get("static-split").next_batch(view(split), Lane.DECODE)
+    assert batch.steady_steps > 1 and batch.through_arrivals
+    # vllm's mixed batch takes the new prompt at its next step: an arrival must cut its runs.
+    agg = h100_model.gpu.aggregated()
+    lone = EngineView(
+        now=1.0,
+        waiting=[],
+        running=running,
+        kv=kv,
+        partition=agg,
+        in_flight={},
+        slo=Slo(),
+        model=h100_model,
+        gpu=h100_model.gpu,
+    )
+    batch = policies.get("vllm").next_batch(lone, Lane.MIXED)
+    assert batch.steady_steps > 1 and not batch.through_arrivals
