@@ -89,7 +89,7 @@ class NexusPolicy(SchedulingPolicy):
 
     def __init__(self, params: NexusParams) -> None:
         super().__init__(params)
-        self._last: tuple[tuple, Batch | None, Partition] | None = None
+        self._last: tuple[tuple[tuple, tuple], Batch | None, Partition] | None = None
         self._roofs = RooflineCache()
 
     # ----------------------------------------------------------------- queues and batches
@@ -140,12 +140,12 @@ class NexusPolicy(SchedulingPolicy):
         )
         last = self._last
         # The running prefill batch is compared by identity; holding it keeps its id unique.
-        if last is not None and last[0] == state and last[1] is prefill_batch:
+        if last is not None and state in last[0] and last[1] is prefill_batch:
             return last[2]
         part = self.plan_split(view)
         # Asked again once the engine has moved to ``part``, the plan would weigh the same
         # work from where it now stands: it stays (its walk ended there), so remember that too.
-        self._last = ((part, *state[1:]), prefill_batch, part)
+        self._last = ((state, (part, *state[1:])), prefill_batch, part)
         return part
 
     def plan_split(self, view: EngineView) -> Partition:
