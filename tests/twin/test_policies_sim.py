@@ -143,9 +143,8 @@ def test_only_split_decode_batches_promise_to_hold_through_arrivals(h100_model):
     for i in range(4):
         kv.grow(i, 101)
         running.append(Request(i, 0.0, 100, 50, kv_tokens=100, generated=1, status=Status.RUNNING))
-    waiting = [Request(9, 0.0, 300, 10)]
 
-    def view(part):
+    def view(part, waiting):
         return EngineView(
             now=1.0,
             waiting=waiting,
@@ -158,21 +157,11 @@ def test_only_split_decode_batches_promise_to_hold_through_arrivals(h100_model):
             gpu=h100_model.gpu,
         )
 
-    split = policies.get("static-split").partition(view(h100_model.gpu.aggregated()))
-    batch = policies.get("static-split").next_batch(view(split), Lane.DECODE)
-    assert batch.steady_steps > 1 and batch.through_arrivals
-    # vllm's mixed batch takes the new prompt at its next step: an arrival must cut its runs.
     agg = h100_model.gpu.aggregated()
-    lone = EngineView(
-        now=1.0,
-        waiting=[],
-        running=running,
-        kv=kv,
-        partition=agg,
-        in_flight={},
-        slo=Slo(),
-        model=h100_model,
-        gpu=h100_model.gpu,
-    )
-    batch = policies.get("vllm").next_batch(lone, Lane.MIXED)
+    queued = [Request(9, 0.0, 300, 10)]
+    split = policies.get("static-split").partition(view(agg, queued))
+    batch = policies.get("static-split").next_batch(view(split, queued), Lane.DECODE)
+    assert batch.steady_steps > 1 and batch.through_arrivals
+    # vllm's mixed batch takes a new prompt at its next step: an arrival must cut its runs.
+    batch = policies.get("vllm").next_batch(view(agg, []), Lane.MIXED)
     assert batch.steady_steps > 1 and not batch.through_arrivals
