@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from policies import Slo
+from twin import cli_options as opt
 from twin.console import console, friendly_errors
 from twin.errors import TwinError
 from twin.experiment import SimConfig
@@ -20,8 +20,8 @@ FILES = ("compare.parquet", "compare.csv")
 
 @friendly_errors
 def compare_command(
-    trace: str = typer.Option("azure-conv", help="Bundled trace name or a trace file path."),
-    format: str | None = typer.Option(None, "--format", help="Force the trace format."),
+    trace: opt.Trace = "azure-conv",
+    format: opt.TraceFormat = None,
     policies: str = typer.Option(ALL_POLICIES, help="Comma-separated policy names."),
     rates: str = typer.Option(
         "1,2,3,4,5,6",
@@ -32,15 +32,13 @@ def compare_command(
         [], "--policy-arg", help="policy.key=value for one policy (repeatable)."
     ),
     model: str = typer.Option("llama-3.1-8b", help="Bundled model name or HF config.json path."),
-    gpu: str = typer.Option("h100", help="Datasheet GPU model, used when no --profile is given."),
-    profile: str | None = typer.Option(None, help="Measured or calibrated profile directory."),
-    slo_ttft: float = typer.Option(
-        Slo().ttft_s, help="TTFT SLO (s); default from MLPerf Inference's Llama-3.1-8B server."
-    ),
-    slo_tbt: float = typer.Option(Slo().tbt_s, help="TBT SLO (s), per request (see --tbt-stat)."),
-    tbt_stat: str = typer.Option(Slo().tbt_statistic, help="mean, p90, p99 or max."),
-    start: float = typer.Option(0.0, help="Start of the trace window (s)."),
-    duration: float | None = typer.Option(None, help="Length of the trace window (s)."),
+    gpu: opt.DatasheetGpu = "h100",
+    profile: opt.Profile = None,
+    slo_ttft: opt.SloTtft = opt.DEFAULT_SLO.ttft_s,
+    slo_tbt: opt.SloTbt = opt.DEFAULT_SLO.tbt_s,
+    tbt_stat: opt.TbtStat = opt.DEFAULT_SLO.tbt_statistic,
+    start: opt.WindowStart = 0.0,
+    duration: opt.WindowLength = None,
     max_requests: int | None = typer.Option(
         None, help="Keep only the first N requests (length-only traces: 1000 by default)."
     ),
@@ -54,7 +52,7 @@ def compare_command(
         False, help="Continue an interrupted compare in --out: finished runs are not redone."
     ),
     force: bool = typer.Option(False, help="Discard an earlier compare in --out and start over."),
-    plots: bool = typer.Option(True, help="Write PNG plots."),
+    plots: opt.Plots = True,
     quiet: bool = typer.Option(False, help="No progress bar or table."),
 ) -> None:
     """Sweep request rates for several policies; write compare.parquet/.csv and plots."""
@@ -65,8 +63,7 @@ def compare_command(
     names = [p.strip() for p in policies.split(",") if p.strip()]
     if not names:
         raise TwinError("--policies is empty; e.g. --policies vllm,nexus")
-    if tbt_stat not in ("mean", "p90", "p99", "max"):
-        raise TwinError(f"--tbt-stat {tbt_stat!r}: use mean, p90, p99 or max")
+    slo = opt.slo_from(slo_ttft, slo_tbt, tbt_stat)
     rate_values = cmp.parse_rates(rates)
     args = cmp.parse_policy_args(policy_arg, names)
     for name in names:
@@ -91,7 +88,7 @@ def compare_command(
         model=model,
         gpu=gpu,
         profile=profile,
-        slo=Slo(slo_ttft, slo_tbt, tbt_stat),
+        slo=slo,
     )
     specs, mode, own_rate = cmp.build_specs(base, names, rate_values, args)
     executor = make_executor(workers, ray)

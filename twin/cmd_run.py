@@ -6,13 +6,11 @@ from pathlib import Path
 
 import typer
 
-from policies import Slo
+from twin import cli_options as opt
 from twin.cmd_simulate import default_out, resolve_policy
 from twin.console import console, friendly_errors, summary_table
 from twin.errors import TwinError
 from twin.experiment import SimConfig, load_workload, prepare_out
-
-_SLO = Slo()
 
 
 @friendly_errors
@@ -27,13 +25,9 @@ def run_command(
     tokenizer: str | None = typer.Option(
         None, help="Directory with tokenizer.json (default: a byte-level tokenizer)."
     ),
-    policy: str | None = typer.Option(None, help="Policy name [default: vllm]."),
-    policy_config: Path | None = typer.Option(
-        None, help="JSON with the policy and its parameters (e.g. from a policy search)."
-    ),
-    policy_arg: list[str] = typer.Option(
-        [], "--policy-arg", help="Policy parameter key=value (repeatable)."
-    ),
+    policy: opt.PolicyName = None,
+    policy_config: opt.PolicyConfig = None,
+    policy_arg: opt.PolicyArgs = [],  # noqa: B006 (typer copies option defaults)
     host: str = typer.Option("127.0.0.1", help="Address to serve on."),
     port: int = typer.Option(8000, help="Port to serve on."),
     max_queue: int = typer.Option(256, help="Requests waiting to start before answering 429."),
@@ -47,32 +41,31 @@ def run_command(
     attention: str = typer.Option("auto", help="auto, torch, triton or flash."),
     cuda_graphs: bool = typer.Option(True, help="Capture decode steps as CUDA graphs."),
     seed: int = typer.Option(0, help="Seed for random weights, prompts and sampling."),
-    gpu: str = typer.Option("h100", help="Datasheet GPU for the policy's latency model."),
-    profile: str | None = typer.Option(None, help="Measured profile for the latency model."),
-    slo_ttft: float = typer.Option(_SLO.ttft_s, help="TTFT SLO (s)."),
-    slo_tbt: float = typer.Option(_SLO.tbt_s, help="TBT SLO (s)."),
-    tbt_stat: str = typer.Option(_SLO.tbt_statistic, help="mean, p90, p99 or max."),
+    gpu: opt.DatasheetGpu = "h100",
+    profile: opt.Profile = None,
+    slo_ttft: opt.SloTtft = opt.DEFAULT_SLO.ttft_s,
+    slo_tbt: opt.SloTbt = opt.DEFAULT_SLO.tbt_s,
+    tbt_stat: opt.TbtStat = opt.DEFAULT_SLO.tbt_statistic,
     trace: str | None = typer.Option(None, help="Replay this trace instead of serving."),
-    format: str | None = typer.Option(None, "--format", help="Force the trace format."),
-    rate: float | None = typer.Option(None, help="Request rate for length-only traces."),
-    cv: float = typer.Option(1.0, help="Arrival CV for synthetic arrivals."),
-    rate_scale: float = typer.Option(1.0, help="Multiply the trace's request rate."),
-    start: float = typer.Option(0.0, help="Start of the trace window (s)."),
-    duration: float | None = typer.Option(None, help="Length of the trace window (s)."),
-    max_requests: int | None = typer.Option(None, help="Keep only the first N requests."),
+    format: opt.TraceFormat = None,
+    rate: opt.Rate = None,
+    cv: opt.ArrivalCv = 1.0,
+    rate_scale: opt.RateScale = 1.0,
+    start: opt.WindowStart = 0.0,
+    duration: opt.WindowLength = None,
+    max_requests: opt.MaxRequests = None,
     clock: str = typer.Option(
         "wall", help="wall (real arrivals) or virtual (the latency model's time, as simulated)."
     ),
     out: Path | None = typer.Option(None, help="Output directory for --trace."),
-    force: bool = typer.Option(False, help="Overwrite an earlier run in --out."),
-    plots: bool = typer.Option(True, help="Write PNG plots."),
+    force: opt.Force = False,
+    plots: opt.Plots = True,
     quiet: bool = typer.Option(False, help="No table at the end of a replay."),
 ) -> None:
     """Run the real engine: serve the OpenAI API, or replay --trace and write the run files."""
     from gpu_runtime.config import RuntimeConfig
 
-    if tbt_stat not in ("mean", "p90", "p99", "max"):
-        raise TwinError(f"--tbt-stat {tbt_stat!r}: use mean, p90, p99 or max")
+    slo = opt.slo_from(slo_ttft, slo_tbt, tbt_stat)
     if clock not in ("wall", "virtual"):
         raise TwinError(f"--clock {clock!r}: use wall or virtual")
     if max_queue < 1:
@@ -94,7 +87,7 @@ def run_command(
         settings=settings,
         policy=policy,
         policy_args=policy_args,
-        slo=Slo(slo_ttft, slo_tbt, tbt_stat),
+        slo=slo,
         gpu=gpu,
         profile=profile,
         random_weights=random_weights,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from policies import Slo
+from twin import cli_options as opt
 from twin.console import console, friendly_errors, progress_bar, summary_table
 from twin.errors import TwinError
 from twin.experiment import SimConfig, prepare_out, simulate, write_run
@@ -61,48 +61,34 @@ def default_out(trace: str, policy: str) -> Path:
 
 @friendly_errors
 def simulate_command(
-    trace: str = typer.Option("azure-conv", help="Bundled trace name or a trace file path."),
-    format: str | None = typer.Option(None, "--format", help="Force the trace format."),
-    rate: float | None = typer.Option(
-        None, help="Mean request rate (req/s); needed by length-only traces."
-    ),
-    cv: float = typer.Option(1.0, help="Arrival CV for synthetic arrivals (1 = Poisson)."),
-    policy: str | None = typer.Option(
-        None, help="Policy name (see `twin policies`) [default: vllm]."
-    ),
-    policy_arg: list[str] = typer.Option(
-        [], "--policy-arg", help="Policy parameter key=value (repeatable)."
-    ),
-    policy_config: Path | None = typer.Option(
-        None, help="JSON with the policy and its parameters (e.g. from a policy search)."
-    ),
+    trace: opt.Trace = "azure-conv",
+    format: opt.TraceFormat = None,
+    rate: opt.Rate = None,
+    cv: opt.ArrivalCv = 1.0,
+    policy: opt.PolicyName = None,
+    policy_arg: opt.PolicyArgs = [],  # noqa: B006 (typer copies option defaults)
+    policy_config: opt.PolicyConfig = None,
     model: str = typer.Option("llama-3.1-8b", help="Bundled model name or HF config.json path."),
-    gpu: str = typer.Option("h100", help="Datasheet GPU model, used when no --profile is given."),
-    profile: str | None = typer.Option(
-        None, help="Measured profile directory (from `twin profile`)."
-    ),
-    rate_scale: float = typer.Option(1.0, help="Multiply the trace's request rate."),
-    start: float = typer.Option(0.0, help="Start of the trace window (s)."),
-    duration: float | None = typer.Option(None, help="Length of the trace window (s)."),
-    max_requests: int | None = typer.Option(None, help="Keep only the first N requests."),
+    gpu: opt.DatasheetGpu = "h100",
+    profile: opt.Profile = None,
+    rate_scale: opt.RateScale = 1.0,
+    start: opt.WindowStart = 0.0,
+    duration: opt.WindowLength = None,
+    max_requests: opt.MaxRequests = None,
     seed: int = typer.Option(0, help="Seed for synthetic arrivals and sampling."),
-    slo_ttft: float = typer.Option(Slo().ttft_s, help="TTFT SLO (s)."),
-    slo_tbt: float = typer.Option(Slo().tbt_s, help="TBT SLO (s)."),
-    tbt_stat: str = typer.Option(
-        Slo().tbt_statistic,
-        help="Per-request TBT statistic checked against the SLO: mean, p90, p99 or max.",
-    ),
+    slo_ttft: opt.SloTtft = opt.DEFAULT_SLO.ttft_s,
+    slo_tbt: opt.SloTbt = opt.DEFAULT_SLO.tbt_s,
+    tbt_stat: opt.TbtStat = opt.DEFAULT_SLO.tbt_statistic,
     out: Path | None = typer.Option(
         None, help="Output directory (default: runs/<trace>-<policy>)."
     ),
-    force: bool = typer.Option(False, help="Overwrite an earlier run in --out."),
-    plots: bool = typer.Option(True, help="Write PNG plots."),
+    force: opt.Force = False,
+    plots: opt.Plots = True,
     fast_forward: bool = typer.Option(True, help="Advance steady decode iterations in one event."),
     quiet: bool = typer.Option(False, help="No progress bar or table."),
 ) -> None:
     """Replay a trace through a policy on the simulated GPU; write records, summary and plots."""
-    if tbt_stat not in ("mean", "p90", "p99", "max"):
-        raise TwinError(f"--tbt-stat {tbt_stat!r}: use mean, p90, p99 or max")
+    slo = opt.slo_from(slo_ttft, slo_tbt, tbt_stat)
     policy, policy_args = resolve_policy(policy, policy_config, policy_arg)
     cfg = SimConfig(
         trace=trace,
@@ -119,7 +105,7 @@ def simulate_command(
         model=model,
         gpu=gpu,
         profile=profile,
-        slo=Slo(slo_ttft, slo_tbt, tbt_stat),
+        slo=slo,
         engine=EngineConfig(fast_forward=fast_forward),
     )
     out_dir = prepare_out(out or default_out(trace, policy), force)

@@ -58,6 +58,7 @@ def test_simulate_refuses_to_overwrite_a_run(tmp_path):
         (["--gpu", "tpu"], "no datasheet model"),
         (["--rate-scale", "-1"], "--rate-scale"),
         (["--tbt-stat", "median"], "--tbt-stat"),
+        (["--slo-tbt", "0"], "must be positive"),
         (["--policy", "static-split", "--policy-arg", "decode_sms=5"], "not a valid split"),
     ],
 )

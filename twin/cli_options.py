@@ -1,0 +1,68 @@
+"""Options several ``twin`` commands share, declared once so that their names and help agree.
+
+A command declares ``trace: Trace = "azure-conv"``; typer reads the option from the alias.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from policies import Slo
+from twin.errors import TwinError
+
+TBT_STATISTICS = ("mean", "p90", "p99", "max")
+
+Trace = Annotated[str, typer.Option(help="Bundled trace name or a trace file path.")]
+TraceFormat = Annotated[str | None, typer.Option("--format", help="Force the trace format.")]
+Rate = Annotated[
+    float | None, typer.Option(help="Mean request rate (req/s); needed by length-only traces.")
+]
+ArrivalCv = Annotated[float, typer.Option(help="Arrival CV for synthetic arrivals (1 = Poisson).")]
+RateScale = Annotated[float, typer.Option(help="Multiply the trace's request rate.")]
+WindowStart = Annotated[float, typer.Option(help="Start of the trace window (s).")]
+WindowLength = Annotated[float | None, typer.Option(help="Length of the trace window (s).")]
+MaxRequests = Annotated[int | None, typer.Option(help="Keep only the first N requests.")]
+
+PolicyName = Annotated[
+    str | None, typer.Option(help="Policy name (see `twin policies`; vllm when not given).")
+]
+PolicyArgs = Annotated[
+    list[str], typer.Option("--policy-arg", help="Policy parameter key=value (repeatable).")
+]
+PolicyConfig = Annotated[
+    Path | None,
+    typer.Option(help="JSON with the policy and its parameters (e.g. from a policy search)."),
+]
+
+DatasheetGpu = Annotated[
+    str, typer.Option(help="Datasheet GPU model, used when no --profile is given.")
+]
+Profile = Annotated[
+    str | None, typer.Option(help="Measured or calibrated profile directory (`twin profile`).")
+]
+
+SloTtft = Annotated[
+    float, typer.Option(help="TTFT SLO (s); default from MLPerf Inference's Llama-3.1-8B server.")
+]
+SloTbt = Annotated[float, typer.Option(help="TBT SLO (s), per request (see --tbt-stat).")]
+TbtStat = Annotated[
+    str,
+    typer.Option(help="Per-request TBT statistic checked against the SLO: mean, p90, p99 or max."),
+]
+
+Force = Annotated[bool, typer.Option(help="Overwrite an earlier result in --out.")]
+Plots = Annotated[bool, typer.Option(help="Write PNG plots.")]
+
+DEFAULT_SLO = Slo()
+
+
+def slo_from(ttft_s: float, tbt_s: float, tbt_statistic: str) -> Slo:
+    """The SLOs the flags ask for; a statistic we do not compute is a one-line error."""
+    if tbt_statistic not in TBT_STATISTICS:
+        raise TwinError(f"--tbt-stat {tbt_statistic!r}: use {', '.join(TBT_STATISTICS)}")
+    if ttft_s <= 0 or tbt_s <= 0:
+        raise TwinError("--slo-ttft and --slo-tbt must be positive (seconds)")
+    return Slo(ttft_s, tbt_s, tbt_statistic)
