@@ -43,7 +43,7 @@ from policies.batch import UNTIL_CHANGE, Batch, BatchShape
 from policies.partition import Lane, Partition
 from policies.registry import register
 from policies.shapes import decode_shape, prefill_shape
-from policies.view import EngineView
+from policies.view import EngineView, LatencyModel
 
 
 @dataclass(frozen=True)
@@ -241,11 +241,11 @@ class RooflineCache:
 
     def __init__(self, limit: int = 256) -> None:
         self.limit = limit
-        self.model = None
+        self.model: LatencyModel | None = None
         self._roofs: dict[tuple[BatchShape, int], tuple[dict[str, tuple[float, float]], float]] = {}
         self._alone: dict[BatchShape, tuple[float, float, dict[str, float]]] = {}
 
-    def bind(self, model) -> RooflineCache:
+    def bind(self, model: LatencyModel) -> RooflineCache:
         if model is not self.model:
             self.model = model
             self._roofs.clear()
@@ -273,7 +273,7 @@ class RooflineCache:
         return hit
 
     @staticmethod
-    def measure(model, shape: BatchShape) -> tuple[float, float, dict[str, float]]:
+    def measure(model: LatencyModel, shape: BatchShape) -> tuple[float, float, dict[str, float]]:
         n = model.gpu.num_sms
         total = model.predict(shape, n)
         return total, total - _busy(model.op_roofline(shape, n)), model.op_bytes(shape)
@@ -283,7 +283,11 @@ class ContentionModel:
     """Nexus's phase latencies for one pair of batches: prefill alone, decode at ``B_eff``."""
 
     def __init__(
-        self, model, decode: BatchShape, prefill: BatchShape, cache: RooflineCache | None = None
+        self,
+        model: LatencyModel,
+        decode: BatchShape,
+        prefill: BatchShape,
+        cache: RooflineCache | None = None,
     ) -> None:
         self.model, self.decode, self.prefill = model, decode, prefill
         self.cache = cache = (cache or RooflineCache()).bind(model)

@@ -15,7 +15,7 @@ from policies import (
     Slo,
     Status,
 )
-from policies.nexus import ContentionModel
+from policies.nexus import ContentionModel, RooflineCache
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +236,25 @@ def test_nexus_decode_bandwidth_is_weighted_by_prefill_attention_share(model):
         0.0,
         model.predict(decode, d_sms),
     )
+
+
+def test_nexus_keeps_the_prefill_costs_between_plans_and_answers_the_same(model):
+    from profiler import DatasheetModel, load_model_config
+
+    prefill = BatchShape.prefill(2048, 8000)
+    cache = RooflineCache()
+    for ctx in (1000, 1500, 2000):  # one running prefill batch, decoders that grow
+        decode = BatchShape.decode(32, 32 * ctx)
+        cached = ContentionModel(model, decode, prefill, cache)
+        fresh = ContentionModel(model, decode, prefill)
+        for d in model.gpu.decode_sm_options():
+            assert cached.latencies(d, model.gpu.num_sms - d) == pytest.approx(
+                fresh.latencies(d, model.gpu.num_sms - d), rel=1e-12
+            )
+    assert {shape for shape, _ in cache._roofs} == {prefill}  # decode shapes are not kept
+    other = DatasheetModel(load_model_config("qwen3-8b"))
+    cache.bind(other)  # another latency model starts afresh
+    assert not cache._roofs and not cache._alone
 
 
 # ----------------------------------------------------------------------------- duetserve
