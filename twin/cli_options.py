@@ -12,8 +12,7 @@ import typer
 
 from policies import Slo
 from twin.errors import TwinError
-
-TBT_STATISTICS = ("mean", "p90", "p99", "max")
+from twin.metrics import TBT_STATISTICS
 
 Trace = Annotated[str, typer.Option(help="Bundled trace name or a trace file path.")]
 TraceFormat = Annotated[str | None, typer.Option("--format", help="Force the trace format.")]

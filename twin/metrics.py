@@ -82,10 +82,10 @@ def request_metrics(records: pd.DataFrame, slo: Slo) -> pd.DataFrame:
     done = records[records["status"] == "finished"]
     ttft = (done["first_token_s"] - done["arrival_s"]).to_numpy()
     e2e = (done["finish_s"] - done["arrival_s"]).to_numpy()
-    stat = _TBT_STATISTICS.get(slo.tbt_statistic)
+    stat = TBT_STATISTICS.get(slo.tbt_statistic)
     if stat is None:
         raise ValueError(
-            f"unknown TBT statistic {slo.tbt_statistic!r}; use one of {', '.join(_TBT_STATISTICS)}"
+            f"unknown TBT statistic {slo.tbt_statistic!r}; use one of {', '.join(TBT_STATISTICS)}"
         )
     tbt_mean, tbt_max, tbt_slo = [], [], []
     for times in done["token_times_s"]:
@@ -109,7 +109,7 @@ def request_metrics(records: pd.DataFrame, slo: Slo) -> pd.DataFrame:
     return out
 
 
-_TBT_STATISTICS = {
+TBT_STATISTICS = {
     "mean": lambda g: float(g.mean()),
     "p90": lambda g: float(np.percentile(g, 90)),
     "p99": lambda g: float(np.percentile(g, 99)),
