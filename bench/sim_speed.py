@@ -21,7 +21,7 @@ import policies
 import traces
 from policies import Slo
 from profiler import DatasheetModel, load_model_config
-from twin.metrics import records_frame, summarize
+from twin.outputs.metrics import records_frame, summarize
 from twin.sim import EngineConfig, Simulator
 
 

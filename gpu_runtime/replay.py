@@ -24,7 +24,7 @@ from gpu_runtime.loop import EngineLoop, run_virtual
 from policies import Request
 from traces import Workload
 from twin.experiment import write_outputs
-from twin.metrics import (
+from twin.outputs.metrics import (
     ITERATION_COLUMNS,
     TIMELINE_COLUMNS,
     mean_decode_sms,

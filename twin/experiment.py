@@ -17,10 +17,10 @@ import traces
 from policies import Slo
 from profiler.config import load_model_config
 from profiler.model import LatencyModel
-from twin import plots
 from twin.errors import TwinError
 from twin.latency import load_latency_model
-from twin.metrics import mean_decode_sms, records_frame, summarize
+from twin.outputs import plots
+from twin.outputs.metrics import mean_decode_sms, records_frame, summarize
 from twin.sim import EngineConfig, make_simulator
 
 RUN_FILES = ("records.parquet", "iterations.parquet", "summary.json", "config.json")

@@ -34,7 +34,7 @@ from policies import (
 from profiler.model import LatencyModel
 from traces import Workload
 from twin.errors import SimulationError
-from twin.metrics import ITERATION_COLUMNS, TIMELINE_COLUMNS
+from twin.outputs.metrics import ITERATION_COLUMNS, TIMELINE_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -539,7 +539,7 @@ def make_simulator(workload: Workload, policy: Policy, model: LatencyModel, *arg
     if gpus == 1:
         return Simulator(workload, policy, model, *args, **kwargs)
     if gpus == 2:
-        from twin.disagg import DisaggSimulator
+        from twin.sim.disagg import DisaggSimulator
 
         return DisaggSimulator(workload, policy, model, *args, **kwargs)
     raise SimulationError(f"policy {policy.name!r} asks for {gpus} GPUs; the simulator has 1 or 2")

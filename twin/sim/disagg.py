@@ -12,7 +12,7 @@ from collections import deque
 
 from policies import Batch, EngineView, KVCache, Lane, Partition, Request, Status
 from twin.errors import SimulationError
-from twin.sim import Run, Simulator
+from twin.sim.simulator import Run, Simulator
 
 
 class DisaggSimulator(Simulator):
