@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from gpu_runtime.jobs import Job
 from gpu_runtime.loop import EngineLoop, run_virtual
 from policies import Request
 from traces import Workload
+from twin.errors import TwinError
 from twin.outputs.metrics import mean_decode_sms, records_frame, summarize
 from twin.outputs.writer import write_outputs
 
@@ -50,17 +52,26 @@ def make_jobs(workload: Workload, vocab_size: int, seed: int = 0) -> list[Job]:
 
 
 def replay(
-    rt: Runtime, workload: Workload, seed: int = 0, settings: dict | None = None
+    rt: Runtime,
+    workload: Workload,
+    seed: int = 0,
+    settings: dict | None = None,
+    aborts: Mapping[int, float] | None = None,
 ) -> ReplayResult:
-    """Run every request of ``workload``; ``settings`` (the run's options) go to config.json."""
+    """Run every request of ``workload``; ``settings`` (the run's options) go to config.json.
+
+    ``aborts`` (request -> seconds its client goes away) replay on the virtual clock only.
+    """
     engine = rt.engine
     jobs = make_jobs(workload, rt.config.vocab_size, seed)
     virtual = isinstance(engine.clock, VirtualClock)
+    if aborts and not virtual:
+        raise TwinError("aborts at given times replay only on the virtual clock")
     if not virtual:
         warmup(rt)
     wall = time.perf_counter()
     if virtual:
-        run_virtual(engine, jobs)
+        run_virtual(engine, jobs, aborts)
     else:
         engine.clock.reset()
         EngineLoop(engine).replay(jobs)
