@@ -10,9 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,17 +24,11 @@ from policies import Request
 from traces import Workload
 from twin.errors import TwinError
 from twin.outputs.metrics import mean_decode_sms, records_frame, summarize
-from twin.outputs.writer import write_outputs
+from twin.outputs.writer import RunOutputs
 
 
-@dataclass
-class ReplayResult:
-    config: dict[str, Any]
-    records: pd.DataFrame
-    iterations: pd.DataFrame
-    timeline: pd.DataFrame
-    summary: dict[str, Any]
-    decisions: list[tuple]
+class ReplayResult(RunOutputs):
+    """What a replay through the real engine produced."""
 
 
 def make_jobs(workload: Workload, vocab_size: int, seed: int = 0) -> list[Job]:
@@ -112,12 +104,12 @@ def replay(
         "workload": {"name": workload.name, "source": workload.source, "requests": len(workload)},
     }
     return ReplayResult(
-        config,
-        records,
-        pd.DataFrame(iterations),
-        pd.DataFrame(timeline),
-        summary,
-        engine.decisions,
+        config=config,
+        records=records,
+        iterations=pd.DataFrame(iterations),
+        timeline=pd.DataFrame(timeline),
+        summary=summary,
+        decisions=engine.decisions,
     )
 
 
@@ -127,17 +119,7 @@ def write_replay(
     """records.parquet, iterations.parquet, summary.json, config.json and the two plots."""
     s = result.summary
     title = f"{s['policy']} on {s['trace']}; runtime on {s['device']} ({s['clock']} clock)"
-    return write_outputs(
-        out,
-        result.records,
-        result.iterations,
-        result.timeline,
-        s,
-        result.config,
-        title,
-        num_sms,
-        with_plots,
-    )
+    return result.write(out, title, num_sms, with_plots)
 
 
 def _device_name(rt: Runtime) -> str:
