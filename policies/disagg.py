@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from policies.base import SchedulingPolicy
 from policies.batch import Batch
+from policies.numbers import check_fields
 from policies.partition import Lane, Partition
 from policies.registry import register
 from policies.view import EngineView
@@ -34,6 +35,7 @@ class DisaggParams:
     max_num_seqs: int = 256
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.link_gb_s <= 0 or self.link_latency_s < 0:
             raise ValueError("link_gb_s must be positive and link_latency_s not negative")
         if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:

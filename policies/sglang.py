@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from policies.base import SchedulingPolicy
 from policies.batch import Batch, PrefillChunk
 from policies.kvcache import KVBudget
+from policies.numbers import check_fields
 from policies.partition import Lane
 from policies.registry import register
 from policies.view import EngineView
@@ -36,6 +37,7 @@ class SglangParams:
     new_token_ratio: float = 0.1
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.chunked_prefill_size < 1 or self.max_running_requests < 1:
             raise ValueError("chunked_prefill_size and max_running_requests must be at least 1")
         if not 0.0 <= self.new_token_ratio <= 1.0:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from policies.base import SchedulingPolicy
 from policies.batch import Batch
+from policies.numbers import check_fields
 from policies.partition import Lane, Partition
 from policies.registry import PolicyError, register
 from policies.view import EngineView
@@ -25,6 +26,7 @@ class StaticSplitParams:
     max_num_seqs: int = 256
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.decode_sms < 1:
             raise ValueError("decode_sms must be at least 1")
 

@@ -89,8 +89,8 @@ def refine(
 
     if (out / CALIBRATION_FILE).exists() and not force:
         raise TwinError(f"--out {out} already holds {CALIBRATION_FILE}; pick a new one or --force")
-    reals = [RealRun.load(r) for r in runs]
-    held = [RealRun.load(r) for r in holdout]
+    reals = [RealRun.load(r, "--refine-from") for r in runs]
+    held = [RealRun.load(r, "--holdout") for r in holdout]
     first = reals[0].config
     profile = base_profile if base_profile is not None else first.get("profile")
     gpu = first.get("gpu", "h100")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from twin import cli_options as opt
@@ -11,6 +9,7 @@ from twin.cmd_simulate import default_out, resolve_policy
 from twin.console import console, friendly_errors, summary_table
 from twin.errors import TwinError
 from twin.experiment import SimConfig, load_workload, prepare_out
+from twin.outputs import out_flag
 
 
 @friendly_errors
@@ -57,7 +56,7 @@ def run_command(
     clock: str = typer.Option(
         "wall", help="wall (real arrivals) or virtual (the latency model's time, as simulated)."
     ),
-    out: Path | None = typer.Option(None, help="Output directory for --trace."),
+    out: str | None = typer.Option(None, help="Output directory for --trace."),
     force: opt.Force = False,
     plots: opt.Plots = True,
     quiet: bool = typer.Option(False, help="No table at the end of a replay."),
@@ -110,7 +109,9 @@ def run_command(
         policy=policy,
     )
     workload = load_workload(cfg)
-    out_dir = prepare_out(out or default_out(trace, f"{policy}-runtime"), force)
+    out_dir = prepare_out(
+        out_flag(out) or default_out(trace, f"{policy}-runtime"), force, with_plots=plots
+    )
     _replay(model, common, workload, cfg, clock, out_dir, plots, quiet)
 
 

@@ -29,6 +29,13 @@ def friendly_errors(fn: Callable) -> Callable:
         except (*user_errors(), SimulationError) as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except OSError as exc:  # unwritable or impossible paths: the user's to fix
+            from twin.outputs import describe_os_error
+
+            err_console.print(
+                f"[bold red]error:[/] {describe_os_error(exc)}", highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
             sys.exit(130)

@@ -1,0 +1,54 @@
+"""The numeric flags of a simulation, checked in one place that every command goes through."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from policies.numbers import check_number
+from twin.errors import TwinError
+
+if TYPE_CHECKING:
+    from twin.experiment import SimConfig
+
+# Beyond these the float64 clock cannot resolve an iteration: arrivals spread over more than
+# MAX_SPAN_S seconds, or packed closer than a nanosecond, read back as TTFT = TBT = 0.
+MAX_RATE = 1e6
+MAX_RATE_SCALE = 1e6
+MAX_SPAN_S = 1e8
+MAX_CV = 100.0
+
+
+def check_sim_config(cfg: SimConfig) -> None:
+    """One-line errors naming the flag for every number a simulation is configured with."""
+    if cfg.rate is not None:
+        check_number(cfg.rate, "--rate", low=0.0, low_open=True, high=MAX_RATE, error=TwinError)
+    check_number(cfg.cv, "--cv", low=0.0, low_open=True, high=MAX_CV, error=TwinError)
+    check_number(
+        cfg.rate_scale,
+        "--rate-scale",
+        low=1 / MAX_RATE_SCALE,
+        high=MAX_RATE_SCALE,
+        error=TwinError,
+    )
+    check_number(cfg.start_s, "--start", low=0.0, high=MAX_SPAN_S, error=TwinError)
+    if cfg.duration_s is not None:
+        check_number(
+            cfg.duration_s,
+            "--duration",
+            low=0.0,
+            low_open=True,
+            high=MAX_SPAN_S,
+            error=TwinError,
+        )
+    if cfg.max_requests is not None:
+        check_number(cfg.max_requests, "--max-requests", integer=True, low=1, error=TwinError)
+    check_number(cfg.seed, "--seed", integer=True, low=0, high=2**63 - 1, error=TwinError)
+
+
+def check_span(span_s: float, trace: str) -> None:
+    """The workload, as scaled, must fit the clock's resolution."""
+    if span_s > MAX_SPAN_S:
+        raise TwinError(
+            f"trace {trace!r} spans {span_s:.3g} s after --rate/--rate-scale; the simulator "
+            f"resolves iterations only up to {MAX_SPAN_S:g} s: raise the rate"
+        )
