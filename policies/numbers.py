@@ -57,10 +57,14 @@ def _range(low: float | None, high: float | None, low_open: bool, high_open: boo
     if high is None:
         if low == 0:
             return "positive" if low_open else "zero or positive"
-        return f"{'>' if low_open else '>='} {low:g}"
+        return f"{'>' if low_open else '>='} {_show(low)}"
     if low is None:
-        return f"{'<' if high_open else '<='} {high:g}"
-    return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return f"{'<' if high_open else '<='} {_show(high)}"
+    return f"in {'(' if low_open else '['}{_show(low)}, {_show(high)}{')' if high_open else ']'}"
+
+
+def _show(bound: float) -> str:
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
 
 
 def check_fields(obj: Any, error: type[Exception] = ValueError) -> None:
