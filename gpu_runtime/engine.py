@@ -31,6 +31,7 @@ from policies import (
     Slo,
     Status,
 )
+from policies.admission import reject, rejection_reason
 from policies.view import LatencyModel
 
 
@@ -103,9 +104,12 @@ class Engine:
     # ----------------------------------------------------------------- requests
     def fits(self, prompt_tokens: int, output_tokens: int) -> bool:
         """Whether a request can ever run: the simulator's KV rule plus the model's length."""
-        if prompt_tokens + output_tokens - 1 > self.kv.capacity_tokens:
-            return False
-        return self.max_model_len is None or prompt_tokens + output_tokens <= self.max_model_len
+        return self.rejection(prompt_tokens, output_tokens) is None
+
+    def rejection(self, prompt_tokens: int, output_tokens: int) -> str | None:
+        return rejection_reason(
+            prompt_tokens, output_tokens, self.kv.capacity_tokens, self.max_model_len
+        )
 
     def arrive(self, jobs: Iterable[Job]) -> None:
         """Requests arriving now, in arrival order."""
@@ -116,8 +120,9 @@ class Engine:
             self.jobs[req.id] = job
             self.requests.append(req)
             self._arrived += 1
-            if not self.fits(req.prompt_tokens, req.output_tokens):
-                req.status = Status.REJECTED
+            reason = self.rejection(req.prompt_tokens, req.output_tokens)
+            if reason:
+                reject(req, reason)
                 job.finish_reason = "rejected"
                 self.stats.rejected += 1
                 self._notify_finished(job)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 # Counts and sizes above this are typos, not workloads; it also keeps them exact in a float.
@@ -67,11 +68,14 @@ def _show(bound: float) -> str:
     return str(bound) if isinstance(bound, int) else f"{bound:g}"
 
 
-def check_fields(obj: Any, error: type[Exception] = ValueError) -> None:
+def check_fields(
+    obj: Any, error: type[Exception] = ValueError, label: Callable[[str], str] = str
+) -> None:
     """Every ``int``/``float`` field of a dataclass is a finite number (whole for ``int``).
 
     Called first in a parameter dataclass's ``__post_init__``, so its own range checks only
     ever see real numbers. Whole floats given for ``int`` fields are stored as ``int``.
+    ``label`` turns a field name into the name the user wrote (a flag, a JSON key).
     """
     for f in dataclasses.fields(obj):
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
@@ -82,6 +86,6 @@ def check_fields(obj: Any, error: type[Exception] = ValueError) -> None:
         value = getattr(obj, f.name)
         if optional and value is None:
             continue
-        checked = check_number(value, f.name, integer=kind == "int", error=error)
+        checked = check_number(value, label(f.name), integer=kind == "int", error=error)
         if checked is not value:
             object.__setattr__(obj, f.name, checked)

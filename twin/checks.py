@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from policies.numbers import check_number
+from policies.numbers import check_fields, check_number
 from twin.errors import TwinError
 
 if TYPE_CHECKING:
@@ -52,3 +52,22 @@ def check_span(span_s: float, trace: str) -> None:
             f"trace {trace!r} spans {span_s:.3g} s after --rate/--rate-scale; the simulator "
             f"resolves iterations only up to {MAX_SPAN_S:g} s: raise the rate"
         )
+
+
+def check_engine_config(cfg) -> None:
+    """The simulated engine's settings: finite, whole where counted, and in range."""
+    check_fields(cfg, TwinError, lambda name: f"engine setting {name}")
+    check_number(
+        cfg.gpu_memory_utilization,
+        "gpu_memory_utilization",
+        low=0.0,
+        low_open=True,
+        high=1.0,
+        error=TwinError,
+    )
+    for name in ("activation_reserve_bytes",):
+        check_number(getattr(cfg, name), name, low=0, error=TwinError)
+    for name in ("block_size", "max_steps_per_event"):
+        check_number(getattr(cfg, name), name, low=1, error=TwinError)
+    if cfg.num_kv_blocks is not None:
+        check_number(cfg.num_kv_blocks, "KV blocks", low=1, error=TwinError)

@@ -90,12 +90,19 @@ def summary_table(summary: dict[str, Any], title: str) -> Table:
             f"<= {summary['slo_tbt_s']:g} s",
         ),
         ("preemptions", str(summary["preemptions"])),
+        ("rejected", _rejected(summary)),
     ]
     if "iterations" in summary:
         rows.append(("iterations", f"{summary['iterations']}"))
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _rejected(summary: dict[str, Any]) -> str:
+    reasons = summary.get("rejected_by_reason") or {}
+    detail = ", ".join(f"{n} {why}" for why, n in reasons.items())
+    return f"{summary.get('rejected', 0)}" + (f" ({detail})" if detail else "")
 
 
 def _ms(summary: dict[str, Any], key: str) -> str:

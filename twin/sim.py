@@ -31,8 +31,10 @@ from policies import (
     Slo,
     Status,
 )
+from policies.admission import reject, rejection_reason
 from profiler.model import LatencyModel
 from traces import Workload
+from twin.checks import check_engine_config
 from twin.errors import SimulationError
 from twin.metrics import ITERATION_COLUMNS, TIMELINE_COLUMNS
 
@@ -45,6 +47,9 @@ class EngineConfig:
     fast_forward: bool = True
     max_steps_per_event: int = 1 << 16
     num_kv_blocks: int | None = None  # overrides the count derived from GPU memory
+
+    def __post_init__(self) -> None:
+        check_engine_config(self)
 
     def kv_blocks(self, model: LatencyModel) -> int:
         if self.num_kv_blocks is not None:
@@ -158,6 +163,7 @@ class Simulator:
         arrivals = self.workload.arrival_s
         n = len(arrivals)
         max_tokens = self.kv.capacity_tokens
+        max_len = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
         i = 0
         while i < n:
             t = float(arrivals[i])
@@ -165,8 +171,9 @@ class Simulator:
                 yield self.env.timeout(t - self.env.now)
             while i < n and arrivals[i] <= self.env.now:
                 req = self.requests[i]
-                if req.prompt_tokens + req.output_tokens - 1 > max_tokens:
-                    req.status = Status.REJECTED
+                reason = rejection_reason(req.prompt_tokens, req.output_tokens, max_tokens, max_len)
+                if reason:
+                    reject(req, reason)
                 else:
                     self.waiting.append(req)
                 i += 1
