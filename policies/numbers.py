@@ -81,10 +81,14 @@ def check_fields(
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
         optional = kind.endswith("| None")
         kind = kind.removesuffix("| None").strip()
-        if kind not in ("int", "float"):
+        if kind not in ("int", "float", "bool"):
             continue
         value = getattr(obj, f.name)
         if optional and value is None:
+            continue
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise error(f"{label(f.name)} must be true or false, got {value!r}")
             continue
         checked = check_number(value, label(f.name), integer=kind == "int", error=error)
         if checked is not value:

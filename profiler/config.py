@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from policies.numbers import check_number
+from policies.numbers import check_fields, check_number
 
 
 class ConfigError(ValueError):
@@ -19,6 +19,18 @@ class ConfigError(ValueError):
 MAX_DIM = 2**20
 MAX_VOCAB = 2**24
 MAX_POSITIONS = 2**30
+
+SIZE_FIELDS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "vocab_size",
+    "max_position_embeddings",
+    "dtype_bytes",
+)
 
 BUNDLED_CONFIGS = {"llama-3.1-8b": "llama-3.1-8b.json", "qwen3-8b": "qwen3-8b.json"}
 
@@ -41,6 +53,23 @@ class ModelConfig:
     max_position_embeddings: int = 8192
     dtype_bytes: int = 2
     model_type: str = "llama"
+
+    def __post_init__(self) -> None:
+        # Every way of building a config (HF file, profile metadata, code) passes here.
+        check_fields(self, ConfigError, lambda key: f"model config {self.name!r}: field {key!r}")
+        for key in SIZE_FIELDS:
+            check_number(
+                getattr(self, key),
+                f"model config {self.name!r}: field {key!r}",
+                low=1,
+                high=MAX_VOCAB if key == "vocab_size" else MAX_POSITIONS,
+                error=ConfigError,
+            )
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"model config {self.name!r}: num_kv_heads {self.num_kv_heads} must divide "
+                f"num_heads {self.num_heads}"
+            )
 
     @property
     def q_size(self) -> int:
