@@ -94,7 +94,11 @@ class SglangPolicy(SchedulingPolicy):
             own_reserve = ratio * req.remaining_output
             need = kv.need(req.id, req.kv_tokens + length)
             reserve_blocks = math.ceil((reserve + own_reserve) / block)
-            if need + reserve_blocks > kv.free or not kv.try_grow(req.id, req.kv_tokens + length):
+            # The reserve keeps running requests from being retracted; an engine holding no
+            # other request admits whatever fits, or a request the KV holds would wait forever.
+            alone = not view.running and not chunks
+            reserve_fits = alone or need + reserve_blocks <= kv.free
+            if not reserve_fits or not kv.try_grow(req.id, req.kv_tokens + length):
                 break
             reserve += own_reserve
             chunks.append(PrefillChunk(req, req.kv_tokens, length))

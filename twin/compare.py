@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 
 import traces  # noqa: E402
 from twin.errors import TwinError  # noqa: E402
-from twin.experiment import SimConfig, simulate  # noqa: E402
+from twin.experiment import SimConfig, load_workload, simulate  # noqa: E402
 
 TABLE_COLUMNS = (
     "policy",
@@ -85,7 +85,12 @@ def build_specs(
     base: SimConfig, policies_: list[str], rates: list[float], args: dict[str, dict[str, str]]
 ) -> tuple[list[SimConfig], str, float]:
     """One spec per policy and rate: multipliers of a real trace, or Poisson req/s."""
-    mode, own_rate = rate_mode(base.trace, base.format)
+    own_rate = 0.0
+    mode, _ = rate_mode(base.trace, base.format)
+    if mode == "scale":
+        # The rate of the requests the runs replay (after --start/--duration/--max-requests),
+        # not of the whole file: "offered" is this times each multiplier.
+        own_rate = load_workload(dataclasses.replace(base, rate_scale=1.0)).rate()
     if mode == "poisson" and base.max_requests is None:
         base = dataclasses.replace(base, max_requests=LENGTH_ONLY_REQUESTS)
     specs = []
