@@ -8,6 +8,7 @@ flight, otherwise until the next message or the next scheduled arrival.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -16,6 +17,8 @@ from collections.abc import Callable
 from gpu_runtime.clock import VirtualClock
 from gpu_runtime.engine import Engine, EngineError
 from gpu_runtime.jobs import Job
+
+log = logging.getLogger("twin.engine")
 
 
 class EngineLoop:
@@ -85,6 +88,8 @@ class EngineLoop:
             while not self._stop.is_set():
                 self.step()
         except BaseException as exc:  # the server reports it; the thread must not die silently
+            concerned = sorted(r.id for r in self.engine.running) or "none running"
+            log.exception("the engine stopped (requests in the engine: %s)", concerned)
             self.error = exc
             if self.on_error is not None:
                 self.on_error(exc)

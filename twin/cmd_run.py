@@ -6,7 +6,7 @@ import typer
 
 from twin import cli_options as opt
 from twin.cmd_simulate import default_out, resolve_policy
-from twin.console import console, friendly_errors, summary_table
+from twin.console import console, err_console, friendly_errors, summary_table
 from twin.errors import TwinError
 from twin.experiment import SimConfig, load_workload, prepare_out
 from twin.outputs import out_flag
@@ -177,4 +177,18 @@ def _serve(model, common, tokenizer, host, port, max_queue, served_model_name) -
         f"{rt.engine.kv.num_blocks} KV blocks) on http://{host}:{port}/v1",
         soft_wrap=True,
     )
-    uvicorn.run(create_app(serving), host=host, port=port, log_level="info")
+    server = uvicorn.Server(uvicorn.Config(create_app(serving), host=host, port=port))
+
+    def engine_died(exc: BaseException) -> None:
+        server.should_exit = True  # /health already answers 503; stop taking requests
+
+    serving.on_fatal = engine_died
+    server.run()
+    if serving.loop.error is not None:
+        err_console.print(
+            f"[bold red]error:[/] the engine stopped: {serving.loop.error!r}; the log above "
+            "has its traceback",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
