@@ -79,10 +79,13 @@ def compare_command(
     # plots are never replaced; a resumed compare continues over its own files.
     written_by_twin = FILES + PLOT_FILES if resume and results.exists() else ()
     claim_out(
-        out_dir, FILES + (PLOT_FILES if plots else ()), force, "a compare", keep=written_by_twin
+        out_dir,
+        FILES + (PLOT_FILES if plots else ()),
+        force,
+        "a compare",
+        keep=written_by_twin,
+        create=False,
     )
-    if force and not resume:
-        results.unlink(missing_ok=True)
     out = out_dir
     base = SimConfig(
         trace=trace,
@@ -97,6 +100,9 @@ def compare_command(
         slo=slo,
     )
     specs, mode, own_rate = cmp.build_specs(base, names, rate_values, args)
+    out.mkdir(parents=True, exist_ok=True)
+    if force and not resume:
+        results.unlink(missing_ok=True)  # its own earlier results, redone from scratch
     executor = make_executor(workers, ray)
     wall = time.perf_counter()
     try:

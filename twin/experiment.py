@@ -140,7 +140,7 @@ def run_files(with_plots: bool = True) -> tuple[str, ...]:
 
 def prepare_out(out: Path, force: bool = False, with_plots: bool = True) -> Path:
     """Create the output directory; refuse to replace any file a run writes unless forced."""
-    return claim_out(out, run_files(with_plots), force, what="a run")
+    return claim_out(out, run_files(with_plots), force, what="a run", create=False)
 
 
 def write_run(result: RunResult, out: Path, with_plots: bool = True) -> list[Path]:
@@ -170,6 +170,7 @@ def write_outputs(
     with_plots: bool = True,
 ) -> list[Path]:
     """The files of a run, the same for the simulator and the runtime."""
+    out.mkdir(parents=True, exist_ok=True)
     records.to_parquet(out / "records.parquet", index=False)
     iterations.to_parquet(out / "iterations.parquet", index=False)
     for name, data in (("summary.json", summary), ("config.json", config)):

@@ -7,6 +7,7 @@ removed. Operating-system errors on these paths become one-line errors in ``frie
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -29,11 +30,13 @@ def claim_out(
     what: str = "a result",
     keep: Iterable[str] = (),
     flag: str = "--out",
+    create: bool = True,
 ) -> Path:
     """Create ``out`` for the files ``names``; refuse when one exists and ``force`` is off.
 
     ``keep`` lists names that may already exist without --force (the results a --resume
-    continues from).
+    continues from). With ``create`` off the directory is only checked, so a command that
+    fails on its input leaves no trace; the writer creates it.
     """
     if out.exists() and not out.is_dir():
         raise TwinError(f"{flag} {out} is a file; give a directory")
@@ -44,8 +47,21 @@ def claim_out(
             f"{flag} {out} already holds {what} ({', '.join(held)}); choose a new directory, "
             "or pass --force to replace only the files twin writes there"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    _check_writable(out, flag)
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _check_writable(out: Path, flag: str) -> None:
+    """Fail before the work, not after it, when the directory cannot be made or written."""
+    base = out.absolute()
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise TwinError(f"{flag} {out}: {base} is a file, so no directory can be made there")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise TwinError(f"{flag} {out}: {base} is not writable; choose another directory")
 
 
 def describe_os_error(exc: OSError) -> str:
