@@ -29,6 +29,8 @@ class StaticSplitParams:
         check_fields(self)
         if self.decode_sms < 1:
             raise ValueError("decode_sms must be at least 1")
+        if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
+            raise ValueError("max_num_batched_tokens and max_num_seqs must be at least 1")
 
 
 @register("static-split", StaticSplitParams)
