@@ -51,6 +51,7 @@ class ServingEngine:
         self.max_queue = max_queue
         self.loop = EngineLoop(engine)
         self.loop.on_error = self._fail_all
+        self.loop.on_request_error = self._failed_alone
         self.metrics = ServerMetrics()
         self._ids = itertools.count()
         self._lock = threading.Lock()
@@ -225,6 +226,9 @@ class ServingEngine:
             if event != "finished":
                 self._failed.add(job.request.id)
                 self.loop.abort(job.request.id)  # not re-entrantly from inside a batch
+
+    def _failed_alone(self, request_id: int) -> None:
+        self._failed.add(request_id)
 
     def _fail_all(self, exc: BaseException) -> None:
         if self.on_fatal is not None:

@@ -299,3 +299,45 @@ def test_a_client_disconnect_aborts_the_request_and_frees_its_kv(served):
         httpx.post(served.url + "/v1/completions", json={**body, "stream": False}, timeout=0.5)
     assert wait_until(lambda: engine.stats.aborted == aborted + 2)
     assert wait_until(lambda: engine.kv.free_blocks == engine.kv.num_blocks)
+
+
+def test_a_batch_that_fails_to_launch_fails_its_request_alone(caplog):
+    s = Served()
+    executor = s.rt.engine.executor
+    launch = executor.launch
+
+    def failing(lane, partition, batch, cache, job_of):
+        if any(c.request.prompt_tokens == 13 for c in batch.prefill):
+            raise RuntimeError("injected launch failure")
+        return launch(lane, partition, batch, cache, job_of)
+
+    executor.launch = failing
+    try:
+        with caplog.at_level("ERROR", logger="twin.engine"):
+            bad = post(s, "/v1/completions", {"prompt": [5] * 13, "max_tokens": 3})
+        assert bad.status_code == 500  # the server's own failure, reported as one
+        assert "failing its requests" in caplog.text and "injected" in caplog.text
+        ok = post(s, "/v1/completions", {"prompt": "fine", "max_tokens": 3})
+        assert ok.status_code == 200
+        assert httpx.get(s.url + "/health", timeout=10).json() == {"status": "ok"}
+        assert s.rt.engine.kv.free_blocks == s.rt.engine.kv.num_blocks
+    finally:
+        s.close()
+
+
+def test_an_engine_that_cannot_go_on_says_so_on_health():
+    s = Served()
+    engine = s.rt.engine
+
+    def broken_policy(view, lane):
+        raise RuntimeError("policy bug")
+
+    engine.policy.next_batch = broken_policy
+    try:
+        r = post(s, "/v1/completions", {"prompt": "x", "max_tokens": 2})
+        assert r.status_code == 500
+        assert wait_until(lambda: httpx.get(s.url + "/health", timeout=10).status_code == 503)
+        assert "policy bug" in httpx.get(s.url + "/health", timeout=10).json()["error"]
+        assert post(s, "/v1/completions", {"prompt": "y", "max_tokens": 2}).status_code == 503
+    finally:
+        s.close()
