@@ -161,6 +161,9 @@ def read_meta(directory: Path) -> dict[str, Any]:
         value = meta[key]
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ProfileError(f"{path}: field {key!r} must be a positive integer, got {value!r}")
+    for key in ("device", "date"):
+        if not isinstance(meta[key], str):
+            raise ProfileError(f"{path}: field {key!r} must be a string, got {meta[key]!r}")
     if meta["sm_granularity"] > meta["num_sms"]:
         raise ProfileError(
             f"{path}: sm_granularity {meta['sm_granularity']} exceeds num_sms {meta['num_sms']}; "
