@@ -16,6 +16,7 @@ MAX_RATE = 1e6
 MAX_RATE_SCALE = 1e6
 MAX_SPAN_S = 1e8
 MAX_CV = 100.0
+MAX_CLOCK_S = 1e9  # beyond this a 10 us iteration is below float64's resolution of the clock
 
 
 def check_sim_config(cfg: SimConfig) -> None:
@@ -71,3 +72,27 @@ def check_engine_config(cfg) -> None:
         check_number(getattr(cfg, name), name, low=1, error=TwinError)
     if cfg.num_kv_blocks is not None:
         check_number(cfg.num_kv_blocks, "KV blocks", low=1, error=TwinError)
+
+
+def check_results(records, end_s: float) -> None:
+    """The last guard against a silently wrong run: times finite, ordered and resolvable."""
+    import numpy as np
+
+    from twin.errors import SimulationError
+
+    if not np.isfinite(end_s) or end_s > MAX_CLOCK_S:
+        raise SimulationError(
+            f"the simulated clock reached {end_s:.3g} s, where float64 no longer resolves an "
+            "iteration; a rate or policy parameter is too extreme"
+        )
+    done = records[records["status"] == "finished"]
+    arrival = done["arrival_s"].to_numpy()
+    first = done["first_token_s"].to_numpy()
+    finish = done["finish_s"].to_numpy()
+    bad = ~(np.isfinite(first) & np.isfinite(finish) & (first >= arrival) & (finish >= first))
+    if bad.any():
+        row = done.iloc[int(np.flatnonzero(bad)[0])]
+        raise SimulationError(
+            f"request {row['request_id']} finished with inconsistent times (arrival "
+            f"{row['arrival_s']}, first token {row['first_token_s']}, finish {row['finish_s']})"
+        )

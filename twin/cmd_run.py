@@ -69,6 +69,8 @@ def run_command(
         raise TwinError(f"--clock {clock!r}: use wall or virtual")
     if max_queue < 1:
         raise TwinError("--max-queue must be at least 1")
+    if not 0 <= port <= 65535:
+        raise TwinError(f"--port {port}: a TCP port is in [0, 65535]")
     policy, policy_args = resolve_policy(policy, policy_config, policy_arg)
     settings = RuntimeConfig(
         device=device,

@@ -18,7 +18,7 @@ from policies import Slo
 from profiler.config import load_model_config
 from profiler.model import LatencyModel
 from twin import plots
-from twin.checks import check_sim_config, check_span
+from twin.checks import check_results, check_sim_config, check_span
 from twin.errors import TwinError
 from twin.latency import load_latency_model
 from twin.metrics import mean_decode_sms, records_frame, summarize
@@ -95,6 +95,7 @@ def simulate(
     result = sim.run()
     wall = time.perf_counter() - wall
     records = records_frame(result.requests)
+    check_results(records, result.end_s)
     summary = summarize(records, cfg.slo)
     summary.update(
         {
