@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import traces  # noqa: E402
+from twin.checks import MAX_RATE  # noqa: E402
 from twin.errors import TwinError  # noqa: E402
 from twin.experiment import SimConfig, load_workload, simulate  # noqa: E402
 
@@ -51,8 +51,10 @@ def parse_rates(text: str) -> list[float]:
         rates = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise TwinError(f"--rates {text!r}: give numbers separated by commas, e.g. 1,2,4") from None
-    if not rates or any(not math.isfinite(r) or r <= 0 for r in rates):
-        raise TwinError(f"--rates {text!r}: every rate must be a positive number")
+    if not rates or any(not 1 / MAX_RATE <= r <= MAX_RATE for r in rates):
+        raise TwinError(
+            f"--rates {text!r}: every rate must be positive, in [{1 / MAX_RATE:g}, {MAX_RATE:g}]"
+        )
     return sorted(dict.fromkeys(rates))
 
 

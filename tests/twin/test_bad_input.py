@@ -45,13 +45,16 @@ def assert_one_line_error(result, *names: str) -> str:
     return lines[0]
 
 
-def refuse(workdir: Path, args: list[str], *names: str) -> str:
-    """Run ``twin simulate`` with ``args`` in a directory holding a user's file; the command
-    must fail with one line and leave the directory exactly as it was."""
+def refuse(workdir: Path, args: list[str], *names: str, command: str = "simulate") -> str:
+    """Run ``twin simulate`` (or ``command``) with ``args`` in a directory holding a user's
+    file; the command must fail with one line and leave the directory exactly as it was."""
     (workdir / "notes.txt").write_text("the user's own file\n")
     before = snapshot(workdir)
     out = workdir / "run"
-    result = runner.invoke(app, ["simulate", "--quiet", "--no-plots", "--out", str(out), *args])
+    extra = ["--workers", "1"] if command == "compare" else []
+    result = runner.invoke(
+        app, [command, "--quiet", "--no-plots", "--out", str(out), *extra, *args]
+    )
     line = assert_one_line_error(result, *names)
     assert snapshot(workdir) == before, "a failed command changed the directory"
     return line
@@ -87,6 +90,21 @@ def test_a_bad_numeric_flag_is_one_line_naming_it(workdir, data):
     flag = data.draw(st.sampled_from(sorted(BAD_FLAGS)))
     value = data.draw(BAD_FLAGS[flag])
     refuse(fresh(workdir), ["--trace", TINY_TRACE, flag, repr(value)], flag)
+
+
+COMPARE_FLAGS = ("--start", "--duration", "--max-requests", "--seed", "--slo-ttft", "--slo-tbt")
+
+
+@FAST
+@given(data=st.data())
+def test_compare_refuses_the_same_flags_and_bad_rates(workdir, data):
+    flag = data.draw(st.sampled_from(COMPARE_FLAGS + ("--rates",)))
+    if flag == "--rates":
+        value = data.draw(st.sampled_from(["nan", "inf", "-1", "0", "1,x", "", "1e300", "2,-inf"]))
+    else:
+        value = repr(data.draw(BAD_FLAGS[flag]))
+    args = ["--trace", TINY_TRACE, "--policies", "vllm", flag, value]
+    refuse(fresh(workdir), args, "--rates" if flag == "--rates" else flag, command="compare")
 
 
 def _number_fields(name: str) -> list[tuple[str, str]]:
