@@ -28,6 +28,8 @@ FORMATS = ("azure", "burstgpt", "mooncake", "vidur", "lengths", "table")
 def read(path: Path, fmt: str | None, rate: float | None, cv: float, seed: int) -> Workload:
     if fmt is not None and fmt not in FORMATS:
         raise TraceError(f"unknown trace format {fmt!r}; use one of: {', '.join(FORMATS)}")
+    if path.is_dir():
+        raise TraceError(f"{path} is a directory; give a trace file")
     if not path.is_file():
         raise TraceError(f"{path}: no such trace file")
     if path.stat().st_size == 0:

@@ -58,7 +58,13 @@ def lengths(spec: str, n: int, rng: np.random.Generator) -> np.ndarray:
         if sigma < 0 or sigma > MAX_SIGMA:
             raise TraceError(f"length distribution {spec!r}: sigma must be in [0, {MAX_SIGMA:g}]")
         out = rng.lognormal(math.log(mean) - sigma**2 / 2, sigma, n)
-    return np.clip(np.rint(out), 1, MAX_LENGTH).astype(np.int64)
+    out = np.rint(out)
+    if np.any(out > MAX_LENGTH):
+        raise TraceError(
+            f"length distribution {spec!r} draws lengths beyond {MAX_LENGTH} tokens; "
+            "lower its mean or sigma"
+        )
+    return np.maximum(1, out).astype(np.int64)
 
 
 def synthetic(
