@@ -1,4 +1,4 @@
-"""The numeric flags of a simulation, checked in one place that every command goes through."""
+"""A simulation checked at its edges: flags and engine settings in, request times out."""
 
 from __future__ import annotations
 
