@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from policies.numbers import check_fields
 from twin.errors import TwinError
+
+FLAGS = {"num_kv_blocks": "--kv-blocks"}
+
+
+def as_flag(field_name: str) -> str:
+    return FLAGS.get(field_name, "--" + field_name.replace("_", "-"))
+
 
 DEFAULT_GRAPH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
@@ -26,6 +34,7 @@ class RuntimeConfig:
     graph_batch_sizes: tuple[int, ...] = DEFAULT_GRAPH_SIZES
 
     def __post_init__(self) -> None:
+        check_fields(self, TwinError, as_flag)
         checks = (
             (self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda"),
             (
@@ -33,6 +42,7 @@ class RuntimeConfig:
                 "--dtype must be auto, bfloat16, float16 or float32",
             ),
             (self.block_size > 0, "--block-size must be positive"),
+            (0 <= self.seed < 2**63, "--seed must be in [0, 2**63)"),
             (
                 self.num_kv_blocks is None or self.num_kv_blocks > 0,
                 "--kv-blocks must be positive",

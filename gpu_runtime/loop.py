@@ -8,6 +8,7 @@ flight, otherwise until the next message or the next scheduled arrival.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -18,6 +19,9 @@ from gpu_runtime.engine import Engine
 from gpu_runtime.jobs import Job
 from twin.core.aborts import abort_schedule
 
+log = logging.getLogger("twin.engine")
+MAX_RECOVERIES = 8  # consecutive failed rounds before the engine is declared stopped
+
 
 class EngineLoop:
     def __init__(self, engine: Engine, poll_s: float = 5e-5, idle_s: float = 0.05) -> None:
@@ -27,6 +31,8 @@ class EngineLoop:
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.error: BaseException | None = None
         self.on_error: Callable[[BaseException], None] | None = None
+        # Told the id of each request failed alone (before the engine finishes it).
+        self.on_request_error: Callable[[int], None] | None = None
         self._schedule: list[Job] = []
         self._next = 0
         self._stop = threading.Event()
@@ -78,13 +84,50 @@ class EngineLoop:
                 engine.check_all_done()
 
     def _run_forever(self) -> None:
+        failures = 0
         try:
             while not self._stop.is_set():
-                self.step()
+                try:
+                    self.step()
+                    failures = 0
+                except Exception as exc:
+                    failures += 1
+                    if failures > MAX_RECOVERIES or not self._recover(exc):
+                        raise
         except BaseException as exc:  # the server reports it; the thread must not die silently
+            concerned = sorted(r.id for r in self.engine.running) or "none running"
+            log.exception("the engine stopped (requests in the engine: %s)", concerned)
             self.error = exc
             if self.on_error is not None:
                 self.on_error(exc)
+
+    def _recover(self, exc: Exception) -> bool:
+        """Fail the requests of a batch that could not be launched; the engine goes on.
+
+        Such requests are marked in flight but belong to no running batch. A failure anywhere
+        else leaves no request it can be pinned on, and the engine cannot go on.
+        """
+        engine = self.engine
+        launched = {
+            r.id
+            for run in engine.in_flight.values()
+            for r in [*(c.request for c in run.batch.prefill), *run.batch.decode]
+        }
+        stranded = [r for r in engine.running if r.in_flight and r.id not in launched]
+        if not stranded:
+            return False
+        log.error(
+            "a batch failed to launch; failing its requests %s alone",
+            [r.id for r in stranded],
+            exc_info=exc,
+        )
+        for req in stranded:
+            req.in_flight = False
+            if self.on_request_error is not None:
+                self.on_request_error(req.id)
+        for req in stranded:
+            engine.abort(req.id)
+        return True
 
     def step(self) -> bool:
         """One round; returns whether anything happened."""
@@ -100,12 +143,14 @@ class EngineLoop:
             arrivals.append(schedule[self._next])
             self._next += 1
         progressed = bool(arrivals or aborts or calls)
-        if arrivals:
-            engine.arrive(arrivals)
-        for rid in aborts:
-            engine.abort(rid)
-        for fn in calls:
-            fn()
+        try:
+            if arrivals:
+                engine.arrive(arrivals)
+        finally:  # aborts and calls already taken from the inbox must not be lost
+            for rid in aborts:
+                engine.abort(rid)
+            for fn in calls:
+                fn()
         for lane in engine.ready_lanes():
             engine.complete(lane)
             progressed = True

@@ -12,13 +12,21 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from gpu_runtime.sampling import SamplingParams
+from gpu_runtime.sampling import SEED_MAX, SEED_MIN, SamplingParams
 from gpu_runtime.tokenizer import Tokenizer, chat_prompt
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        kind: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
+        self.headers = headers
         self.status = status
         self.message = message
         self.param = param
@@ -50,6 +58,8 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply to be a request") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
     return body
@@ -61,7 +71,7 @@ def parse_completion(body: dict[str, Any], tokenizer: Tokenizer, vocab: int, mod
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
     if isinstance(prompt, str):
-        ids = tokenizer.encode(prompt)
+        ids = tokenizer.encode(_text(prompt, "prompt"))
     elif isinstance(prompt, list) and prompt and all(_is_int(t) for t in prompt):
         bad = [t for t in prompt if not 0 <= t < vocab]
         if bad:
@@ -87,7 +97,13 @@ def parse_chat(body: dict[str, Any], tokenizer: Tokenizer, model: str) -> Genera
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise ApiError(400, f"messages[{i}] needs a string 'role'", "messages")
-        turns.append({"role": m["role"], "content": _content(m.get("content"), i)})
+        role = _text(m["role"], f"messages[{i}].role")
+        turns.append(
+            {
+                "role": role,
+                "content": _text(_content(m.get("content"), i), f"messages[{i}].content"),
+            }
+        )
     ids = tokenizer.encode(chat_prompt(turns))
     if "max_completion_tokens" in body and "max_tokens" not in body:
         body = {**body, "max_tokens": body["max_completion_tokens"]}
@@ -122,6 +138,12 @@ def _check_common(body: dict[str, Any], model: str) -> None:
         ("logprobs", lambda v: v not in (None, False), "logprobs are not supported"),
         ("echo", lambda v: v not in (None, False), "echo is not supported"),
         ("tools", lambda v: v not in (None, []), "tools are not supported"),
+        ("logit_bias", lambda v: v not in (None, {}), "logit_bias is not supported"),
+        (
+            "response_format",
+            lambda v: v not in (None, {"type": "text"}),
+            'only response_format {"type": "text"} is supported',
+        ),
         ("presence_penalty", lambda v: v not in (None, 0, 0.0), "penalties are not supported"),
         ("frequency_penalty", lambda v: v not in (None, 0, 0.0), "penalties are not supported"),
     )
@@ -139,8 +161,8 @@ def _generation(body: dict[str, Any], ids: list[int], default_max: int | None):
     if top_p == 0.0:
         raise ApiError(400, "top_p must be greater than 0", "top_p")
     seed = body.get("seed")
-    if seed is not None and not _is_int(seed):
-        raise ApiError(400, "seed must be an integer", "seed")
+    if seed is not None and (not _is_int(seed) or not SEED_MIN <= seed <= SEED_MAX):
+        raise ApiError(400, f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}]", "seed")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "stream must be true or false", "stream")
@@ -167,6 +189,19 @@ def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float
     if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
         raise ApiError(400, f"{key} must be a number in [{lo:g}, {hi:g}]", key)
     return float(value)
+
+
+def _text(value: str, field: str) -> str:
+    """A string the tokenizer can take: JSON may carry lone surrogates that UTF-8 cannot."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ApiError(
+            400,
+            f"{field} holds an unpaired surrogate at position {exc.start}; send UTF-8 text",
+            field,
+        ) from None
+    return value
 
 
 def _is_int(value: Any) -> bool:

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from gpu_runtime.inputs import to_device
+from policies.numbers import check_fields, check_number
+
+# A 64-bit signed seed, as vLLM takes; torch's generators overflow beyond 2**64.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,9 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        check_fields(self)
+        if self.seed is not None:
+            check_number(self.seed, "seed", integer=True, low=SEED_MIN, high=SEED_MAX)
         if not 0.0 <= self.temperature <= 100.0:
             raise ValueError(f"temperature must be in [0, 100], got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:

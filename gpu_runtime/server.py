@@ -25,10 +25,17 @@ from gpu_runtime.protocol import (
     sse,
     usage,
 )
-from gpu_runtime.serving import QueueFull, ServingEngine, TooLong
+from gpu_runtime.serving import QUEUE_FULL, QueueFull, ServingEngine, TooLong
 from gpu_runtime.tokenizer import IncrementalDecoder
 
 DISCONNECT_POLL_S = 0.25
+RETRY_AFTER_S = 1  # what a 429 asks the client to wait before trying again
+
+
+def queue_full(message: str) -> ApiError:
+    return ApiError(
+        429, message, kind="rate_limit_error", headers={"Retry-After": str(RETRY_AFTER_S)}
+    )
 
 
 class _Bridge:
@@ -46,6 +53,9 @@ class _Bridge:
 
     def started(self, job: Job) -> None:
         pass
+
+    def admitted(self, job: Job) -> None:
+        self._put(("admitted", None))
 
     def tokens(self, job: Job, ids: list[int]) -> None:
         self._put(("tokens", ids))
@@ -71,7 +81,7 @@ def create_app(serving: ServingEngine, manage_engine: bool = True) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -123,11 +133,15 @@ async def _serve(
     except TooLong as exc:
         raise ApiError(400, str(exc), "max_tokens") from None
     except QueueFull as exc:
-        raise ApiError(429, str(exc), kind="rate_limit_error") from None
+        raise queue_full(str(exc)) from None
     decoder = IncrementalDecoder(serving.tokenizer)
     if gen.stream:
+        # Wait for the engine's admission so a refused request gets a 429, not a 200 stream.
+        first = await bridge.queue.get()
+        if first == ("finished", QUEUE_FULL):
+            _raise_for(QUEUE_FULL)
         return StreamingResponse(
-            _stream(serving, job, bridge, decoder, out, gen.include_usage),
+            _stream(serving, job, bridge, decoder, out, gen.include_usage, first),
             media_type="text/event-stream",
         )
     loop = asyncio.get_running_loop()
@@ -155,13 +169,16 @@ async def _serve(
             return JSONResponse(out.full(decoder.text, payload, usage(prompt, _completion(job))))
 
 
-async def _stream(serving, job, bridge, decoder, out: Responder, include_usage: bool):
+async def _stream(serving, job, bridge, decoder, out: Responder, include_usage: bool, first):
     done = False
     try:
         if out.chat:
             yield out.chunk(None, role=True)
         while True:
-            kind, payload = await bridge.queue.get()
+            kind, payload = first if first is not None else await bridge.queue.get()
+            first = None
+            if kind == "admitted":
+                continue
             if kind == "tokens":
                 delta = decoder.push(payload)
                 if delta:
@@ -186,6 +203,8 @@ def _completion(job: Job) -> int:
 
 
 def _raise_for(reason: str) -> None:
+    if reason == QUEUE_FULL:
+        raise queue_full("the server is at capacity; retry later")
     if reason == "error":
         raise ApiError(500, "the engine failed while serving this request")
     if reason == "abort":

@@ -1,15 +1,19 @@
 """The engine behind the HTTP server: admission, a bounded queue, and per-request listeners.
 
-Requests are admitted (checked against the model's length and the KV cache, counted against
-``max_queue``) on the caller's thread and handed to the engine loop's thread. The queue holds
-requests that have not been scheduled yet; when it is full a new request is refused at once
-(the server answers 429), never left to wait without bound.
+Requests are checked against the model's length and the KV cache on the caller's thread and
+handed to the engine loop's thread. ``max_queue`` bounds the requests the engine has admitted
+but not scheduled: after the engine has taken every arrival it can start, the newest beyond
+the bound are refused (the server answers 429), so a burst into an idle engine is served,
+and nothing waits without bound. A failure in one request's listener fails that request
+alone.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
+from collections.abc import Callable
 
 from gpu_runtime.engine import Engine
 from gpu_runtime.jobs import Job, JobListener
@@ -17,7 +21,10 @@ from gpu_runtime.loop import EngineLoop
 from gpu_runtime.prom import ServerMetrics
 from gpu_runtime.sampling import SamplingParams
 from gpu_runtime.tokenizer import Tokenizer
-from policies import Request
+from policies import Request, Status
+
+log = logging.getLogger("twin.serving")
+QUEUE_FULL = "queue_full"  # finish reason of a request refused after the engine's admission
 
 
 class QueueFull(Exception):
@@ -44,12 +51,18 @@ class ServingEngine:
         self.max_queue = max_queue
         self.loop = EngineLoop(engine)
         self.loop.on_error = self._fail_all
+        self.loop.on_request_error = self._failed_alone
         self.metrics = ServerMetrics()
         self._ids = itertools.count()
         self._lock = threading.Lock()
         self._queued = 0
         self._listeners: dict[int, JobListener] = {}
         self._started: set[int] = set()
+        self._unchecked: list[Job] = []  # submitted, not yet counted against max_queue
+        self._refused: set[int] = set()
+        self._failed: set[int] = set()
+        # Called on the engine's thread when it cannot go on (the server then exits non-zero).
+        self.on_fatal: Callable[[BaseException], None] | None = None
 
     @property
     def max_model_len(self) -> int:
@@ -102,21 +115,58 @@ class ServingEngine:
     ) -> Job:
         self.check_length(len(prompt_ids), max_tokens)
         with self._lock:
-            if self._queued >= self.max_queue:
-                self.metrics.count_request("queue_full")
-                raise QueueFull(
-                    f"the server is at capacity: {self._queued} requests are queued "
-                    f"(--max-queue {self.max_queue}); retry later"
-                )
+            # More than the engine could ever start at once plus the queue: refuse now rather
+            # than hand the engine a burst it will refuse anyway.
+            if self._queued >= self.max_queue + self.start_room():
+                self.metrics.count_request(QUEUE_FULL)
+                raise QueueFull(self._full_message(self._queued))
             self._queued += 1
-        rid = next(self._ids)
-        req = Request(
-            rid, self.engine.clock.now(), len(prompt_ids), max_tokens, prompt_ids=list(prompt_ids)
-        )
-        job = Job(req, sampling, ignore_eos, self.tokenizer.eos_ids, listener=self)
-        self._listeners[rid] = listener
+            rid = next(self._ids)
+            req = Request(
+                rid,
+                self.engine.clock.now(),
+                len(prompt_ids),
+                max_tokens,
+                prompt_ids=list(prompt_ids),
+            )
+            job = Job(req, sampling, ignore_eos, self.tokenizer.eos_ids, listener=self)
+            self._listeners[rid] = listener
+            self._unchecked.append(job)
         self.loop.submit(job)
+        self.loop.call(self._admit)  # runs after the engine has taken the arrival
         return job
+
+    def start_room(self) -> int:
+        """How many requests the policy may run at once (its max_num_seqs)."""
+        params = getattr(self.engine.policy, "params", None)
+        for name in ("max_num_seqs", "max_running_requests"):
+            value = getattr(params, name, None)
+            if isinstance(value, int):
+                return value
+        return 256
+
+    def _full_message(self, queued: int) -> str:
+        return (
+            f"the server is at capacity: {queued} requests wait to be scheduled "
+            f"(--max-queue {self.max_queue}); retry later"
+        )
+
+    def _admit(self) -> None:
+        """Engine thread: count what the engine admitted but could not start; refuse the excess."""
+        with self._lock:
+            fresh, self._unchecked = self._unchecked, []
+        waiting = [r for r in self.engine.waiting if r.id not in self._started]
+        # Requests that will get a running slot as soon as the next batch forms are not queued.
+        free_slots = max(0, self.start_room() - len(self.engine.running))
+        excess = len(waiting) - free_slots - self.max_queue
+        refused = {r.id for r in waiting[-excess:]} if excess > 0 else set()
+        for job in fresh:
+            rid = job.request.id
+            if rid in refused:
+                self._refused.add(rid)
+                self.engine.abort(rid)
+            elif job.request.status is not Status.FINISHED:
+                self._call(job, "admitted")
 
     def abort(self, job: Job) -> None:
         self.loop.abort(job.request.id)
@@ -129,7 +179,7 @@ class ServingEngine:
                 self._started.add(rid)
                 self._queued -= 1
         self.metrics.queue_wait.observe(job.request.scheduled_s - job.request.arrival_s)
-        self._listeners[rid].started(job)
+        self._call(job, "started")
 
     def tokens(self, job: Job, ids: list[int]) -> None:
         req, m = job.request, self.metrics
@@ -139,10 +189,16 @@ class ServingEngine:
                 m.ttft.observe(req.token_times[0] - req.arrival_s)
             else:
                 m.tbt.observe(req.token_times[-1] - req.token_times[-2])
-        self._listeners[req.id].tokens(job, ids)
+        self._call(job, "tokens", ids)
 
     def finished(self, job: Job) -> None:
         req = job.request
+        if req.id in self._refused:
+            self._refused.discard(req.id)
+            job.finish_reason = QUEUE_FULL
+        elif req.id in self._failed:
+            self._failed.discard(req.id)
+            job.finish_reason = "error"
         with self._lock:
             if req.id in self._started:
                 self._started.discard(req.id)
@@ -154,11 +210,29 @@ class ServingEngine:
             with m.lock:
                 m.prompt_tokens += req.prompt_tokens
             m.e2e.observe(req.finish_s - req.arrival_s)
-        listener = self._listeners.pop(req.id, None)
-        if listener is not None:
-            listener.finished(job)
+        self._call(job, "finished")
+        self._listeners.pop(req.id, None)
+
+    def _call(self, job: Job, event: str, *args: object) -> None:
+        """Tell a request's listener; if it fails, log it and fail that request alone."""
+        listener = self._listeners.get(job.request.id)
+        handler = getattr(listener, event, None)
+        if handler is None:
+            return
+        try:
+            handler(job, *args)
+        except Exception:
+            log.exception("request %d: its %s event failed; failing it", job.request.id, event)
+            if event != "finished":
+                self._failed.add(job.request.id)
+                self.loop.abort(job.request.id)  # not re-entrantly from inside a batch
+
+    def _failed_alone(self, request_id: int) -> None:
+        self._failed.add(request_id)
 
     def _fail_all(self, exc: BaseException) -> None:
+        if self.on_fatal is not None:
+            self.on_fatal(exc)
         for rid in list(self._listeners):
             job = self.engine.jobs.get(rid)
             listener = self._listeners.pop(rid, None)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from policies.base import SchedulingPolicy
 from policies.batch import Batch
+from policies.numbers import check_fields, check_number
 from policies.partition import Lane, Partition
 from policies.registry import register
 from policies.view import EngineView
@@ -34,8 +35,10 @@ class DisaggParams:
     max_num_seqs: int = 256
 
     def __post_init__(self) -> None:
-        if self.link_gb_s <= 0 or self.link_latency_s < 0:
-            raise ValueError("link_gb_s must be positive and link_latency_s not negative")
+        check_fields(self)
+        # Beyond these a transfer takes years and the clock stops resolving iterations.
+        check_number(self.link_gb_s, "link_gb_s", low=1e-3, high=1e6)
+        check_number(self.link_latency_s, "link_latency_s", low=0.0, high=10.0)
         if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
             raise ValueError("max_num_batched_tokens and max_num_seqs must be at least 1")
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from policies.batch import Batch, BatchShape
+from policies.numbers import check_fields
 from policies.partition import Lane, Partition
 from policies.registry import register
 from policies.shapes import decode_shape, merge, prefill_shape
@@ -39,6 +40,7 @@ class DuetServeParams:
     max_num_seqs: int = 256
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.lookahead < 1 or self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
             raise ValueError("lookahead, max_num_batched_tokens and max_num_seqs must be >= 1")
         if self.tbt_target_s < 0:

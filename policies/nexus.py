@@ -40,6 +40,7 @@ import numpy as np
 
 from policies.base import SchedulingPolicy
 from policies.batch import UNTIL_CHANGE, Batch, BatchShape
+from policies.numbers import check_fields
 from policies.partition import Lane, Partition
 from policies.registry import register
 from policies.shapes import decode_shape, prefill_shape
@@ -58,6 +59,7 @@ class NexusParams:
     max_num_seqs: int = 256
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if not 0.0 < self.kv_threshold <= 1.0:
             raise ValueError("kv_threshold must be in (0, 1]")
         if self.decode_slack < 1.0 or self.prefill_slack < 1.0:

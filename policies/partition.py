@@ -6,6 +6,8 @@ import functools
 from dataclasses import dataclass
 from enum import StrEnum
 
+from policies.numbers import check_fields
+
 
 class Lane(StrEnum):
     MIXED = "mixed"
@@ -73,6 +75,12 @@ class GpuSpec:
     min_split_sms: int = 0
 
     def __post_init__(self) -> None:
+        check_fields(self, label=lambda key: f"GPU {self.name!r}: {key}")
+        if not 1 <= self.sm_granularity <= self.num_sms:
+            raise ValueError(
+                f"GPU {self.name!r}: sm_granularity {self.sm_granularity} must be in "
+                f"[1, num_sms {self.num_sms}]"
+            )
         if self.min_split_sms == 0:
             object.__setattr__(self, "min_split_sms", self.sm_granularity)
 

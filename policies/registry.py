@@ -95,9 +95,13 @@ def _convert(name: str, key: str, value: Any, annotation: Any, default: Any) -> 
             return float(value)
     except ValueError:
         raise PolicyError(
-            f"policy {name!r} parameter {key!r} wants a {kind.__name__}, got {value!r}"
+            f"policy {name!r} parameter {key!r} wants {_article(kind.__name__)}, got {value!r}"
         ) from None
     return value
+
+
+def _article(noun: str) -> str:
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
 def params_dict(policy: Policy) -> dict[str, Any]:

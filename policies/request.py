@@ -41,6 +41,7 @@ class Request:
     finish_s: float = math.nan
     preemptions: int = 0
     status: Status = Status.WAITING
+    reject_reason: str = ""  # why it was refused at arrival (policies.admission)
     in_flight: bool = False
     token_times: list = field(default_factory=list)
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from policies.base import SchedulingPolicy
 from policies.batch import Batch, PrefillChunk
 from policies.kvcache import KVBudget
+from policies.numbers import check_fields
 from policies.partition import Lane
 from policies.registry import register
 from policies.view import EngineView
@@ -36,6 +37,7 @@ class SglangParams:
     new_token_ratio: float = 0.1
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.chunked_prefill_size < 1 or self.max_running_requests < 1:
             raise ValueError("chunked_prefill_size and max_running_requests must be at least 1")
         if not 0.0 <= self.new_token_ratio <= 1.0:
@@ -92,7 +94,11 @@ class SglangPolicy(SchedulingPolicy):
             own_reserve = ratio * req.remaining_output
             need = kv.need(req.id, req.kv_tokens + length)
             reserve_blocks = math.ceil((reserve + own_reserve) / block)
-            if need + reserve_blocks > kv.free or not kv.try_grow(req.id, req.kv_tokens + length):
+            # The reserve keeps running requests from being retracted; an engine holding no
+            # other request admits whatever fits, or a request the KV holds would wait forever.
+            alone = not view.running and not chunks
+            reserve_fits = alone or need + reserve_blocks <= kv.free
+            if not reserve_fits or not kv.try_grow(req.id, req.kv_tokens + length):
                 break
             reserve += own_reserve
             chunks.append(PrefillChunk(req, req.kv_tokens, length))

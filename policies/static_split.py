@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from policies.base import SchedulingPolicy
 from policies.batch import Batch
+from policies.numbers import check_fields
 from policies.partition import Lane, Partition
 from policies.registry import PolicyError, register
 from policies.view import EngineView
@@ -25,8 +26,11 @@ class StaticSplitParams:
     max_num_seqs: int = 256
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.decode_sms < 1:
             raise ValueError("decode_sms must be at least 1")
+        if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
+            raise ValueError("max_num_batched_tokens and max_num_seqs must be at least 1")
 
 
 @register("static-split", StaticSplitParams)

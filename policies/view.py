@@ -10,6 +10,7 @@ import numpy as np
 
 from policies.batch import Batch, BatchShape
 from policies.kvcache import KVCache
+from policies.numbers import check_number
 from policies.partition import GpuSpec, Lane, Partition
 from policies.request import Request
 
@@ -53,6 +54,10 @@ class Slo:
     ttft_s: float = 2.0
     tbt_s: float = 0.1
     tbt_statistic: str = "mean"
+
+    def __post_init__(self) -> None:
+        check_number(self.ttft_s, "TTFT SLO (s)", low=0.0, low_open=True)
+        check_number(self.tbt_s, "TBT SLO (s)", low=0.0, low_open=True)
 
 
 @dataclass(slots=True)

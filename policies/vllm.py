@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from policies.base import SchedulingPolicy
 from policies.batch import Batch
+from policies.numbers import check_fields
 from policies.partition import Lane
 from policies.registry import register
 from policies.view import EngineView
@@ -27,6 +28,7 @@ class VllmParams:
     max_num_seqs: int = 256
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
             raise ValueError("max_num_batched_tokens and max_num_seqs must be at least 1")
 

@@ -22,6 +22,14 @@ from profiler.ops import OP_CLASSES  # noqa: E402
 SHAPE_COLUMNS = ["op_name", "tokens", "batch", "context", "chunk", "prefix"]
 
 
+PLOT_FILES = (
+    "latency_vs_sms.png",
+    "bandwidth_vs_sms.png",
+    "predicted_vs_measured.png",
+    "corun_slowdown.png",
+)
+
+
 def write_plots(
     directory: Path, samples: pd.DataFrame, fit: dict[str, Any], meta: dict[str, Any]
 ) -> list[Path]:

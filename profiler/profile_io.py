@@ -161,6 +161,14 @@ def read_meta(directory: Path) -> dict[str, Any]:
         value = meta[key]
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ProfileError(f"{path}: field {key!r} must be a positive integer, got {value!r}")
+    for key in ("device", "date"):
+        if not isinstance(meta[key], str):
+            raise ProfileError(f"{path}: field {key!r} must be a string, got {meta[key]!r}")
+    if meta["sm_granularity"] > meta["num_sms"]:
+        raise ProfileError(
+            f"{path}: sm_granularity {meta['sm_granularity']} exceeds num_sms {meta['num_sms']}; "
+            "the GPU cannot be split in steps larger than itself"
+        )
     meta["model_config"] = model_from_meta(meta["model"], path)
     return meta
 
@@ -174,7 +182,7 @@ def model_from_meta(raw: Any, path: Path) -> ModelConfig:
         raise ProfileError(f"{path}: field 'model' lacks {', '.join(missing or ['name'])}")
     try:
         return ModelConfig(**{k: v for k, v in raw.items() if k in known})
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ProfileError(f"{path}: field 'model' is not a model config ({exc})") from None
 
 

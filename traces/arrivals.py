@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from policies.numbers import check_number
 from traces.errors import TraceError
+
+# Gamma inter-arrivals with a larger CV put nearly every request at one instant.
+MAX_CV = 100.0
 
 
 def arrival_times(n: int, rate: float, cv: float = 1.0, seed: int = 0) -> np.ndarray:
     """``n`` arrival times starting at 0: Poisson (cv = 1) or gamma inter-arrivals with that CV."""
-    if not rate > 0:
-        raise TraceError(f"arrival rate must be positive (--rate), got {rate}")
-    if not cv > 0:
-        raise TraceError(f"arrival CV must be positive (--cv), got {cv}")
+    check_number(rate, "arrival rate (--rate)", low=0.0, low_open=True, error=TraceError)
+    check_number(cv, "arrival CV (--cv)", low=0.0, low_open=True, high=MAX_CV, error=TraceError)
+    check_number(seed, "arrival seed (--seed)", integer=True, low=0, error=TraceError)
     rng = np.random.default_rng(seed)
     if n <= 0:
         return np.empty(0)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from policies.numbers import check_number
 from traces.arrivals import arrival_times
 from traces.errors import TraceError
 from traces.workload import Workload
@@ -16,13 +17,19 @@ from traces.workload import Workload
 AZURE = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 BURSTGPT = ("Timestamp", "Request tokens", "Response tokens")
 LENGTHS = ("num_prefill_tokens", "num_decode_tokens")
+# Vidur's processed traces: the lengths columns plus arrival seconds.
+VIDUR = ("arrived_at", *LENGTHS)
 TABLE = ("arrival_s", "prompt_tokens", "output_tokens")
-FORMATS = ("azure", "burstgpt", "mooncake", "lengths", "table")
+# More tokens than any model's context: a corrupt field, and beyond float64's exact range.
+MAX_TOKENS = 2**40
+FORMATS = ("azure", "burstgpt", "mooncake", "vidur", "lengths", "table")
 
 
 def read(path: Path, fmt: str | None, rate: float | None, cv: float, seed: int) -> Workload:
     if fmt is not None and fmt not in FORMATS:
         raise TraceError(f"unknown trace format {fmt!r}; use one of: {', '.join(FORMATS)}")
+    if path.is_dir():
+        raise TraceError(f"{path} is a directory; give a trace file")
     if not path.is_file():
         raise TraceError(f"{path}: no such trace file")
     if path.stat().st_size == 0:
@@ -34,6 +41,7 @@ def read(path: Path, fmt: str | None, rate: float | None, cv: float, seed: int) 
     reader: Callable[..., Workload] = {
         "azure": _azure,
         "burstgpt": _burstgpt,
+        "vidur": _vidur,
         "lengths": _lengths,
         "table": _table,
     }[fmt]
@@ -49,6 +57,7 @@ def detect(df: pd.DataFrame, path: Path) -> str:
     for fmt, need in (
         ("azure", AZURE),
         ("burstgpt", BURSTGPT),
+        ("vidur", VIDUR[:1]),
         ("lengths", LENGTHS),
         ("table", TABLE),
     ):
@@ -56,7 +65,8 @@ def detect(df: pd.DataFrame, path: Path) -> str:
             return fmt
     raise TraceError(
         f"{path}: cannot tell the trace format from columns {list(df.columns)}; expected "
-        f"Azure {list(AZURE)}, BurstGPT {list(BURSTGPT)}, lengths {list(LENGTHS)} or "
+        f"Azure {list(AZURE)}, BurstGPT {list(BURSTGPT)}, Vidur {list(VIDUR)}, "
+        f"lengths {list(LENGTHS)} or "
         f"{list(TABLE)} (or pass --format)"
     )
 
@@ -89,7 +99,13 @@ def _tokens(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
         raise TraceError(
             f"{path}: row {bad[0] + 1}: column {col!r} is {df[col].iloc[bad[0]]!r}, not a number"
         )
-    arr = values.to_numpy()
+    arr = values.to_numpy(dtype=np.float64)
+    huge = np.flatnonzero(~(np.abs(arr) <= MAX_TOKENS))
+    if huge.size:
+        raise TraceError(
+            f"{path}: row {huge[0] + 1}: column {col!r} is {arr[huge[0]]}, not a token count "
+            f"(at most {MAX_TOKENS})"
+        )
     neg = np.flatnonzero(arr < 0)
     if neg.size:
         raise TraceError(f"{path}: row {neg[0] + 1}: column {col!r} is negative ({arr[neg[0]]})")
@@ -104,6 +120,10 @@ def _times(values: pd.Series, col: str, path: Path) -> np.ndarray:
     if missing.size:
         raise TraceError(f"{path}: row {missing[0] + 1}: column {col!r} has no timestamp")
     arr = values.to_numpy(dtype=np.float64)
+    infinite = np.flatnonzero(~np.isfinite(arr))
+    if infinite.size:
+        row = infinite[0]
+        raise TraceError(f"{path}: row {row + 1}: column {col!r} is {arr[row]}, not a finite time")
     back = np.flatnonzero(np.diff(arr) < 0)
     if back.size:
         raise TraceError(
@@ -127,7 +147,13 @@ def _keep_served(prompt: np.ndarray, output: np.ndarray) -> tuple[np.ndarray, di
 def _azure(df: pd.DataFrame, path: Path) -> Workload:
     _require(df, path, AZURE, "Azure")
     raw = df["TIMESTAMP"]
-    stamps = pd.to_datetime(raw, format="ISO8601", errors="coerce")
+    try:
+        stamps = pd.to_datetime(raw, format="ISO8601", errors="coerce")
+    except (ValueError, TypeError):
+        # pandas refuses a column mixing time zones (or zone-less and zoned stamps).
+        raise TraceError(
+            f"{path}: TIMESTAMP mixes time zones; give every row the same offset (e.g. +00:00)"
+        ) from None
     bad = np.flatnonzero(stamps.isna().to_numpy() & raw.notna().to_numpy())
     if bad.size:
         raise TraceError(f"{path}: row {bad[0] + 1}: TIMESTAMP {raw.iloc[bad[0]]!r} is not a date")
@@ -169,6 +195,23 @@ def _burstgpt(df: pd.DataFrame, path: Path) -> Workload:
         name=path.stem,
         source=str(path),
         notes=notes,
+    )
+
+
+def _vidur(df: pd.DataFrame, path: Path) -> Workload:
+    _require(df, path, VIDUR, "Vidur")
+    arrival = _times(pd.to_numeric(df["arrived_at"], errors="coerce"), "arrived_at", path)
+    prompt = _tokens(df, "num_prefill_tokens", path)
+    output = _tokens(df, "num_decode_tokens", path)
+    keep, notes = _keep_served(prompt, output)
+    kept = arrival[keep]
+    return Workload(
+        kept - kept[0] if kept.size else kept,
+        prompt[keep],
+        output[keep],
+        name=path.stem,
+        source=str(path),
+        notes={"format": "vidur", **notes},
     )
 
 
@@ -217,33 +260,21 @@ def _table(df: pd.DataFrame, path: Path) -> Workload:
 
 def _mooncake(path: Path) -> Workload:
     stamps, prompts, outputs, hashes = [], [], [], []
-    with path.open() as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                stamps.append(float(row["timestamp"]))
-                prompts.append(int(row["input_length"]))
-                outputs.append(int(row["output_length"]))
-                hashes.append(tuple(int(h) for h in row.get("hash_ids", ())))
-            except json.JSONDecodeError:
-                raise TraceError(f"{path}: line {line_no} is not valid JSON") from None
-            except KeyError as exc:
-                raise TraceError(
-                    f"{path}: line {line_no} has no field {exc.args[0]!r} (Mooncake rows have "
-                    "timestamp, input_length, output_length, hash_ids)"
-                ) from None
-            except (TypeError, ValueError):
-                raise TraceError(f"{path}: line {line_no} has a non-numeric field") from None
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for line_no, line in enumerate(fh, 1):
+                if line.strip():
+                    row = _mooncake_row(line, f"{path}: line {line_no}")
+                    stamps.append(row[0])
+                    prompts.append(row[1])
+                    outputs.append(row[2])
+                    hashes.append(row[3])
+    except UnicodeDecodeError:
+        raise TraceError(f"{path}: not UTF-8 text; a Mooncake trace is JSON lines") from None
     if not stamps:
         raise TraceError(f"{path}: the file has no requests")
     arrival = _times(pd.Series(stamps) / 1000.0, "timestamp", path)
-    prompt, output = np.array(prompts), np.array(outputs)
-    for name, values in (("input_length", prompt), ("output_length", output)):
-        neg = np.flatnonzero(values < 0)
-        if neg.size:
-            raise TraceError(f"{path}: line {neg[0] + 1}: {name} is negative")
+    prompt, output = np.array(prompts, dtype=np.int64), np.array(outputs, dtype=np.int64)
     keep, notes = _keep_served(prompt, output)
     idx = np.flatnonzero(keep)
     return Workload(
@@ -255,3 +286,43 @@ def _mooncake(path: Path) -> Workload:
         source=str(path),
         notes={"format": "mooncake", **notes},
     )
+
+
+def _mooncake_row(line: str, where: str) -> tuple[float, int, int, tuple[int, ...]]:
+    """One Mooncake request: timestamp (ms), input_length, output_length, hash_ids."""
+    try:
+        row = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        raise TraceError(f"{where} is not valid JSON") from None
+    if not isinstance(row, dict):
+        raise TraceError(f"{where} is not a JSON object")
+    missing = [k for k in ("timestamp", "input_length", "output_length") if k not in row]
+    if missing:
+        raise TraceError(
+            f"{where} has no field {missing[0]!r} (Mooncake rows have timestamp, input_length, "
+            "output_length, hash_ids)"
+        )
+    stamp = check_number(row["timestamp"], f"{where}: timestamp", error=TraceError)
+    prompt = check_number(
+        row["input_length"],
+        f"{where}: input_length",
+        integer=True,
+        low=0,
+        high=MAX_TOKENS,
+        error=TraceError,
+    )
+    output = check_number(
+        row["output_length"],
+        f"{where}: output_length",
+        integer=True,
+        low=0,
+        high=MAX_TOKENS,
+        error=TraceError,
+    )
+    raw = row.get("hash_ids", [])
+    if not isinstance(raw, list):
+        raise TraceError(f"{where}: hash_ids must be a list of block hashes, got {raw!r}")
+    hashes = tuple(
+        check_number(h, f"{where}: hash_ids", integer=True, error=TraceError) for h in raw
+    )
+    return float(stamp), prompt, output, hashes

@@ -12,9 +12,15 @@ import re
 
 import numpy as np
 
+from policies.numbers import check_number
 from traces.arrivals import arrival_times
 from traces.errors import TraceError
 from traces.workload import Workload
+
+# Beyond these a spec is a typo: more requests than memory holds, longer than any context.
+MAX_REQUESTS = 10**7
+MAX_LENGTH = 10**7
+MAX_SIGMA = 5.0
 
 _DIST = re.compile(r"^\s*(fixed|uniform|lognormal)\s*\(([^)]*)\)\s*$")
 
@@ -30,9 +36,16 @@ def lengths(spec: str, n: int, rng: np.random.Generator) -> np.ndarray:
         values = [float(a) for a in args.split(",")]
     except ValueError:
         raise TraceError(f"length distribution {spec!r}: arguments must be numbers") from None
+    for v in values:
+        check_number(
+            v, f"length distribution {spec!r}: argument", high=MAX_LENGTH, error=TraceError
+        )
     need = {"fixed": 1, "uniform": 2, "lognormal": 2}[kind]
     if len(values) != need:
         raise TraceError(f"length distribution {spec!r}: {kind} takes {need} argument(s)")
+    if min(values[:1] if kind == "lognormal" else values) < 1:
+        # A length below one token would silently become one.
+        raise TraceError(f"length distribution {spec!r}: lengths must be at least 1 token")
     if kind == "fixed":
         out = np.full(n, values[0])
     elif kind == "uniform":
@@ -42,10 +55,16 @@ def lengths(spec: str, n: int, rng: np.random.Generator) -> np.ndarray:
         out = rng.integers(int(lo), int(hi) + 1, n)
     else:
         mean, sigma = values
-        if mean <= 0 or sigma < 0:
-            raise TraceError(f"length distribution {spec!r}: mean must be > 0 and sigma >= 0")
+        if sigma < 0 or sigma > MAX_SIGMA:
+            raise TraceError(f"length distribution {spec!r}: sigma must be in [0, {MAX_SIGMA:g}]")
         out = rng.lognormal(math.log(mean) - sigma**2 / 2, sigma, n)
-    return np.maximum(1, np.rint(out)).astype(np.int64)
+    out = np.rint(out)
+    if np.any(out > MAX_LENGTH):
+        raise TraceError(
+            f"length distribution {spec!r} draws lengths beyond {MAX_LENGTH} tokens; "
+            "lower its mean or sigma"
+        )
+    return np.maximum(1, out).astype(np.int64)
 
 
 def synthetic(
@@ -56,8 +75,8 @@ def synthetic(
     cv: float = 1.0,
     seed: int = 0,
 ) -> Workload:
-    if n < 1:
-        raise TraceError(f"a synthetic workload needs n >= 1 requests, got {n}")
+    check_number(n, "synthetic n", integer=True, low=1, high=MAX_REQUESTS, error=TraceError)
+    check_number(seed, "synthetic seed", integer=True, low=0, error=TraceError)
     rng = np.random.default_rng(seed)
     p = lengths(prompt, n, rng)
     o = lengths(output, n, rng)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import traces  # noqa: E402
+from twin.checks import MAX_RATE  # noqa: E402
 from twin.errors import TwinError  # noqa: E402
-from twin.experiment import SimConfig, simulate  # noqa: E402
+from twin.experiment import SimConfig, load_workload, simulate  # noqa: E402
 
 TABLE_COLUMNS = (
     "policy",
@@ -51,8 +51,10 @@ def parse_rates(text: str) -> list[float]:
         rates = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise TwinError(f"--rates {text!r}: give numbers separated by commas, e.g. 1,2,4") from None
-    if not rates or any(not math.isfinite(r) or r <= 0 for r in rates):
-        raise TwinError(f"--rates {text!r}: every rate must be a positive number")
+    if not rates or any(not 1 / MAX_RATE <= r <= MAX_RATE for r in rates):
+        raise TwinError(
+            f"--rates {text!r}: every rate must be positive, in [{1 / MAX_RATE:g}, {MAX_RATE:g}]"
+        )
     return sorted(dict.fromkeys(rates))
 
 
@@ -85,7 +87,12 @@ def build_specs(
     base: SimConfig, policies_: list[str], rates: list[float], args: dict[str, dict[str, str]]
 ) -> tuple[list[SimConfig], str, float]:
     """One spec per policy and rate: multipliers of a real trace, or Poisson req/s."""
-    mode, own_rate = rate_mode(base.trace, base.format)
+    own_rate = 0.0
+    mode, _ = rate_mode(base.trace, base.format)
+    if mode == "scale":
+        # The rate of the requests the runs replay (after --start/--duration/--max-requests),
+        # not of the whole file: "offered" is this times each multiplier.
+        own_rate = load_workload(dataclasses.replace(base, rate_scale=1.0)).rate()
     if mode == "poisson" and base.max_requests is None:
         base = dataclasses.replace(base, max_requests=LENGTH_ONLY_REQUESTS)
     specs = []

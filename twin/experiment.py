@@ -16,10 +16,12 @@ import traces
 from policies import Slo
 from profiler.config import load_model_config
 from profiler.model import LatencyModel
+from twin.checks import check_results, check_sim_config, check_span
 from twin.errors import TwinError
 from twin.latency import load_latency_model
 from twin.outputs.metrics import mean_decode_sms, records_frame, summarize
-from twin.outputs.writer import RUN_FILES, RunOutputs
+from twin.outputs.paths import claim_out
+from twin.outputs.writer import PLOT_FILES, RUN_FILES, RunOutputs
 from twin.sim import EngineConfig, make_simulator
 
 
@@ -42,6 +44,9 @@ class SimConfig:
     slo: Slo = field(default_factory=Slo)
     engine: EngineConfig = field(default_factory=EngineConfig)
 
+    def __post_init__(self) -> None:
+        check_sim_config(self)
+
 
 @dataclass
 class RunResult(RunOutputs):
@@ -56,13 +61,12 @@ def load_workload(cfg: SimConfig) -> traces.Workload:
         end = None if cfg.duration_s is None else cfg.start_s + cfg.duration_s
         wl = wl.window(cfg.start_s, end)
     if cfg.rate_scale != 1.0:
-        if cfg.rate_scale <= 0:
-            raise TwinError(f"--rate-scale must be positive, got {cfg.rate_scale}")
         wl = wl.scale_rate(cfg.rate_scale)
     if cfg.max_requests is not None:
         wl = wl.first(cfg.max_requests)
     if len(wl) == 0:
         raise TwinError(f"trace {cfg.trace!r} has no requests left after --duration/--max-requests")
+    check_span(wl.duration_s(), cfg.trace)
     return wl
 
 
@@ -83,6 +87,7 @@ def simulate(
     result = sim.run()
     wall = time.perf_counter() - wall
     records = records_frame(result.requests)
+    check_results(records, result.end_s)
     summary = summarize(records, cfg.slo)
     summary.update(
         {
@@ -121,14 +126,14 @@ def simulate(
     )
 
 
-def prepare_out(out: Path, force: bool = False) -> Path:
-    """Create the output directory; refuse to overwrite an earlier run unless forced."""
-    if out.exists() and not out.is_dir():
-        raise TwinError(f"--out {out} is a file; give a directory")
-    if out.is_dir() and not force and any((out / f).exists() for f in RUN_FILES):
-        raise TwinError(f"--out {out} already holds a run; pick a new directory or pass --force")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def run_files(with_plots: bool = True) -> tuple[str, ...]:
+    """The files a run writes into its directory."""
+    return RUN_FILES + (PLOT_FILES if with_plots else ())
+
+
+def prepare_out(out: Path, force: bool = False, with_plots: bool = True) -> Path:
+    """Create the output directory; refuse to replace any file a run writes unless forced."""
+    return claim_out(out, run_files(with_plots), force, what="a run", create=False)
 
 
 def write_run(result: RunResult, out: Path, with_plots: bool = True) -> list[Path]:

@@ -53,24 +53,34 @@ class RealRun:
     config: dict[str, Any]
 
     @staticmethod
-    def load(path: Path) -> RealRun:
+    def load(path: Path, flag: str = "--real-records") -> RealRun:
         files = ("records.parquet", "iterations.parquet", "summary.json", "config.json")
         missing = [f for f in files if not (path / f).is_file()]
         if missing:
             raise TwinError(
-                f"--real-records {path}: missing {', '.join(missing)}; give a directory written "
+                f"{flag} {path}: missing {', '.join(missing)}; give a directory written "
                 "by `twin run --trace`"
             )
         try:
-            return RealRun(
+            run = RealRun(
                 path,
                 pd.read_parquet(path / files[0]),
                 pd.read_parquet(path / files[1]),
                 json.loads((path / files[2]).read_text()),
                 json.loads((path / files[3]).read_text()),
             )
-        except (OSError, ValueError) as exc:
-            raise TwinError(f"--real-records {path}: unreadable run files ({exc})") from None
+        except (OSError, ValueError, RecursionError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise TwinError(f"{flag} {path}: unreadable run files ({first})") from None
+        if not isinstance(run.summary, dict) or not isinstance(run.config, dict):
+            raise TwinError(f"{flag} {path}: summary.json and config.json must be JSON objects")
+        if run.summary.get("engine") != "runtime":
+            # A simulated run compared with itself would validate any latency model.
+            raise TwinError(
+                f"{flag} {path} holds a simulated run (`twin simulate`), not a real one; give a "
+                "directory written by `twin run --trace`"
+            )
+        return run
 
     @property
     def policy(self) -> str:

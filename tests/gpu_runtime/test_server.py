@@ -23,9 +23,15 @@ MAX_LEN = 2048
 
 
 class Served:
-    def __init__(self, max_queue: int = 64, blocks: int = 256, manage_engine: bool = True):
+    def __init__(
+        self,
+        max_queue: int = 64,
+        blocks: int = 256,
+        manage_engine: bool = True,
+        policy_args: dict | None = None,
+    ):
         settings = RuntimeConfig(device="cpu", num_kv_blocks=blocks, max_model_len=MAX_LEN)
-        self.rt = build_runtime(tiny_llama(vocab=512), settings, "vllm")
+        self.rt = build_runtime(tiny_llama(vocab=512), settings, "vllm", policy_args)
         self.serving = ServingEngine(self.rt.engine, ByteTokenizer(512), "tiny", 512, max_queue)
         app = create_app(self.serving, manage_engine=manage_engine)
         with socket.socket() as s:
@@ -180,18 +186,99 @@ def test_a_request_larger_than_the_kv_cache_is_refused():
         small.close()
 
 
-def test_a_full_queue_answers_429():
-    stalled = Served(max_queue=1, manage_engine=False)  # nothing drains the queue
+def test_a_full_queue_answers_429_with_retry_after():
+    one_at_a_time = Served(max_queue=1, policy_args={"max_num_seqs": 1})
     try:
-        body = {"prompt": "wait", "max_tokens": 4, "stream": True}
-        with httpx.stream("POST", stalled.url + "/v1/completions", json=body, timeout=30) as r:
+        body = {"prompt": "wait", "max_tokens": 1500, "stream": True, "ignore_eos": True}
+        with httpx.stream(
+            "POST", one_at_a_time.url + "/v1/completions", json=body, timeout=30
+        ) as r:
             assert r.status_code == 200
-            second = post(stalled, "/v1/completions", {"prompt": "more", "max_tokens": 4})
-            assert second.status_code == 429
-            assert "--max-queue 1" in second.json()["error"]["message"]
-            assert second.json()["error"]["type"] == "rate_limit_error"
+            lines = r.iter_lines()  # kept: a dropped iterator closes the stream
+            next(lines)  # running: it holds the only sequence slot
+            with httpx.stream(
+                "POST", one_at_a_time.url + "/v1/completions", json=body, timeout=30
+            ) as queued:
+                assert queued.status_code == 200  # admitted: waits in the queue of one
+                third = post(one_at_a_time, "/v1/completions", {"prompt": "x", "max_tokens": 4})
+                assert third.status_code == 429
+                assert third.headers["Retry-After"] == "1"
+                assert third.json()["error"]["type"] == "rate_limit_error"
     finally:
-        stalled.close()
+        one_at_a_time.close()
+
+
+def test_a_burst_into_an_idle_engine_is_served_beyond_max_queue():
+    small_queue = Served(max_queue=1)
+    try:
+        results = [None] * 6
+
+        def send(i):
+            body = {"prompt": f"burst {i}", "max_tokens": 3}
+            results[i] = post(small_queue, "/v1/completions", body).status_code
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(results))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert results == [200] * len(results)  # the engine runs them all at once
+    finally:
+        small_queue.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": "x", "seed": 2**64}, "seed"),
+        ({"prompt": "x", "seed": -(2**63) - 1}, "seed"),
+        ({"prompt": "x", "logit_bias": {"1": 5}}, "logit_bias"),
+        ({"prompt": "x", "response_format": {"type": "json_object"}}, "response_format"),
+    ],
+)
+def test_unsupported_or_out_of_range_fields_are_refused_and_the_engine_keeps_serving(
+    served, body, param
+):
+    r = post(served, "/v1/completions", body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param
+    ok = post(served, "/v1/completions", {"prompt": "after", "max_tokens": 2})
+    assert ok.status_code == 200
+    assert httpx.get(served.url + "/health", timeout=10).status_code == 200
+
+
+def test_a_lone_surrogate_and_deep_nesting_get_400(served):
+    lone = b'{"prompt": "a\\ud800b", "max_tokens": 2}'
+    r = httpx.post(served.url + "/v1/completions", content=lone, timeout=30)
+    assert r.status_code == 400 and "surrogate" in r.json()["error"]["message"]
+    chat = b'{"messages": [{"role": "user", "content": "\\udfff"}]}'
+    r = httpx.post(served.url + "/v1/chat/completions", content=chat, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].content"
+    deep = b"[" * 100_000 + b"]" * 100_000
+    r = httpx.post(served.url + "/v1/completions", content=deep, timeout=30)
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]["message"]
+
+
+def test_a_failing_listener_fails_its_request_alone(served, caplog):
+    class Broken:
+        def started(self, job):
+            pass
+
+        def tokens(self, job, ids):
+            raise RuntimeError("listener broke")
+
+        def finished(self, job):
+            self.reason = job.finish_reason
+
+    broken = Broken()
+    from gpu_runtime.sampling import SamplingParams
+
+    with caplog.at_level("ERROR", logger="twin.serving"):
+        served.serving.submit([1, 2, 3], 4, SamplingParams(), broken)
+        assert wait_until(lambda: getattr(broken, "reason", None) is not None)
+    assert broken.reason == "error"
+    assert any("its tokens event failed" in rec.getMessage() for rec in caplog.records)
+    ok = post(served, "/v1/completions", {"prompt": "still here", "max_tokens": 2})
+    assert ok.status_code == 200
 
 
 def test_a_client_disconnect_aborts_the_request_and_frees_its_kv(served):
@@ -212,3 +299,45 @@ def test_a_client_disconnect_aborts_the_request_and_frees_its_kv(served):
         httpx.post(served.url + "/v1/completions", json={**body, "stream": False}, timeout=0.5)
     assert wait_until(lambda: engine.stats.aborted == aborted + 2)
     assert wait_until(lambda: engine.kv.free_blocks == engine.kv.num_blocks)
+
+
+def test_a_batch_that_fails_to_launch_fails_its_request_alone(caplog):
+    s = Served()
+    executor = s.rt.engine.executor
+    launch = executor.launch
+
+    def failing(lane, partition, batch, cache, job_of):
+        if any(c.request.prompt_tokens == 13 for c in batch.prefill):
+            raise RuntimeError("injected launch failure")
+        return launch(lane, partition, batch, cache, job_of)
+
+    executor.launch = failing
+    try:
+        with caplog.at_level("ERROR", logger="twin.engine"):
+            bad = post(s, "/v1/completions", {"prompt": [5] * 13, "max_tokens": 3})
+        assert bad.status_code == 500  # the server's own failure, reported as one
+        assert "failing its requests" in caplog.text and "injected" in caplog.text
+        ok = post(s, "/v1/completions", {"prompt": "fine", "max_tokens": 3})
+        assert ok.status_code == 200
+        assert httpx.get(s.url + "/health", timeout=10).json() == {"status": "ok"}
+        assert s.rt.engine.kv.free_blocks == s.rt.engine.kv.num_blocks
+    finally:
+        s.close()
+
+
+def test_an_engine_that_cannot_go_on_says_so_on_health():
+    s = Served()
+    engine = s.rt.engine
+
+    def broken_policy(view, lane):
+        raise RuntimeError("policy bug")
+
+    engine.policy.next_batch = broken_policy
+    try:
+        r = post(s, "/v1/completions", {"prompt": "x", "max_tokens": 2})
+        assert r.status_code == 500
+        assert wait_until(lambda: httpx.get(s.url + "/health", timeout=10).status_code == 503)
+        assert "policy bug" in httpx.get(s.url + "/health", timeout=10).json()["error"]
+        assert post(s, "/v1/completions", {"prompt": "y", "max_tokens": 2}).status_code == 503
+    finally:
+        s.close()

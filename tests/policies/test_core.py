@@ -136,7 +136,7 @@ def test_registry_rejects_duplicates_and_unknown_names():
         policies.get("nope")
     with pytest.raises(PolicyError, match="no parameter 'budget'"):
         policies.get("vllm", budget=3)
-    with pytest.raises(PolicyError, match="wants a int"):
+    with pytest.raises(PolicyError, match="wants an int"):
         policies.get("vllm", max_num_seqs="many")
     assert policies.get("vllm", max_num_seqs="8").params.max_num_seqs == 8
 

@@ -161,3 +161,25 @@ def test_samples_keep_the_documented_schema(profile_dir):
         "iteration",
         "corun",
     }
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "named"),
+    [
+        ("model.hidden_size", "4096", "hidden_size"),
+        ("model.rms_norm_eps", "1e-5", "rms_norm_eps"),
+        ("model.num_kv_heads", 5, "num_kv_heads"),
+        ("num_sms", "132", "num_sms"),
+        ("sm_granularity", 1000, "sm_granularity"),
+        ("device", 5, "device"),
+    ],
+)
+def test_a_wrong_typed_or_inconsistent_meta_field_is_one_line(profile_copy, where, value, named):
+    meta = json.loads((profile_copy / META).read_text())
+    if where.startswith("model."):
+        meta["model"][where.removeprefix("model.")] = value
+    else:
+        meta[where] = value
+    (profile_copy / META).write_text(json.dumps(meta))
+    message = _one_line_error(profile_copy)
+    assert META in message and named in message

@@ -1,3 +1,6 @@
+import json
+import re
+
 import numpy as np
 import pytest
 
@@ -184,5 +187,63 @@ def test_unknown_name_lists_the_bundled_traces():
     ],
 )
 def test_bad_synthetic_specs(spec):
+    with pytest.raises(TraceError):
+        traces.load(spec)
+
+
+def test_vidur_processed_traces_keep_their_arrivals(tmp_path):
+    path = tmp_path / "AzureLLMInferenceTrace_conv_processed.csv"
+    path.write_text(
+        "arrived_at,num_prefill_tokens,num_decode_tokens\n10.0,100,10\n10.5,200,20\n12.0,50,5\n"
+    )
+    wl = traces.load(str(path))
+    assert wl.notes["format"] == "vidur"
+    assert list(wl.arrival_s) == [0.0, 0.5, 2.0]
+    assert list(wl.prompt_tokens) == [100, 200, 50]
+    # --rate rescales the trace's own arrivals rather than drawing Poisson ones.
+    faster = traces.load(str(path), rate=2.0)
+    assert faster.rate() == pytest.approx(2.0)
+    assert faster.arrival_s[1] / faster.arrival_s[2] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("input_length", 12.7, "line 1: input_length must be a whole number"),
+        ("input_length", True, "line 1: input_length must be a whole number"),
+        ("output_length", -3, "line 1: output_length must be in [0, "),
+        ("timestamp", "noon", "line 1: timestamp must be a number"),
+    ],
+)
+def test_mooncake_fields_are_checked_not_truncated(tmp_path, field, value, message):
+    row = {"timestamp": 0, "input_length": 10, "output_length": 2, "hash_ids": [1]}
+    row[field] = value
+    path = tmp_path / "mc.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(TraceError, match=re.escape(message)):
+        traces.load(str(path))
+
+
+def test_mixed_time_zones_in_an_azure_trace_are_one_line(tmp_path):
+    path = tmp_path / "azure.csv"
+    path.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:15:46.6805900+00:00,374,44\n2023-11-16 18:15:50.9951690,396,109\n"
+    )
+    with pytest.raises(TraceError, match="mixes time zones"):
+        traces.load(str(path))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "synthetic:n=3,rate=1,prompt=fixed(-5)",
+        "synthetic:n=3,rate=1,output=uniform(0,4)",
+        "synthetic:n=3,rate=1,seed=-1",
+        "synthetic:n=3,rate=1,cv=inf",
+        "synthetic:n=3,rate=nan",
+    ],
+)
+def test_synthetic_specs_refuse_what_they_would_clamp_or_crash_on(spec):
     with pytest.raises(TraceError):
         traces.load(spec)

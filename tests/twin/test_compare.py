@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+import traces
 from twin.commands.cli import app
 from twin.compare import parse_policy_args, parse_rates, rate_mode
 
@@ -51,6 +52,11 @@ def test_compare_writes_a_table_and_plots(tmp_path):
     for name in ("latency_vs_load.png", "goodput.png", "partition_timeline.png"):
         assert (out / name).stat().st_size > 0, name
     assert len(pd.read_parquet(out / "compare.parquet")) == 6
+    # "offered" is the rate of the 120 requests replayed, not of the whole bundled file.
+    used = traces.load("azure-conv").first(120).rate()
+    assert used != pytest.approx(traces.load("azure-conv").rate(), rel=0.05)
+    one = table[table["rate"] == 1]["offered_rps"]
+    assert one.to_numpy() == pytest.approx(used)
 
 
 def test_length_only_trace_takes_poisson_rates(tmp_path):

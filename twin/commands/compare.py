@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import time
-from pathlib import Path
 
 import typer
 from rich.table import Table
@@ -13,9 +11,12 @@ from twin.commands import options as opt
 from twin.commands.console import console, friendly_errors
 from twin.errors import TwinError
 from twin.experiment import SimConfig
+from twin.outputs.paths import claim_out, out_flag
 
 ALL_POLICIES = "vllm,sglang,static-split,nexus,duetserve,disagg"
-FILES = ("compare.parquet", "compare.csv")
+RESULTS = "compare.parquet"
+FILES = (RESULTS, "compare.csv")
+PLOT_FILES = ("latency_vs_load.png", "goodput.png", "partition_timeline.png")
 
 
 @friendly_errors
@@ -47,7 +48,7 @@ def compare_command(
     ray: str | None = typer.Option(
         None, help="Run on Ray: 'auto' starts or joins a local runtime, or a cluster address."
     ),
-    out: Path = typer.Option(..., help="Output directory."),
+    out: str = typer.Option(..., help="Output directory."),
     resume: bool = typer.Option(
         False, help="Continue an interrupted compare in --out: finished runs are not redone."
     ),
@@ -68,16 +69,24 @@ def compare_command(
     args = cmp.parse_policy_args(policy_arg, names)
     for name in names:
         registry.get(name, **args[name])  # unknown names and bad parameters fail before any work
-    results = out / "compare.parquet"
-    if results.exists() and not resume:
-        if not force:
-            raise TwinError(
-                f"--out {out} already holds a compare; --resume to continue it, --force to redo"
-            )
-        for name in FILES:
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / "plots", ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    out_dir = out_flag(out)
+    results = out_dir / RESULTS
+    if results.exists() and not resume and not force:
+        raise TwinError(
+            f"--out {out} already holds a compare; --resume to continue it, --force to redo"
+        )
+    # Without --force every file twin writes must be new, so a user's own compare.csv or
+    # plots are never replaced; a resumed compare continues over its own files.
+    written_by_twin = FILES + PLOT_FILES if resume and results.exists() else ()
+    claim_out(
+        out_dir,
+        FILES + (PLOT_FILES if plots else ()),
+        force,
+        "a compare",
+        keep=written_by_twin,
+        create=False,
+    )
+    out = out_dir
     base = SimConfig(
         trace=trace,
         format=format,
@@ -91,6 +100,9 @@ def compare_command(
         slo=slo,
     )
     specs, mode, own_rate = cmp.build_specs(base, names, rate_values, args)
+    out.mkdir(parents=True, exist_ok=True)
+    if force and not resume:
+        results.unlink(missing_ok=True)  # its own earlier results, redone from scratch
     executor = make_executor(workers, ray)
     wall = time.perf_counter()
     try:

@@ -29,6 +29,13 @@ def friendly_errors(fn: Callable) -> Callable:
         except (*user_errors(), SimulationError) as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except OSError as exc:  # unwritable or impossible paths: the user's to fix
+            from twin.outputs.paths import describe_os_error
+
+            err_console.print(
+                f"[bold red]error:[/] {describe_os_error(exc)}", highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
             sys.exit(130)
@@ -83,12 +90,19 @@ def summary_table(summary: dict[str, Any], title: str) -> Table:
             f"<= {summary['slo_tbt_s']:g} s",
         ),
         ("preemptions", str(summary["preemptions"])),
+        ("rejected", _rejected(summary)),
     ]
     if "iterations" in summary:
         rows.append(("iterations", f"{summary['iterations']}"))
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _rejected(summary: dict[str, Any]) -> str:
+    reasons = summary.get("rejected_by_reason") or {}
+    detail = ", ".join(f"{n} {why}" for why, n in reasons.items())
+    return f"{summary.get('rejected', 0)}" + (f" ({detail})" if detail else "")
 
 
 def _ms(summary: dict[str, Any], key: str) -> str:

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from policies import Slo
+from policies.numbers import check_number
 from twin.errors import TwinError
 from twin.outputs.metrics import TBT_STATISTICS
 
@@ -62,6 +63,11 @@ def slo_from(ttft_s: float, tbt_s: float, tbt_statistic: str) -> Slo:
     """The SLOs the flags ask for; a statistic we do not compute is a one-line error."""
     if tbt_statistic not in TBT_STATISTICS:
         raise TwinError(f"--tbt-stat {tbt_statistic!r}: use {', '.join(TBT_STATISTICS)}")
-    if ttft_s <= 0 or tbt_s <= 0:
-        raise TwinError("--slo-ttft and --slo-tbt must be positive (seconds)")
+    positive_flag(ttft_s, "--slo-ttft")
+    positive_flag(tbt_s, "--slo-tbt")
     return Slo(ttft_s, tbt_s, tbt_statistic)
+
+
+def positive_flag(value: float, flag: str, high: float | None = None) -> float:
+    """A flag that must be a positive finite number (seconds, rates, factors)."""
+    return check_number(value, flag, low=0.0, low_open=True, high=high, error=TwinError)

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from twin.commands.console import console, friendly_errors, progress_bar
 from twin.errors import TwinError
+from twin.outputs.paths import claim_out, out_flag
 
 DEFAULT_MODEL = "llama-3.1-8b"
 NO_GPU_HINT = "`twin profile --fit-only DIR` refits a stored profile on any machine"
@@ -24,8 +25,8 @@ def profile_command(
     model: str | None = typer.Option(
         None, help=f"Bundled model name or HF config.json path [default: {DEFAULT_MODEL}]."
     ),
-    out: Path | None = typer.Option(
-        None, help="Profile directory to write [default: profiles/<model>-<gpu>]."
+    out_text: str | None = typer.Option(
+        None, "--out", help="Profile directory to write [default: profiles/<model>-<gpu>]."
     ),
     fit_only: Path | None = typer.Option(
         None,
@@ -55,6 +56,7 @@ def profile_command(
     quiet: bool = typer.Option(False, help="No progress bar or summary table."),
 ) -> None:
     """Sweep operators over SM partitions on a GPU and fit the latency model's curves."""
+    out = out_flag(out_text)
     if refine_from:
         if out is None:
             raise TwinError("--refine-from needs --out DIR for calibration.json")
@@ -89,8 +91,8 @@ def refine(
 
     if (out / CALIBRATION_FILE).exists() and not force:
         raise TwinError(f"--out {out} already holds {CALIBRATION_FILE}; pick a new one or --force")
-    reals = [RealRun.load(r) for r in runs]
-    held = [RealRun.load(r) for r in holdout]
+    reals = [RealRun.load(r, "--refine-from") for r in runs]
+    held = [RealRun.load(r, "--holdout") for r in holdout]
     first = reals[0].config
     profile = base_profile if base_profile is not None else first.get("profile")
     gpu = first.get("gpu", "h100")
@@ -167,7 +169,7 @@ def measure(
             f"{NO_GPU_HINT}"
         ) from None
     out = out or Path("profiles") / f"{_slug(cfg.name)}-{_slug(info.name)}{'-quick' * quick}"
-    _prepare(out, force)
+    _prepare(out, force, plots)
     with progress_bar(f"profiling {cfg.name} on {info.name}", enabled=not quiet) as update:
         try:
             samples, meta = gpu_sweep(cfg, quick=quick, device=device, progress=update)
@@ -237,18 +239,11 @@ def fit_lines(fit: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _prepare(out: Path, force: bool) -> None:
+def _prepare(out: Path, force: bool, plots: bool = True) -> None:
+    from profiler.plots import PLOT_FILES
     from profiler.profile_io import FIT, META, SAMPLES
 
-    if out.exists() and not out.is_dir():
-        raise TwinError(f"--out {out} is a file; choose a directory")
-    held = [n for n in (META, SAMPLES, FIT) if (out / n).exists()]
-    if held and not force:
-        raise TwinError(
-            f"--out {out} already holds a profile ({', '.join(held)}); "
-            "pass --force to overwrite it or choose another --out"
-        )
-    out.mkdir(parents=True, exist_ok=True)
+    claim_out(out, (META, SAMPLES, FIT, *(PLOT_FILES if plots else ())), force, "a profile")
 
 
 def _slug(text: str) -> str:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from twin.commands import options as opt
-from twin.commands.console import console, friendly_errors, summary_table
+from twin.commands.console import console, err_console, friendly_errors, summary_table
 from twin.commands.simulate import default_out, resolve_policy
 from twin.errors import TwinError
 from twin.experiment import SimConfig, load_workload, prepare_out
+from twin.outputs.paths import out_flag
 
 
 @friendly_errors
@@ -57,7 +56,7 @@ def run_command(
     clock: str = typer.Option(
         "wall", help="wall (real arrivals) or virtual (the latency model's time, as simulated)."
     ),
-    out: Path | None = typer.Option(None, help="Output directory for --trace."),
+    out: str | None = typer.Option(None, help="Output directory for --trace."),
     force: opt.Force = False,
     plots: opt.Plots = True,
     quiet: bool = typer.Option(False, help="No table at the end of a replay."),
@@ -70,6 +69,8 @@ def run_command(
         raise TwinError(f"--clock {clock!r}: use wall or virtual")
     if max_queue < 1:
         raise TwinError("--max-queue must be at least 1")
+    if not 0 <= port <= 65535:
+        raise TwinError(f"--port {port}: a TCP port is in [0, 65535]")
     policy, policy_args = resolve_policy(policy, policy_config, policy_arg)
     settings = RuntimeConfig(
         device=device,
@@ -110,7 +111,9 @@ def run_command(
         policy=policy,
     )
     workload = load_workload(cfg)
-    out_dir = prepare_out(out or default_out(trace, f"{policy}-runtime"), force)
+    out_dir = prepare_out(
+        out_flag(out) or default_out(trace, f"{policy}-runtime"), force, with_plots=plots
+    )
     _replay(model, common, workload, cfg, clock, out_dir, plots, quiet)
 
 
@@ -176,4 +179,18 @@ def _serve(model, common, tokenizer, host, port, max_queue, served_model_name) -
         f"{rt.engine.kv.num_blocks} KV blocks) on http://{host}:{port}/v1",
         soft_wrap=True,
     )
-    uvicorn.run(create_app(serving), host=host, port=port, log_level="info")
+    server = uvicorn.Server(uvicorn.Config(create_app(serving), host=host, port=port))
+
+    def engine_died(exc: BaseException) -> None:
+        server.should_exit = True  # /health already answers 503; stop taking requests
+
+    serving.on_fatal = engine_died
+    server.run()
+    if serving.loop.error is not None:
+        err_console.print(
+            f"[bold red]error:[/] the engine stopped: {serving.loop.error!r}; the log above "
+            "has its traceback",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)

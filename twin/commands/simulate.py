@@ -11,6 +11,7 @@ from twin.commands import options as opt
 from twin.commands.console import console, friendly_errors, progress_bar, summary_table
 from twin.errors import TwinError
 from twin.experiment import SimConfig, prepare_out, simulate, write_run
+from twin.outputs.paths import out_flag
 from twin.sim import EngineConfig
 
 
@@ -35,11 +36,19 @@ def resolve_policy(
             config_name, config_params = data["policy"], dict(data.get("params", {}))
         except FileNotFoundError:
             raise TwinError(f"--policy-config {policy_config}: no such file") from None
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except IsADirectoryError:
+            raise TwinError(
+                f"--policy-config {policy_config} is a directory; give the JSON file"
+            ) from None
+        except OSError as exc:
+            raise TwinError(f"--policy-config {policy_config}: {exc.strerror}") from None
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise TwinError(
                 f"--policy-config {policy_config}: expected JSON like "
                 '{"policy": "nexus", "params": {"hysteresis": 0.1}}'
             ) from None
+        if not isinstance(config_name, str):
+            raise TwinError(f'--policy-config {policy_config}: "policy" must be a policy name')
         if name is not None and name != config_name:
             raise TwinError(
                 f"--policy {name} differs from {config_name!r} in --policy-config {policy_config}"
@@ -79,15 +88,14 @@ def simulate_command(
     slo_ttft: opt.SloTtft = opt.DEFAULT_SLO.ttft_s,
     slo_tbt: opt.SloTbt = opt.DEFAULT_SLO.tbt_s,
     tbt_stat: opt.TbtStat = opt.DEFAULT_SLO.tbt_statistic,
-    out: Path | None = typer.Option(
-        None, help="Output directory (default: runs/<trace>-<policy>)."
-    ),
+    out: str | None = typer.Option(None, help="Output directory (default: runs/<trace>-<policy>)."),
     force: opt.Force = False,
     plots: opt.Plots = True,
     fast_forward: bool = typer.Option(True, help="Advance steady decode iterations in one event."),
     quiet: bool = typer.Option(False, help="No progress bar or table."),
 ) -> None:
     """Replay a trace through a policy on the simulated GPU; write records, summary and plots."""
+    out_dir = out_flag(out)
     slo = opt.slo_from(slo_ttft, slo_tbt, tbt_stat)
     policy, policy_args = resolve_policy(policy, policy_config, policy_arg)
     cfg = SimConfig(
@@ -108,7 +116,7 @@ def simulate_command(
         slo=slo,
         engine=EngineConfig(fast_forward=fast_forward),
     )
-    out_dir = prepare_out(out or default_out(trace, policy), force)
+    out_dir = prepare_out(out_dir or default_out(trace, policy), force, with_plots=plots)
     with progress_bar(f"simulating {policy}", enabled=not quiet) as update:
         result = simulate(cfg, progress=update)
     written = write_run(result, out_dir, with_plots=plots)

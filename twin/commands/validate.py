@@ -11,6 +11,7 @@ from rich.table import Table
 from twin.commands.console import console, friendly_errors
 from twin.errors import TwinError
 from twin.experiment import prepare_out
+from twin.outputs.paths import claim_out, out_flag
 
 
 @friendly_errors
@@ -36,7 +37,7 @@ def validate_command(
     profile: str | None = typer.Option(
         None, help="Latency model to validate (default: the one the real run used)."
     ),
-    out: Path = typer.Option(..., help="Output directory for validation.json and plots."),
+    out: str = typer.Option(..., help="Output directory for validation.json and plots."),
     force: bool = typer.Option(False, help="Overwrite an earlier validation in --out."),
     plots: bool = typer.Option(True, help="Write PNG plots."),
     quiet: bool = typer.Option(False, help="No tables."),
@@ -45,9 +46,11 @@ def validate_command(
     from twin.outputs import plots as figures
     from twin.validate import summary_rows, validate
 
-    if (out / "validation.json").exists() and not force:
-        raise TwinError(f"--out {out} already holds a validation; pick a new one or --force")
-    out.mkdir(parents=True, exist_ok=True)
+    own = ["validation.json"] + [f"real-{p}" for p in policy]
+    if plots:
+        own += [f"plots-{p}" for p in policy]
+    out_dir = claim_out(out_flag(out), own, force, "a validation")
+    out = out_dir
     dirs = list(real_records)
     if trace is not None:
         if not policy:
@@ -60,6 +63,8 @@ def validate_command(
     if not dirs:
         raise TwinError("give --real-records DIR (from `twin run --trace`) or --trace and --policy")
     result = validate(dirs, profile)
+    if plots:
+        claim_out(out, [f"plots-{r['policy']}" for r in result.reports], force, "a validation")
     (out / "validation.json").write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
     if plots:
         for (real, sim), report in zip(result.runs, result.reports, strict=True):

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from policies import Batch, BatchShape, EngineView, KVCache, Lane, Policy, Request, Slo, Status
+from policies.admission import reject, rejection_reason
 from policies.view import LatencyModel
 from twin.core.records import Run, iteration_table, timeline_table
 from twin.errors import SchedulingError
@@ -115,17 +116,15 @@ class SchedulingCore:
 
     def rejection(self, prompt_tokens: int, output_tokens: int) -> str | None:
         """Why a request of this size can never run here, or None when it can."""
-        if prompt_tokens + output_tokens - 1 > self.kv.capacity_tokens:
-            return "kv_capacity"  # its KV alone would not fit in the whole cache
-        if self.max_model_len is not None and prompt_tokens + output_tokens > self.max_model_len:
-            return "max_model_len"
-        return None
+        return rejection_reason(
+            prompt_tokens, output_tokens, self.kv.capacity_tokens, self.max_model_len
+        )
 
     def fits(self, prompt_tokens: int, output_tokens: int) -> bool:
         return self.rejection(prompt_tokens, output_tokens) is None
 
     def _reject(self, req: Request, reason: str) -> None:
-        req.status = Status.REJECTED
+        reject(req, reason)
         self.stats.rejected += 1
         self._request_done(req)
 
@@ -228,7 +227,11 @@ class SchedulingCore:
         self.in_flight[lane] = run
         if self.record_decisions:
             self.decisions.append((lane.value, str(self.partition), batch.describe(), steps))
-        self._execute(run, kv)
+        try:
+            self._execute(run, kv)
+        except Exception:
+            del self.in_flight[lane]  # it never started: its requests belong to no running batch
+            raise
 
     def _preempt(self, req: Request) -> None:
         if req.in_flight:

@@ -21,6 +21,7 @@ RECORD_COLUMNS = (
     "token_times_s",
     "preemptions",
     "status",
+    "reject_reason",  # why a rejected request was refused at arrival; "" otherwise
 )
 PERCENTILES = (50, 90, 99)
 # iterations.parquet and the run timeline: one layout for both engines.
@@ -71,6 +72,7 @@ def records_frame(requests: Iterable[Request]) -> pd.DataFrame:
             r.token_times_array(),
             r.preemptions,
             str(r.status),
+            r.reject_reason,
         )
         for r in requests
     ]
@@ -132,18 +134,22 @@ def summarize(records: pd.DataFrame, slo: Slo) -> dict[str, Any]:
     end = float(done["finish_s"].max()) if len(done) else start
     span = max(end - start, 1e-9)
     gaps = all_gaps(records)
+    rejected = rejection_counts(records)
+    # A rejected request was offered and not served: it misses both SLOs.
+    judged = len(per) + sum(rejected.values())
     out: dict[str, Any] = {
         "requests": int(len(records)),
         "finished": int(len(done)),
         "rejected": int((records["status"] == "rejected").sum()),
+        "rejected_by_reason": rejected,
         "duration_s": span,
         "throughput_rps": len(done) / span,
         "output_tokens_per_s": float(done["output_tokens"].sum()) / span,
         "input_tokens_per_s": float(done["prompt_tokens"].sum()) / span,
         "goodput_rps": float(per["meets_slo"].sum()) / span,
-        "slo_attainment": float(per["meets_slo"].mean()) if len(per) else math.nan,
-        "ttft_attainment": float(per["meets_ttft"].mean()) if len(per) else math.nan,
-        "tbt_attainment": float(per["meets_tbt"].mean()) if len(per) else math.nan,
+        "slo_attainment": float(per["meets_slo"].sum()) / judged if judged else math.nan,
+        "ttft_attainment": float(per["meets_ttft"].sum()) / judged if judged else math.nan,
+        "tbt_attainment": float(per["meets_tbt"].sum()) / judged if judged else math.nan,
         "slo_ttft_s": slo.ttft_s,
         "slo_tbt_s": slo.tbt_s,
         "slo_tbt_statistic": slo.tbt_statistic,
@@ -157,6 +163,20 @@ def summarize(records: pd.DataFrame, slo: Slo) -> dict[str, Any]:
     ):
         out.update(percentiles(name, np.asarray(values, dtype=float)))
     return out
+
+
+def rejection_counts(records: pd.DataFrame) -> dict[str, int]:
+    """How many requests were refused at arrival, by reason (runs from before reasons: "")."""
+    rejected = records[records["status"] == "rejected"]
+    if rejected.empty:
+        return {}
+    reasons = (
+        rejected["reject_reason"]
+        if "reject_reason" in rejected
+        else pd.Series("", index=rejected.index)
+    )
+    counts = reasons.fillna("").replace("", "unknown").value_counts()
+    return {str(k): int(v) for k, v in sorted(counts.items())}
 
 
 def percentiles(name: str, values: np.ndarray) -> dict[str, float]:

@@ -13,6 +13,7 @@ from policies import Slo
 from twin.outputs import plots
 
 RUN_FILES = ("records.parquet", "iterations.parquet", "summary.json", "config.json")
+PLOT_FILES = ("latency_cdf.png", "timeline.png")
 
 
 @dataclass
@@ -52,6 +53,7 @@ def write_outputs(
     with_plots: bool = True,
 ) -> list[Path]:
     """The files of a run, the same for the simulator and the runtime."""
+    out.mkdir(parents=True, exist_ok=True)
     records.to_parquet(out / "records.parquet", index=False)
     iterations.to_parquet(out / "iterations.parquet", index=False)
     for name, data in (("summary.json", summary), ("config.json", config)):
@@ -59,8 +61,8 @@ def write_outputs(
     written = [out / f for f in RUN_FILES]
     if with_plots:
         slo = Slo(**config["slo"])
-        written.append(plots.latency_cdfs(records, slo, title, out / "latency_cdf.png"))
-        written.append(plots.run_timeline(records, timeline, title, out / "timeline.png", num_sms))
+        written.append(plots.latency_cdfs(records, slo, title, out / PLOT_FILES[0]))
+        written.append(plots.run_timeline(records, timeline, title, out / PLOT_FILES[1], num_sms))
     return written
 
 

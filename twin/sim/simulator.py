@@ -23,6 +23,7 @@ import simpy
 from policies import Batch, BatchShape, KVCache, Lane, Policy, Request, Slo
 from profiler.model import LatencyModel
 from traces import Workload
+from twin.checks import check_engine_config
 from twin.core import Run, SchedulingCore, run_label
 from twin.core.aborts import abort_schedule
 from twin.core.contention import rerate
@@ -38,6 +39,9 @@ class EngineConfig:
     fast_forward: bool = True
     max_steps_per_event: int = 1 << 16
     num_kv_blocks: int | None = None  # overrides the count derived from GPU memory
+
+    def __post_init__(self) -> None:
+        check_engine_config(self)
 
     def kv_blocks(self, model: LatencyModel) -> int:
         if self.num_kv_blocks is not None:
@@ -93,7 +97,8 @@ class Simulator(SchedulingCore):
     ) -> None:
         """``aborts``: request id -> seconds at which its client goes away (none by default)."""
         kv = KVCache(config.kv_blocks(model), config.block_size)
-        super().__init__(policy, model, kv, slo, record_decisions=record_decisions)
+        max_len = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        super().__init__(policy, model, kv, slo, max_len, record_decisions)
         self.workload = workload
         self.config = config
         self.progress = progress
