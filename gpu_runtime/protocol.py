@@ -14,6 +14,7 @@ from typing import Any
 
 from gpu_runtime.sampling import SEED_MAX, SEED_MIN, SamplingParams
 from gpu_runtime.tokenizer import Tokenizer, chat_prompt
+from policies.numbers import check_number
 
 
 class ApiError(Exception):
@@ -186,9 +187,10 @@ def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float
     value = body.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
-        raise ApiError(400, f"{key} must be a number in [{lo:g}, {hi:g}]", key)
-    return float(value)
+    try:
+        return float(check_number(value, key, low=lo, high=hi))
+    except ValueError:
+        raise ApiError(400, f"{key} must be a number in [{lo:g}, {hi:g}]", key) from None
 
 
 def _text(value: str, field: str) -> str:

@@ -102,3 +102,28 @@ def test_bad_options_are_one_line_errors(tmp_path, model_dir, args, message):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_serving_exits_non_zero_when_the_engine_cannot_go_on(model_dir, monkeypatch):
+    import uvicorn
+
+    import gpu_runtime.server
+
+    served = {}
+    real_create_app = gpu_runtime.server.create_app
+
+    def capture(serving, manage_engine=True):
+        served["serving"] = serving
+        return real_create_app(serving, manage_engine)
+
+    def engine_dies_while_serving(self):
+        serving = served["serving"]
+        serving.loop.error = RuntimeError("device lost")
+        serving.on_fatal(serving.loop.error)
+        assert self.should_exit  # the server stops taking requests
+
+    monkeypatch.setattr(gpu_runtime.server, "create_app", capture)
+    monkeypatch.setattr(uvicorn.Server, "run", engine_dies_while_serving)
+    result = runner.invoke(app, ["run", "--device", "cpu", "--model", str(model_dir)])
+    assert result.exit_code == 1, result.output
+    assert "the engine stopped" in result.output and "device lost" in result.output
