@@ -157,8 +157,9 @@ takes 130 ms alone, {f4["decode_requests"]} decodes of {f4["decode_context"]} to
 alone, and the mixed batch 250 ms; the sum of parts is {1e3 * f4["sum_of_parts_s"]:.0f} ms,
 so all of the {250 - 1e3 * f4["sum_of_parts_s"]:.0f} ms excess is put on
 {1e3 * f4["decode_attention_s"]:.1f} ms of decode attention: an upper end). POD-Attention
-(Kamath et al., ASPLOS 2025) attributes the excess to attention kernels over hybrid batches
-and recovers up to 59% of attention time (mean 28%) by fusing them; a `twin profile --mixed`
+(Kamath et al., ASPLOS 2025) finds hybrid batches efficient for the linear layers but not
+for attention, whose kernels are each specialised for one phase, and computes hybrid-batch
+attention up to 59% faster (mean 28%) with a fused kernel; a `twin profile --mixed`
 sweep on the GPU replaces these assumed values with a measured one.
 
 {chr(10).join(sensitivity)}

@@ -28,7 +28,7 @@ with Nexus's cost model (``NexusCostModel``):
 
 The prefill queue is every queued prompt, admitted (partly prefilled) or new, ordered
 shortest-remaining-prompt-first with aging (score = remaining prompt tokens - ``aging`` *
-seconds waited, γ = 15) (section 4.3); decode is FCFS; both lanes keep vLLM's token and
+seconds waited, γ = 15) (section 4); decode is FCFS; both lanes keep vLLM's token and
 sequence limits.
 
 Deviations, each for a reason:
@@ -117,7 +117,7 @@ class NexusPolicy(SchedulingPolicy):
         return self.prefill_batch(view)
 
     def prefill_batch(self, view: EngineView) -> Batch | None:
-        """Chunks in the aged shortest-first order over every queued prompt (section 4.3).
+        """Chunks in the aged shortest-first order over every queued prompt (section 4).
 
         An admitted prompt's next chunk needs KV for it (preempting if it must); a new prompt
         also needs a free sequence slot, and once one does not fit no later new one is admitted

@@ -44,7 +44,7 @@ def scan(model, cm, decode_priority):
 
 # ----------------------------------------------------------------------------- queue
 def test_prefill_queue_ages_every_queued_prompt_admitted_or_new(model):
-    """Section 4.3: score = remaining - 15 * age over ALL queued prompts, partial ones too."""
+    """Section 4: score = remaining - 15 * age over ALL queued prompts, partial ones too."""
     kv = KVCache(20_000, 16)
     partial = Request(1, 0.0, 6000, 10, kv_tokens=2000, status=Status.RUNNING)
     kv.grow(1, 2000)
