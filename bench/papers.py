@@ -218,7 +218,7 @@ def main() -> None:
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, default=_jsonable) + "\n")
+    args.out.write_text(json.dumps(report, default=_jsonable, separators=(",", ":")) + "\n")
     write_report(report, args.doc, args.doc.parent / "img")
     print(f"wrote {args.out} and {args.doc}")
 
