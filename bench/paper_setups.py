@@ -114,8 +114,9 @@ class PaperModel(DatasheetModel):
 
 def gpu_model(gpu: str, model: str, variant: Variant = Variant()) -> PaperModel:
     """The latency model of ``model`` on ``gpu``: the registry's datasheet, else the one here."""
-    sheet = GPUS.get(gpu) if gpu != "h100-tpc" else None
-    return PaperModel(load_model_config(model), sheet or LOCAL_GPUS[gpu], variant)
+    entry = GPUS.get(gpu) if gpu != "h100-tpc" else None
+    sheet = entry if isinstance(entry, Datasheet) else LOCAL_GPUS[gpu]
+    return PaperModel(load_model_config(model), sheet, variant)
 
 
 def mixed_fig4a_slowdown(model: PaperModel) -> dict[str, float]:
