@@ -37,7 +37,7 @@ Deviations, each for a reason:
 - ``P_attn`` is read from the prefill batch on all SMs, so the byte share, and with it the
   contention factor, is one number per pair of batches: ``CostModel(decode, 100%)`` then
   carries the same contention as every candidate, as the bound must for "same cost model";
-- δ is not given as a number in the text; 5% of the SMs is the default here;
+- δ's default here, 5% of the SMs, is a choice of this module, not a value taken from the paper;
 - the work weighed is the next batch each lane would run (the running one if it is busy).
 """
 
