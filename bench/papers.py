@@ -67,6 +67,7 @@ CURVE_VARIANTS = (
     Variant("HBM saturates at 30% of SMs", bandwidth_saturation=0.3),
     Variant("no co-run contention", contention=False),
 )
+FIXED_K = "duetserve (k = 4)"
 MIXED_VALUES = (1.0, 3.0)  # plus the value that reproduces Nexus Fig. 4a
 
 
@@ -81,20 +82,22 @@ class Run:
     requests: int
     variant: Variant = BASE
     label: str = ""  # the policy as a table names it (duetserve on TPC masks, say)
+    args: tuple[tuple[str, object], ...] = ()  # policy parameters other than the defaults
 
 
 def run_one(run: Run) -> dict:
     make = nexus_workload if run.paper == "nexus" else duet_workload
     wl = make(run.workload, run.requests, run.rate, seed=0)
     model = gpu_model(run.gpu, run.model, run.variant)
-    cfg = SimConfig(policy=run.policy, model=run.model, slo=SLO)
+    cfg = SimConfig(policy=run.policy, policy_args=dict(run.args), model=run.model, slo=SLO)
     start = time.perf_counter()
     result = simulate(cfg, workload=wl, latency_model=model)
     rec = result.records
     done = rec[rec["status"] == "finished"]
     s = result.summary
     return {
-        **{k: v for k, v in dataclasses.asdict(run).items() if k != "variant"},
+        **{k: v for k, v in dataclasses.asdict(run).items() if k not in ("variant", "args")},
+        "args": dict(run.args),
         "variant": run.variant.name,
         "label": run.label or run.policy,
         "latency_model": model.label,
@@ -148,6 +151,20 @@ def plan(requests: int, quick: bool) -> list[Run]:
         for r in rates(DUET_RATES[wl]):
             for v in CURVE_VARIANTS:
                 runs.append(Run("duetserve", "h100", "qwen3-8b", wl, "duetserve", r, requests, v))
+            fixed_k = (("lookahead", 4),)  # the look-ahead pinned, as before k joined the search
+            runs.append(
+                Run(
+                    "duetserve",
+                    "h100",
+                    "qwen3-8b",
+                    wl,
+                    "duetserve",
+                    r,
+                    requests,
+                    label=FIXED_K,
+                    args=fixed_k,
+                )
+            )
             for v in mixed:
                 for policy in ("vllm", "sglang", "duetserve"):
                     runs.append(Run("duetserve", "h100", "qwen3-8b", wl, policy, r, requests, v))

@@ -197,6 +197,23 @@ def sensitivity(rep) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for wl in ("azure-code", "mooncake"):
+        fixed = _group(res, paper="duetserve", workload=wl, label="duetserve (k = 4)")
+        if fixed:
+            base = {
+                p: _group(
+                    res, paper="duetserve", model="qwen3-8b", workload=wl, label=p, variant=BASE
+                )
+                for p in ("vllm", "sglang", "duetserve")
+            }
+            slo = {p: _slo_throughput(rows, att) for p, rows in base.items()}
+            slo["duetserve"] = _slo_throughput(fixed, att)
+            peak_k = max(r["throughput_rps"] for r in fixed)
+            peak_s = max(r["throughput_rps"] for r in base["sglang"])
+            lines.append(
+                f"| look-ahead k fixed at 4 (not chosen with the split) | {wl} | "
+                f"{slo['vllm']:.2f} | {slo['sglang']:.2f} | {slo['duetserve']:.2f} | "
+                f"{_ratio(slo['duetserve'], slo['sglang'])} | {_ratio(peak_k, peak_s)} |"
+            )
         for v in variants:
             if v != BASE and not _group(res, paper="duetserve", workload=wl, variant=v):
                 continue
