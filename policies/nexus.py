@@ -1,48 +1,60 @@
 """Nexus: proactive intra-GPU prefill/decode disaggregation with a contention-aware cost model.
 
-Source: Nexus (arXiv 2507.06608), section 4. Prefill and decode run as two lanes on disjoint
-SM partitions, always. Whenever a lane frees up the split is re-evaluated with Nexus's cost
-model:
+Source: Nexus (arXiv 2507.06608), section 4 and its Algorithm 1. Prefill and decode run as two
+lanes on disjoint SM partitions, always. Whenever a lane frees up the split is re-evaluated
+with Nexus's cost model (``NexusCostModel``):
 
 - each phase's latency is the sum of its operators' times on its SMs, which fall with
   diminishing returns (the latency model's SM curves);
-- decode's memory traffic competes with prefill's: with ``P_attn = T_prefill_attn /
+- decode attention competes with prefill for HBM: with ``P_attn = T_prefill_attn /
   T_prefill`` the chance that a decode step overlaps prefill attention (otherwise it overlaps
-  the dense layers), decode's effective bandwidth is
-  ``B_eff = B * [P_attn * m_d/(m_d + m_p1) + (1 - P_attn) * m_d/(m_d + m_p2)]``;
+  the dense layers), decode attention runs at
+  ``B_eff = B * [P_attn * m_d/(m_d + m_p1) + (1 - P_attn) * m_d/(m_d + m_p2)]`` where the
+  ``m`` are bytes moved (``m_d`` decode attention, ``m_p1`` prefill attention, ``m_p2`` the
+  prefill's dense layers); only decode attention is slowed, the other decode operators keep
+  their bandwidth (section 4, contention);
 - the objective follows KV-cache usage: below ``kv_threshold`` (70%) prefill-priority, the
-  fastest prefill with decode within ``decode_slack`` (1.1x) of its all-SM latency; above it
-  decode-priority, the fastest decode with prefill within ``prefill_slack`` (1.3x);
-- a greedy walk from the current split in ``sm_step`` SM steps stops when the objective stops
-  improving; a new split is applied only if it improves the objective by more than
-  ``hysteresis`` (or repairs a violated constraint);
+  fastest prefill with decode within ``decode_slack`` (1.1x) of ``CostModel(decode, 100%)``;
+  above it decode-priority, the fastest decode with prefill within ``prefill_slack`` (1.3x)
+  of ``CostModel(prefill, 100%)``. Bound and candidate come from the same cost model, the
+  contention term included (Algorithm 1);
+- the search starts from the current split, lowers the prioritised phase's share in 1% steps
+  (``step_fraction``) until the constraint holds, then raises it while the constraint still
+  holds; the new split is applied only when ``|R_new - R_cur| > hysteresis`` (δ, a fraction
+  of the SMs) (Algorithm 1);
 - the split is re-planned when what it weighs changes (an arrival while the prefill lane is
   free, an admission, finish or preemption, a new prefill batch, KV usage crossing the
   threshold), not at every decode step; an arrival behind a running prefill batch waits.
 
-The prefill queue is shortest-remaining-prompt-first with aging (score = remaining prompt
-tokens - ``aging`` * seconds waited, γ = 15 in the paper); decode is FCFS, and both lanes keep
-vLLM's token and sequence limits.
+The prefill queue is every queued prompt, admitted (partly prefilled) or new, ordered
+shortest-remaining-prompt-first with aging (score = remaining prompt tokens - ``aging`` *
+seconds waited, γ = 15) (section 4); decode is FCFS; both lanes keep vLLM's token and
+sequence limits.
 
-Simplifies: the bytes in B_eff are rates (bytes per second of each window) so that windows of
-different lengths weigh correctly, and decode keeps its full bandwidth when the two demands
-fit in HBM together; steps are the hardware's split granularity (8 SMs on H100 green
-contexts) rather than 1% of the SMs; the work weighed is the next batch each lane would run
-(the running one if the lane is busy).
+Deviations, each for a reason:
+- a 1% step is rounded up to the next split the GPU can make (``GpuSpec.decode_sm_options``):
+  4 SMs on an H100 with 8-SM green-context groups, 2 SMs on Ada (L20) or with TPC masks;
+- ``P_attn`` is read from the prefill batch on all SMs, so the byte share, and with it the
+  contention factor, is one number per pair of batches: ``CostModel(decode, 100%)`` then
+  carries the same contention as every candidate, as the bound must for "same cost model";
+- δ's default here, 5% of the SMs, is a choice of this module, not a value taken from the paper;
+- the work weighed is the next batch each lane would run (the running one if it is busy).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from policies.base import SchedulingPolicy
-from policies.batch import UNTIL_CHANGE, Batch, BatchShape
+from policies.batch import UNTIL_CHANGE, Batch, BatchShape, PrefillChunk
 from policies.numbers import check_fields
 from policies.partition import Lane, Partition
 from policies.registry import register
+from policies.request import Request
 from policies.shapes import decode_shape, prefill_shape
 from policies.view import EngineView, LatencyModel
 
@@ -52,9 +64,9 @@ class NexusParams:
     kv_threshold: float = 0.7
     decode_slack: float = 1.1
     prefill_slack: float = 1.3
-    hysteresis: float = 0.05
+    hysteresis: float = 0.05  # δ: the smallest change of share (fraction of SMs) applied
     aging: float = 15.0
-    sm_step: int = 8
+    step_fraction: float = 0.01  # the search step, a fraction of the SMs (1% in the paper)
     max_num_batched_tokens: int = 8192
     max_num_seqs: int = 256
 
@@ -64,24 +76,22 @@ class NexusParams:
             raise ValueError("kv_threshold must be in (0, 1]")
         if self.decode_slack < 1.0 or self.prefill_slack < 1.0:
             raise ValueError("decode_slack and prefill_slack must be at least 1")
-        if self.hysteresis < 0.0 or self.aging < 0.0:
-            raise ValueError("hysteresis and aging must not be negative")
-        if self.sm_step < 1 or self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
-            raise ValueError("sm_step, max_num_batched_tokens and max_num_seqs must be >= 1")
+        if not 0.0 <= self.hysteresis < 1.0 or self.aging < 0.0:
+            raise ValueError("hysteresis must be in [0, 1) and aging must not be negative")
+        if not 0.0 < self.step_fraction <= 0.5:
+            raise ValueError("step_fraction must be in (0, 0.5]")
+        if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
+            raise ValueError("max_num_batched_tokens and max_num_seqs must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)
 class SplitScore:
-    """How good one split is: feasible first, then the smaller violation, then the objective."""
+    """One candidate split under the current objective."""
 
     decode_sms: int
-    violation: float  # how far over its bound the constrained phase is (0 when feasible)
-    objective: float  # seconds of the phase being minimised
+    holds: bool  # the constrained phase is within its bound
     prefill_s: float
     decode_s: float
-
-    def key(self) -> tuple[float, float]:
-        return (self.violation, self.objective)
 
 
 @register("nexus", NexusParams)
@@ -95,12 +105,60 @@ class NexusPolicy(SchedulingPolicy):
         self._roofs = RooflineCache()
 
     # ----------------------------------------------------------------- queues and batches
-    def order_waiting(self, view: EngineView):
+    def order_waiting(self, view: EngineView) -> list[Request]:
+        return self.prefill_queue(view, view.waiting)
+
+    def prefill_queue(self, view: EngineView, requests: Sequence[Request]) -> list[Request]:
+        """Shortest remaining prompt first, aged: score = remaining - γ * seconds waited."""
         gamma, now = self.params.aging, view.now
-        return sorted(view.waiting, key=lambda r: r.remaining_prefill - gamma * (now - r.arrival_s))
+        return sorted(requests, key=lambda r: r.remaining_prefill - gamma * (now - r.arrival_s))
 
     def next_batch(self, view: EngineView, lane: Lane) -> Batch | None:
-        return self.split_lane_batch(view, lane)
+        if lane is Lane.DECODE:
+            return self.decode_only_batch(view)
+        return self.prefill_batch(view)
+
+    def prefill_batch(self, view: EngineView) -> Batch | None:
+        """Chunks in the aged shortest-first order over every queued prompt (section 4).
+
+        An admitted prompt's next chunk needs KV for it (preempting if it must); a new prompt
+        also needs a free sequence slot, and once one does not fit no later new one is admitted
+        (vLLM's rule), while admitted prompts further down the order may still continue.
+        """
+        p = self.params
+        kv = view.kv.budget()
+        preempted: list[Request] = []
+        scheduled: set[int] = set()
+        chunks: list[PrefillChunk] = []
+        budget = p.max_num_batched_tokens
+        free_seqs = p.max_num_seqs - len(view.running)
+        admitting = True
+        admitted = view.prefilling
+        held = {r.id for r in admitted}
+        for req in self.prefill_queue(view, [*admitted, *view.waiting]):
+            if budget <= 0:
+                break
+            if req in preempted:
+                continue
+            length = min(req.remaining_prefill, budget)
+            if req.id in held:
+                total = req.kv_tokens + length
+                if not self._fit_or_preempt(view, req, total, kv, preempted, scheduled):
+                    continue
+            else:
+                if not admitting or preempted or free_seqs <= 0:
+                    continue
+                if not kv.try_grow(req.id, req.kv_tokens + length):
+                    admitting = False
+                    continue
+                free_seqs -= 1
+            chunks.append(PrefillChunk(req, req.kv_tokens, length))
+            scheduled.add(req.id)
+            budget -= length
+        chunks = [c for c in chunks if c.request not in preempted]
+        if not chunks and not preempted:
+            return None
+        return Batch(prefill=chunks, preempt=preempted)
 
     def steady_limit(self, view: EngineView, batch: Batch) -> int:
         """Steps before KV usage crosses ``kv_threshold`` and the objective would flip."""
@@ -145,42 +203,48 @@ class NexusPolicy(SchedulingPolicy):
         if last is not None and state in last[0] and last[1] is prefill_batch:
             return last[2]
         part = self.plan_split(view)
-        # Asked again once the engine has moved to ``part``, the plan would weigh the same
-        # work from where it now stands: it stays (its walk ended there), so remember that too.
+        # Asked again once the engine has moved to ``part``, the search would start where it
+        # ended (its constraint holds there and one step up does not): it stays, so remember.
         self._last = ((state, (part, *state[1:])), prefill_batch, part)
         return part
 
     def plan_split(self, view: EngineView) -> Partition:
-        """The split Nexus's cost model picks for the current queues (greedy, with hysteresis)."""
+        """Algorithm 1: lower the prioritised share until its constraint holds, then raise it."""
         gpu = view.gpu
         prefill, decode = self.pending_work(view)
         current = view.partition
-        if prefill.is_empty and decode.is_empty:
-            return current if current.is_split else gpu.split_with_decode(self._middle(view))
         options = gpu.decode_sm_options()
-        evaluate = self._evaluator(view, prefill, decode)
-        if not current.is_split:
-            best = min((evaluate(d) for d in options), key=SplitScore.key)
-            return gpu.split_with_decode(best.decode_sms)
-        here = evaluate(current.decode_sms)
-        if here.violation == 0.0 and here.objective == 0.0:
-            return current  # nothing to minimise (no prefill to speed up) and nothing violated
-        best = here
-        for direction in (-1, 1):
-            cand = here
-            while True:
-                d = self._neighbour(options, cand.decode_sms, direction)
-                if d is None:
-                    break
-                nxt = evaluate(d)
-                if nxt.key() >= cand.key():
-                    break
-                cand = nxt
-            if cand.key() < best.key():
-                best = cand
-        if best is here or not self._worth_moving(here, best):
-            return current
-        return gpu.split_with_decode(best.decode_sms)
+        if prefill.is_empty and decode.is_empty:
+            if current.is_split:
+                return current
+            return gpu.split_with_decode(self._middle(options, gpu))
+        decode_priority = view.kv.usage >= self.params.kv_threshold
+        evaluate = self._evaluator(view, prefill, decode, decode_priority)
+        # Index direction that raises the prioritised share: fewer decode SMs when prefill is
+        # prioritised, more when decode is.
+        up = 1 if decode_priority else -1
+        start = current.decode_sms if current.is_split else self._middle(options, gpu)
+        i = min(range(len(options)), key=lambda j: (abs(options[j] - start), options[j]))
+        step = max(1.0, self.params.step_fraction * gpu.num_sms)
+        here = evaluate(options[i])
+        while not here.holds:
+            j = self._neighbour(options, i, -up, step)
+            if j is None:
+                break  # the constraint cannot hold: the constrained phase gets the most
+            i, here = j, evaluate(options[j])
+        while here.holds:
+            j = self._neighbour(options, i, up, step)
+            if j is None:
+                break
+            nxt = evaluate(options[j])
+            if not nxt.holds:
+                break
+            i, here = j, nxt
+        new = options[i]
+        if current.is_split:
+            if abs(new - current.decode_sms) <= self.params.hysteresis * gpu.num_sms:
+                return current
+        return gpu.split_with_decode(new)
 
     def pending_work(self, view: EngineView) -> tuple[BatchShape, BatchShape]:
         """The prefill and decode batches each lane runs now or would run next."""
@@ -189,47 +253,42 @@ class NexusPolicy(SchedulingPolicy):
         if running is not None:
             prefill = running.shape()
         else:
-            queue = [*view.prefilling, *self.order_waiting(view)]
+            queue = self.prefill_queue(view, [*view.prefilling, *view.waiting])
             prefill = prefill_shape(queue, p.max_num_batched_tokens, p.max_num_seqs)
         running = view.in_flight.get(Lane.DECODE)
         decode = running.shape() if running is not None else decode_shape(view.decoding)
         return prefill, decode
 
-    def _evaluator(self, view: EngineView, prefill: BatchShape, decode: BatchShape):
-        p, model, n = self.params, view.model, view.gpu.num_sms
-        decode_priority = view.kv.usage >= p.kv_threshold
-        contention = ContentionModel(model, decode, prefill, self._roofs)
-        prefill_all, decode_all = contention.prefill_all, contention.decode_all
+    def _evaluator(
+        self, view: EngineView, prefill: BatchShape, decode: BatchShape, decode_priority: bool
+    ):
+        p, n = self.params, view.gpu.num_sms
+        cost = NexusCostModel(view.model, decode, prefill, self._roofs)
+        if decode_priority:
+            bound = p.prefill_slack * cost.prefill_all
+        else:
+            bound = p.decode_slack * cost.decode_all
 
         def evaluate(decode_sms: int) -> SplitScore:
-            t_p, t_d = contention.latencies(decode_sms, n - decode_sms)
-            if decode_priority:
-                bound, constrained, objective = p.prefill_slack * prefill_all, t_p, t_d
-            else:
-                bound, constrained, objective = p.decode_slack * decode_all, t_d, t_p
-            violation = max(0.0, constrained / bound - 1.0) if bound > 0 else 0.0
-            return SplitScore(decode_sms, violation, objective, t_p, t_d)
+            t_p, t_d = cost.latencies(decode_sms, n - decode_sms)
+            constrained = t_p if decode_priority else t_d
+            return SplitScore(decode_sms, constrained <= bound * (1 + 1e-12), t_p, t_d)
 
         return evaluate
 
-    def _neighbour(self, options: list[int], decode_sms: int, direction: int) -> int | None:
-        """The nearest valid decode SM count at least ``sm_step`` away in ``direction``."""
-        step = self.params.sm_step
-        if direction > 0:
-            return next((d for d in options if d >= decode_sms + step), None)
-        return next((d for d in reversed(options) if d <= decode_sms - step), None)
-
-    def _worth_moving(self, here: SplitScore, best: SplitScore) -> bool:
-        if here.violation > 0.0:
-            return best.violation < here.violation
-        if best.violation > 0.0:
-            return False
-        return best.objective < here.objective * (1.0 - self.params.hysteresis)
+    @staticmethod
+    def _neighbour(options: list[int], i: int, direction: int, step: float) -> int | None:
+        """Index of the nearest option at least ``step`` SMs from ``options[i]`` that way."""
+        j = i + direction
+        while 0 <= j < len(options):
+            if abs(options[j] - options[i]) >= step - 1e-9:
+                return j
+            j += direction
+        return None
 
     @staticmethod
-    def _middle(view: EngineView) -> int:
-        options = view.gpu.decode_sm_options()
-        half = view.gpu.num_sms / 2
+    def _middle(options: list[int], gpu) -> int:
+        half = gpu.num_sms / 2
         return min(options, key=lambda d: (abs(d - half), d))
 
 
@@ -245,7 +304,7 @@ class RooflineCache:
         self.limit = limit
         self.model: LatencyModel | None = None
         self._roofs: dict[tuple[BatchShape, int], tuple[dict[str, tuple[float, float]], float]] = {}
-        self._alone: dict[BatchShape, tuple[float, float, dict[str, float]]] = {}
+        self._alone: dict[BatchShape, tuple[float, float, dict[str, float], float]] = {}
 
     def bind(self, model: LatencyModel) -> RooflineCache:
         if model is not self.model:
@@ -265,8 +324,8 @@ class RooflineCache:
             hit = self._roofs[key] = (roof, _busy(roof))
         return hit
 
-    def alone(self, shape: BatchShape) -> tuple[float, float, dict[str, float]]:
-        """(latency on all SMs, its fixed overhead, HBM bytes per operator class)."""
+    def alone(self, shape: BatchShape) -> tuple[float, float, dict[str, float], float]:
+        """(latency on all SMs, fixed overhead, HBM bytes per operator class, P_attn)."""
         hit = self._alone.get(shape)
         if hit is None:
             if len(self._alone) >= self.limit:
@@ -275,14 +334,24 @@ class RooflineCache:
         return hit
 
     @staticmethod
-    def measure(model: LatencyModel, shape: BatchShape) -> tuple[float, float, dict[str, float]]:
+    def measure(
+        model: LatencyModel, shape: BatchShape
+    ) -> tuple[float, float, dict[str, float], float]:
         n = model.gpu.num_sms
         total = model.predict(shape, n)
-        return total, total - _busy(model.op_roofline(shape, n)), model.op_bytes(shape)
+        roof = model.op_roofline(shape, n)
+        busy = _busy(roof)
+        attn = max(roof["attn_prefill"])
+        return total, total - busy, model.op_bytes(shape), attn / busy if busy > 0 else 0.0
 
 
-class ContentionModel:
-    """Nexus's phase latencies for one pair of batches: prefill alone, decode at ``B_eff``."""
+class NexusCostModel:
+    """Nexus's phase latencies for one pair of batches: prefill alone, decode attention at B_eff.
+
+    ``share`` is decode attention's fraction of the bandwidth beside this prefill, from bytes
+    (section 4): ``P_attn m_d/(m_d + m_p1) + (1 - P_attn) m_d/(m_d + m_p2)``. ``decode_all``
+    and ``prefill_all`` are ``CostModel(phase, 100%)``, the bounds' reference, with that share.
+    """
 
     def __init__(
         self,
@@ -293,42 +362,45 @@ class ContentionModel:
     ) -> None:
         self.model, self.decode, self.prefill = model, decode, prefill
         self.cache = cache = (cache or RooflineCache()).bind(model)
+        n = model.gpu.num_sms
         # Only the prefill side recurs (the running batch, re-planned against until it ends).
-        self.prefill_all, self.prefill_overhead, p_bytes = cache.alone(prefill)
-        self.decode_all, self.decode_overhead, d_bytes = RooflineCache.measure(model, decode)
-        self.decode_bytes = sum(d_bytes.values())
-        self.prefill_attn_bytes = p_bytes["attn_prefill"]
-        self.prefill_dense_bytes = sum(p_bytes.values()) - self.prefill_attn_bytes
+        self.prefill_all, self.prefill_overhead, p_bytes, self.p_attn = cache.alone(prefill)
+        d_total, self.decode_overhead, d_bytes, _ = RooflineCache.measure(model, decode)
+        m_d = d_bytes["attn_decode"]
+        m_p1 = p_bytes["attn_prefill"]
+        m_p2 = sum(p_bytes.values()) - m_p1
+        self.share = 1.0
+        if not prefill.is_empty and m_d > 0.0:
+            self.share = self.p_attn * _fraction(m_d, m_p1) + (1 - self.p_attn) * _fraction(
+                m_d, m_p2
+            )
+        self.decode_all = self.decode_time(n) if not prefill.is_empty else d_total
+
+    def decode_time(self, decode_sms: int) -> float:
+        """Decode on ``decode_sms`` with only its attention slowed to ``share`` of bandwidth."""
+        if self.decode.is_empty:
+            return 0.0
+        total = self.decode_overhead
+        for op, (compute, memory) in self.model.op_roofline(self.decode, decode_sms).items():
+            if op == "attn_decode":
+                memory /= self.share
+            total += compute if compute > memory else memory
+        return total
 
     def latencies(self, decode_sms: int, prefill_sms: int) -> tuple[float, float]:
         """(prefill seconds on its SMs, decode seconds on its SMs beside that prefill)."""
         if self.prefill.is_empty:
             return 0.0, self.model.predict(self.decode, decode_sms)
-        p_roof, p_busy = self.cache.roofline(self.prefill, prefill_sms)
-        t_p = p_busy + self.prefill_overhead
-        if self.decode.is_empty:
-            return t_p, 0.0
-        d_roof = self.model.op_roofline(self.decode, decode_sms)
-        d_busy = _busy(d_roof)
-        d_rate = self.decode_bytes / d_busy
-        t_attn = max(p_roof["attn_prefill"])
-        t_dense = p_busy - t_attn
-        p_attn = t_attn / (t_attn + t_dense)
-        bw = self.model.hbm_bandwidth
-        t_d = self.decode_overhead
-        for weight, seconds, nbytes in (
-            (p_attn, t_attn, self.prefill_attn_bytes),
-            (1.0 - p_attn, t_dense, self.prefill_dense_bytes),
-        ):
-            if weight > 0.0:
-                share = min(1.0, bw / (d_rate + nbytes / seconds))
-                t_d += weight * (d_busy if share >= 1.0 else _busy(d_roof, share))
-        return t_p, t_d
+        _, p_busy = self.cache.roofline(self.prefill, prefill_sms)
+        return p_busy + self.prefill_overhead, self.decode_time(decode_sms)
 
 
-def _busy(roofline: dict[str, tuple[float, float]], share: float = 1.0) -> float:
+def _fraction(mine: float, other: float) -> float:
+    return mine / (mine + other) if mine + other > 0 else 1.0
+
+
+def _busy(roofline: dict[str, tuple[float, float]]) -> float:
     total = 0.0
     for compute, memory in roofline.values():
-        memory /= share
         total += compute if compute > memory else memory
     return total

@@ -116,6 +116,7 @@ class CalibratedModel(LatencyModel):
         super().__init__(base.gpu, base.config, source, base.measured)
         self.base = base
         self.calibration = calibration
+        self.mixed = base.mixed
         # A zero scale (an operator the timings never exercised) leaves the base model's time.
         self._scale = {op: (s if s > 0 else 1.0) for op, s in calibration.scales.items()}
 

@@ -32,7 +32,11 @@ SIZE_FIELDS = (
     "dtype_bytes",
 )
 
-BUNDLED_CONFIGS = {"llama-3.1-8b": "llama-3.1-8b.json", "qwen3-8b": "qwen3-8b.json"}
+# The Hugging Face config.json of each model, as published (the models the papers evaluate).
+BUNDLED_CONFIGS = {
+    name: f"{name}.json"
+    for name in ("llama-3.1-8b", "qwen3-8b", "qwen2.5-3b", "qwen2.5-14b", "qwen3-14b")
+}
 
 
 @dataclass(frozen=True)

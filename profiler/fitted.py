@@ -12,6 +12,7 @@ from policies.batch import BatchShape
 from policies.partition import GpuSpec
 from profiler.config import ModelConfig
 from profiler.curves import check_curve, evaluate
+from profiler.mixed import MixedBatchCost
 from profiler.model import LatencyModel
 from profiler.ops import OP_CLASSES
 from profiler.profile_io import (
@@ -51,6 +52,7 @@ class FittedModel(LatencyModel):
         self._hbm = float(fit["hbm_bandwidth"])
         self._overhead_prefill = float(fit["overhead"]["prefill_s"])
         self._overhead_decode = float(fit["overhead"]["decode_s"])
+        self.mixed = MixedBatchCost.from_fit(fit.get("mixed"), f"{device} fit.json")
 
     @property
     def label(self) -> str:

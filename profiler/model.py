@@ -17,6 +17,7 @@ import numpy as np
 from policies.batch import BatchShape
 from policies.partition import GpuSpec
 from profiler.config import ModelConfig
+from profiler.mixed import MixedBatchCost
 from profiler.ops import OP_CLASSES, CostModel
 
 
@@ -29,6 +30,7 @@ class LatencyModel(ABC):
         self.source = source
         self.measured = measured
         self.costs = CostModel(config)
+        self.mixed = MixedBatchCost()  # what a batch mixing the phases pays beyond its parts
         self._curves: dict[tuple[str, int], tuple[float, float]] = {}
         # Every operator class's curves on one SM count, for the per-batch loops below.
         self._curve_rows: dict[int, tuple[tuple[str, float, float], ...]] = {}
@@ -70,6 +72,7 @@ class LatencyModel(ABC):
             "num_sms": self.gpu.num_sms,
             "sm_granularity": self.gpu.sm_granularity,
             "model": self.config.name,
+            "mixed_batch_cost": self.mixed.to_dict(),
         }
 
     def curves(self, op: str, sms: int) -> tuple[float, float]:
@@ -151,7 +154,8 @@ class LatencyModel(ABC):
         if shape.is_empty:
             return 0.0
         share = self.share(shape, sms, co_runner, co_sms)
-        return sum(self.op_times(shape, sms, share).values()) + self.overhead_s(shape)
+        times = self.op_times(shape, sms, share)
+        return sum(times.values()) + self.overhead_s(shape) + self.mixed.extra_s(shape, times)
 
     def slowdown(self, shape: BatchShape, sms: int, co_runner: BatchShape, co_sms: int) -> float:
         """How many times slower ``shape`` runs beside ``co_runner`` than alone."""

@@ -31,11 +31,11 @@ SPACES: dict[str, dict[str, tuple]] = {
         "prefill_slack": ("float", 1.0, 2.0),
         "hysteresis": ("float", 0.0, 0.3),
         "aging": ("float", 0.0, 60.0),
-        "sm_step": ("choice", (4, 8, 16)),
+        "step_fraction": ("choice", (0.01, 0.03, 0.06)),
         "max_num_batched_tokens": ("choice", (2048, 4096, 8192, 16384)),
     },
     "duetserve": {
-        "lookahead": ("int", 1, 16),
+        "max_lookahead": ("int", 1, 16),
         "tbt_target_s": ("float", 0.02, 0.2),
         "max_num_batched_tokens": ("choice", (2048, 4096, 8192, 16384)),
     },

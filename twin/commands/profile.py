@@ -47,6 +47,14 @@ def profile_command(
     train_fraction: float = typer.Option(
         0.5, help="Without --holdout: fit on this first share of each run, test on the rest."
     ),
+    mixed: Path | None = typer.Option(
+        None,
+        "--mixed",
+        metavar="FILE",
+        help="Mixed-batch sweep samples (CSV or parquet: prefill_tokens, prefix_tokens, "
+        "n_decode, decode_context, seconds_mixed, seconds_prefill_alone, seconds_decode_alone) "
+        "to fit the mixed-batch cost from [default: DIR/mixed_samples.parquet when present].",
+    ),
     base_profile: str | None = typer.Option(
         None, "--profile", help="The model to calibrate (default: the one the real run used)."
     ),
@@ -65,9 +73,9 @@ def profile_command(
     if fit_only is not None:
         if out is not None:
             raise TwinError("--out does not apply to --fit-only: the fit is written into DIR")
-        refit(fit_only, model, plots, quiet)
+        refit(fit_only, model, plots, quiet, mixed)
         return
-    measure(model or DEFAULT_MODEL, quick, out, force, device, plots, quiet)
+    measure(model or DEFAULT_MODEL, quick, out, force, device, plots, quiet, mixed)
 
 
 def refine(
@@ -139,7 +147,9 @@ def refine(
         console.print(f"wrote {out / CALIBRATION_FILE}; use it with --profile {out}")
 
 
-def refit(directory: Path, model: str | None, plots: bool, quiet: bool) -> None:
+def refit(
+    directory: Path, model: str | None, plots: bool, quiet: bool, mixed: Path | None = None
+) -> None:
     from profiler.config import load_model_config
     from profiler.profile_io import ProfileError, check_same_model, read_meta, read_samples
 
@@ -149,11 +159,18 @@ def refit(directory: Path, model: str | None, plots: bool, quiet: bool) -> None:
     if model is not None:
         check_same_model(meta["model_config"], load_model_config(model), directory)
     samples = read_samples(directory)
-    finish(directory, samples, meta, plots, quiet)
+    finish(directory, samples, meta, plots, quiet, mixed)
 
 
 def measure(
-    model: str, quick: bool, out: Path | None, force: bool, device: int, plots: bool, quiet: bool
+    model: str,
+    quick: bool,
+    out: Path | None,
+    force: bool,
+    device: int,
+    plots: bool,
+    quiet: bool,
+    mixed: Path | None = None,
 ) -> None:
     from profiler.config import load_model_config
     from profiler.partition import PartitionError, probe
@@ -179,10 +196,12 @@ def measure(
     write_samples(out, samples)
     if meta["skipped"] and not quiet:
         console.print(f"{len(meta['skipped'])} samples failed and were skipped (see meta.json)")
-    finish(out, samples, read_meta(out), plots, quiet)
+    finish(out, samples, read_meta(out), plots, quiet, mixed)
 
 
-def finish(directory: Path, samples: Any, meta: dict, plots: bool, quiet: bool) -> None:
+def finish(
+    directory: Path, samples: Any, meta: dict, plots: bool, quiet: bool, mixed: Path | None = None
+) -> None:
     from profiler.fit import fit_profile
     from profiler.profile_io import write_fit
 
@@ -190,6 +209,9 @@ def finish(directory: Path, samples: Any, meta: dict, plots: bool, quiet: bool) 
         update(0, 1)
         fit = fit_profile(samples, meta)
         update(1, 1)
+    mixed_fit = fit_mixed_cost(directory, fit, meta, mixed)
+    if mixed_fit is not None:
+        fit["mixed"] = mixed_fit
     write_fit(directory, fit)
     written = ["fit.json"]
     if plots:
@@ -201,6 +223,25 @@ def finish(directory: Path, samples: Any, meta: dict, plots: bool, quiet: bool) 
         for line in fit_lines(fit):
             console.print(line, highlight=False)
         console.print(f"wrote {', '.join(written)} to {directory}")
+
+
+def fit_mixed_cost(
+    directory: Path, fit: dict[str, Any], meta: dict[str, Any], mixed: Path | None
+) -> dict[str, Any] | None:
+    """The mixed-batch cost fitted from ``mixed`` (or the profile's own mixed samples)."""
+    from policies.partition import GpuSpec
+    from profiler.fitted import FittedModel
+    from profiler.mixed import MIXED_SAMPLES, fit_mixed, read_mixed_samples
+
+    path = mixed if mixed is not None else directory / MIXED_SAMPLES
+    if mixed is None and not path.is_file():
+        return None
+    samples = read_mixed_samples(path)
+    gpu = GpuSpec(
+        str(meta["device"]), meta["num_sms"], meta["sm_granularity"], meta["memory_bytes"]
+    )
+    model = FittedModel(gpu, meta["model_config"], fit, meta)
+    return fit_mixed(samples, model, source=path.name).to_dict()
 
 
 def fit_table(fit: dict[str, Any], meta: dict[str, Any]) -> Table:
@@ -233,6 +274,13 @@ def fit_lines(fit: dict[str, Any]) -> list[str]:
         f"per-iteration overhead: prefill {1e3 * over['prefill_s']:.2f} ms, "
         f"decode {1e3 * over['decode_s']:.2f} ms",
     ]
+    mixed = fit.get("mixed")
+    if mixed:
+        lines.append(
+            f"mixed-batch cost: decode attention x{1 + mixed['decode_attention_slowdown']:.2f} "
+            f"in mixed batches ({mixed['samples']} samples; sum-of-parts error "
+            f"{mixed['mape_sum_of_parts']:.1%} -> {mixed['mape_fitted']:.1%})"
+        )
     sat = fit.get("summary", {}).get("saturation", {}).get("attn_decode_bandwidth_sms")
     if sat:
         lines.append(f"decode attention reaches 95% of its bandwidth at {sat} SMs")
