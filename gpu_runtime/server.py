@@ -2,12 +2,16 @@
 
 Endpoints: ``/v1/completions`` and ``/v1/chat/completions`` (streaming as server-sent events
 ending in ``data: [DONE]``), ``/v1/models``, ``/health`` and ``/metrics`` (Prometheus text).
-A client that disconnects aborts its request, which frees its KV cache.
+A client that disconnects aborts its request, which frees its KV cache. With an API key, the
+``/v1`` endpoints want ``Authorization: Bearer KEY`` (as vLLM's ``--api-key``); ``/health``
+and ``/metrics`` stay open for probes and scrapers. A ``stop`` string ends a request where
+its text first appears (the engine stops generating for it) with finish_reason ``stop``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -26,7 +30,9 @@ from gpu_runtime.protocol import (
     usage,
 )
 from gpu_runtime.serving import QueueFull, ServingEngine, TooLong
+from gpu_runtime.stops import StopMatcher
 from gpu_runtime.tokenizer import IncrementalDecoder
+from gpu_runtime.vllm_metrics import render_vllm
 
 DISCONNECT_POLL_S = 0.25
 
@@ -54,7 +60,9 @@ class _Bridge:
         self._put(("finished", job.finish_reason))
 
 
-def create_app(serving: ServingEngine, manage_engine: bool = True) -> FastAPI:
+def create_app(
+    serving: ServingEngine, manage_engine: bool = True, api_key: str | None = None
+) -> FastAPI:
     """The app; with ``manage_engine`` its lifespan starts and stops the engine loop."""
 
     @asynccontextmanager
@@ -72,6 +80,22 @@ def create_app(serving: ServingEngine, manage_engine: bool = True) -> FastAPI:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
+
+    if api_key:
+        expected = f"Bearer {api_key}".encode()
+
+        @app.middleware("http")
+        async def check_api_key(request: Request, call_next):  # type: ignore[no-untyped-def]
+            if request.url.path.startswith("/v1") and request.method != "OPTIONS":
+                given = request.headers.get("authorization", "").encode()
+                if not hmac.compare_digest(given, expected):
+                    error = ApiError(
+                        401,
+                        "missing or wrong API key: send the header Authorization: Bearer KEY",
+                        kind="authentication_error",
+                    )
+                    return JSONResponse(error.body(), status_code=401)
+            return await call_next(request)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -92,7 +116,7 @@ def create_app(serving: ServingEngine, manage_engine: bool = True) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
-        text = serving.metrics.render(serving.engine_metrics())
+        text = serving.metrics.render(serving.engine_metrics()) + render_vllm(serving)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/completions")
@@ -125,9 +149,10 @@ async def _serve(
     except QueueFull as exc:
         raise ApiError(429, str(exc), kind="rate_limit_error") from None
     decoder = IncrementalDecoder(serving.tokenizer)
+    stops = StopMatcher(gen.stop)
     if gen.stream:
         return StreamingResponse(
-            _stream(serving, job, bridge, decoder, out, gen.include_usage),
+            _stream(serving, job, bridge, decoder, stops, out, gen.include_usage),
             media_type="text/event-stream",
         )
     loop = asyncio.get_running_loop()
@@ -148,14 +173,19 @@ async def _serve(
             continue
         kind, payload = item
         if kind == "tokens":
-            decoder.push(payload)
+            stops.push(decoder.push(payload))
+            if stops.stopped:
+                serving.abort(job)  # no more tokens are needed for this request
+                done = usage(prompt, _completion(job))
+                return JSONResponse(out.full(stops.text, "stop", done))
         elif kind == "finished":
             _raise_for(payload)
-            decoder.push([], final=True)
-            return JSONResponse(out.full(decoder.text, payload, usage(prompt, _completion(job))))
+            stops.push(decoder.push([], final=True), final=True)
+            reason = "stop" if stops.stopped else payload
+            return JSONResponse(out.full(stops.text, reason, usage(prompt, _completion(job))))
 
 
-async def _stream(serving, job, bridge, decoder, out: Responder, include_usage: bool):
+async def _stream(serving, job, bridge, decoder, stops, out: Responder, include_usage: bool):
     done = False
     try:
         if out.chat:
@@ -163,15 +193,19 @@ async def _stream(serving, job, bridge, decoder, out: Responder, include_usage: 
         while True:
             kind, payload = await bridge.queue.get()
             if kind == "tokens":
-                delta = decoder.push(payload)
-                if delta:
-                    yield out.chunk(delta)
-                continue
+                delta = stops.push(decoder.push(payload))
+                if not stops.stopped:
+                    if delta:
+                        yield out.chunk(delta)
+                    continue
+                serving.abort(job)  # a stop string: no more tokens are needed
+                payload = "stop"
             done = True
             if payload == "error":
                 yield sse(ApiError(500, "the engine failed while serving this request").body())
             else:
-                yield out.chunk(decoder.push([], final=True), reason=payload)
+                tail = delta if stops.stopped else stops.push(decoder.push([], final=True), True)
+                yield out.chunk(tail, reason="stop" if stops.stopped else payload)
                 if include_usage:
                     yield out.usage_chunk(usage(job.request.prompt_tokens, _completion(job)))
             yield "data: [DONE]\n\n"

@@ -17,6 +17,7 @@ from gpu_runtime.loop import EngineLoop
 from gpu_runtime.prom import ServerMetrics
 from gpu_runtime.sampling import SamplingParams
 from gpu_runtime.tokenizer import Tokenizer
+from gpu_runtime.vllm_metrics import VllmRequestStats
 from policies import Request
 
 
@@ -45,6 +46,7 @@ class ServingEngine:
         self.loop = EngineLoop(engine)
         self.loop.on_error = self._fail_all
         self.metrics = ServerMetrics()
+        self.vllm_stats = VllmRequestStats()
         self._ids = itertools.count()
         self._lock = threading.Lock()
         self._queued = 0
@@ -154,6 +156,7 @@ class ServingEngine:
             with m.lock:
                 m.prompt_tokens += req.prompt_tokens
             m.e2e.observe(req.finish_s - req.arrival_s)
+        self.vllm_stats.finished(job)
         listener = self._listeners.pop(req.id, None)
         if listener is not None:
             listener.finished(job)

@@ -13,7 +13,12 @@ class ConfigError(ValueError):
     """A model config that cannot be used; the message is one line naming the file and field."""
 
 
-BUNDLED_CONFIGS = {"llama-3.1-8b": "llama-3.1-8b.json", "qwen3-8b": "qwen3-8b.json"}
+BUNDLED_CONFIGS = {
+    "llama-3.1-8b": "llama-3.1-8b.json",
+    "qwen3-8b": "qwen3-8b.json",
+    # Qwen3-shaped, 2 layers of width 64: serves on a CPU in seconds, with random weights
+    "tiny": "tiny.json",
+}
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,7 @@ class ModelConfig:
 
 
 def load_model_config(spec: str | Path) -> ModelConfig:
-    """A bundled name (``llama-3.1-8b``, ``qwen3-8b``), a config.json, or a directory with one."""
+    """A bundled name (``llama-3.1-8b``, ``qwen3-8b``, ``tiny``), a config.json, or a directory."""
     text = str(spec)
     if text in BUNDLED_CONFIGS:
         raw = resources.files("profiler").joinpath("configs", BUNDLED_CONFIGS[text]).read_text()
