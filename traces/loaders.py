@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from traces.arrivals import arrival_times
+from traces.conversations import read_sharegpt, read_vllm_custom, sniff
 from traces.errors import TraceError
 from traces.workload import Workload
 
@@ -17,17 +18,30 @@ AZURE = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 BURSTGPT = ("Timestamp", "Request tokens", "Response tokens")
 LENGTHS = ("num_prefill_tokens", "num_decode_tokens")
 TABLE = ("arrival_s", "prompt_tokens", "output_tokens")
-FORMATS = ("azure", "burstgpt", "mooncake", "lengths", "table")
+FORMATS = ("azure", "burstgpt", "mooncake", "lengths", "table", "sharegpt", "vllm-custom")
 
 
-def read(path: Path, fmt: str | None, rate: float | None, cv: float, seed: int) -> Workload:
+def read(
+    path: Path,
+    fmt: str | None,
+    rate: float | None,
+    cv: float,
+    seed: int,
+    tokenizer: str | None = None,
+) -> Workload:
     if fmt is not None and fmt not in FORMATS:
         raise TraceError(f"unknown trace format {fmt!r}; use one of: {', '.join(FORMATS)}")
     if not path.is_file():
         raise TraceError(f"{path}: no such trace file")
     if path.stat().st_size == 0:
         raise TraceError(f"{path}: the file is empty")
-    if fmt == "mooncake" or (fmt is None and path.suffix in (".jsonl", ".json")):
+    if fmt is None and path.suffix in (".jsonl", ".json"):
+        fmt = sniff(path) or "mooncake"
+    if fmt == "sharegpt":
+        return read_sharegpt(path, rate, cv, seed, tokenizer)
+    if fmt == "vllm-custom":
+        return read_vllm_custom(path, rate, cv, seed, tokenizer)
+    if fmt == "mooncake":
         return _mooncake(path)
     df = _read_csv(path)
     fmt = fmt or detect(df, path)

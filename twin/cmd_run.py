@@ -60,6 +60,7 @@ def run_command(
     tbt_stat: opt.TbtStat = opt.DEFAULT_SLO.tbt_statistic,
     trace: str | None = typer.Option(None, help="Replay this trace instead of serving."),
     format: opt.TraceFormat = None,
+    trace_tokenizer: opt.TraceTokenizer = None,
     rate: opt.Rate = None,
     cv: opt.ArrivalCv = 1.0,
     rate_scale: opt.RateScale = 1.0,
@@ -113,6 +114,7 @@ def run_command(
     cfg = SimConfig(
         trace=trace,
         format=format,
+        trace_tokenizer=trace_tokenizer,
         rate=rate,
         cv=cv,
         rate_scale=rate_scale,
