@@ -11,13 +11,13 @@ its text first appears (the engine stops generating for it) with finish_reason `
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from gpu_runtime.auth import ApiKeyMiddleware
 from gpu_runtime.jobs import Job
 from gpu_runtime.protocol import (
     ApiError,
@@ -82,20 +82,7 @@ def create_app(
         return JSONResponse(exc.body(), status_code=exc.status)
 
     if api_key:
-        expected = f"Bearer {api_key}".encode()
-
-        @app.middleware("http")
-        async def check_api_key(request: Request, call_next):  # type: ignore[no-untyped-def]
-            if request.url.path.startswith("/v1") and request.method != "OPTIONS":
-                given = request.headers.get("authorization", "").encode()
-                if not hmac.compare_digest(given, expected):
-                    error = ApiError(
-                        401,
-                        "missing or wrong API key: send the header Authorization: Bearer KEY",
-                        kind="authentication_error",
-                    )
-                    return JSONResponse(error.body(), status_code=401)
-            return await call_next(request)
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
 
     @app.get("/health")
     async def health() -> JSONResponse:

@@ -43,14 +43,16 @@ def describe(name: str) -> list[tuple[str, str, str, str]]:
 
 
 def print_policies() -> None:
+    from rich.markup import escape
+
     import policies
     from twin.console import console
 
     for name in policies.names():
         doc = (policies.params_class(name) and _summary(name)) or ""
-        console.print(f"[bold]{name}[/]  {doc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold]{name}[/]  {escape(doc)}", highlight=False, soft_wrap=True)
         for param, default, unit, meaning in describe(name):
-            line = f"  {param}={default} [dim]({unit})[/]  {meaning}"
+            line = f"  {param}={escape(default)} [dim]({escape(unit)})[/]  {escape(meaning)}"
             console.print(line, highlight=False, soft_wrap=True)
     console.print("set one with --policy-arg NAME=VALUE, or many with --policy-config FILE.json")
 
