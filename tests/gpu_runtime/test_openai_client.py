@@ -137,3 +137,11 @@ def test_32_concurrent_requests_and_vllm_metrics(server):
     assert int(float(samples[f"vllm:generation_tokens_total{labels}"])) >= 32 * 8
     assert int(samples[f"vllm:e2e_request_latency_seconds_count{labels}"]) >= 32
     assert 'twin_partition_sms{model_name="tiny",engine="0",lane="mixed"}' in text
+    families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(families) == len(set(families)), "a metric family is declared twice"
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name = line.split("{")[0].split(" ")[0]
+            base = name.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count")
+            assert name in families or base in families, f"{name} has no # TYPE line"
+            float(line.rsplit(" ", 1)[1])  # every sample has a numeric value
