@@ -162,7 +162,7 @@ async def _serve(
         if kind == "tokens":
             stops.push(decoder.push(payload))
             if stops.stopped:
-                serving.abort(job)  # no more tokens are needed for this request
+                serving.stop_early(job)
                 done = usage(prompt, _completion(job))
                 return JSONResponse(out.full(stops.text, "stop", done))
         elif kind == "finished":
@@ -185,7 +185,7 @@ async def _stream(serving, job, bridge, decoder, stops, out: Responder, include_
                     if delta:
                         yield out.chunk(delta)
                     continue
-                serving.abort(job)  # a stop string: no more tokens are needed
+                serving.stop_early(job)
                 payload = "stop"
             done = True
             if payload == "error":

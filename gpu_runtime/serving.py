@@ -52,6 +52,7 @@ class ServingEngine:
         self._queued = 0
         self._listeners: dict[int, JobListener] = {}
         self._started: set[int] = set()
+        self._stopped: set[int] = set()
 
     @property
     def max_model_len(self) -> int:
@@ -123,6 +124,20 @@ class ServingEngine:
     def abort(self, job: Job) -> None:
         self.loop.abort(job.request.id)
 
+    def stop_early(self, job: Job) -> None:
+        """A stop string ended the request: no more tokens; counted as finished (``stop``)."""
+        with self._lock:
+            if job.request.id in self._listeners:  # not finished already
+                self._stopped.add(job.request.id)
+        self.abort(job)
+
+    def _take_stopped(self, rid: int) -> bool:
+        with self._lock:
+            if rid in self._stopped:
+                self._stopped.discard(rid)
+                return True
+            return False
+
     # ----------------------------------------------------------------- engine thread
     def started(self, job: Job) -> None:
         rid = job.request.id
@@ -151,12 +166,14 @@ class ServingEngine:
             else:
                 self._queued -= 1
         m = self.metrics
-        m.count_request(job.finish_reason or "unknown")
-        if job.finish_reason in ("length", "stop"):
+        # a stop string ends a request by aborting it in the engine; it finished all the same
+        reason = "stop" if self._take_stopped(req.id) else job.finish_reason
+        m.count_request(reason or "unknown")
+        if reason in ("length", "stop"):
             with m.lock:
                 m.prompt_tokens += req.prompt_tokens
             m.e2e.observe(req.finish_s - req.arrival_s)
-        self.vllm_stats.finished(job)
+        self.vllm_stats.finished(job, reason)
         listener = self._listeners.pop(req.id, None)
         if listener is not None:
             listener.finished(job)

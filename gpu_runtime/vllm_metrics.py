@@ -39,8 +39,8 @@ class VllmRequestStats:
         self.last_prefill_s = math.nan
         self.last_decode_s = math.nan
 
-    def finished(self, job: Job) -> None:
-        reason = job.finish_reason or "unknown"
+    def finished(self, job: Job, reason: str | None) -> None:
+        reason = reason or "unknown"
         if reason not in ("stop", "length", "abort"):
             return
         req = job.request

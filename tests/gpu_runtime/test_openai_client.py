@@ -111,6 +111,9 @@ def test_completion_and_a_stop_string(server):
     stopped = complete(seed, stop=[cuts[0], "never appears"])
     assert stopped.finish_reason == "stop"
     assert stopped.text == full.text[: full.text.index(cuts[0])]
+    metrics = httpx.get(server + "/metrics").text
+    stops = 'vllm:request_success_total{model_name="tiny",engine="0",finished_reason="stop"}'
+    assert int(metrics.split(stops, 1)[1].split()[0]) >= 1  # counted as finished, not aborted
 
 
 def test_32_concurrent_requests_and_vllm_metrics(server):
