@@ -20,7 +20,12 @@ import pandas as pd  # noqa: E402
 from twin.plot_style import finish, legend_outside, plot_steps  # noqa: E402
 
 
-def gpus_of(name: str) -> int:
+def gpus_of(name: str, table: pd.DataFrame | None = None) -> int:
+    """GPUs the policy spends: the table's ``gpus`` column, else the policy's own count."""
+    if table is not None and "gpus" in table:
+        rows = table.loc[table["policy"] == name, "gpus"]
+        if len(rows):
+            return int(rows.iloc[0])
     import policies
 
     try:
@@ -56,7 +61,7 @@ def latency_vs_load(
     for ax, (col, ylabel, log, per_gpu) in zip(axes.flat, panels, strict=True):
         for name, rows in table.groupby("policy", sort=False):
             rows = rows.sort_values("offered_rps")
-            gpus = gpus_of(str(name))
+            gpus = gpus_of(str(name), table)
             values = rows[col] / gpus if per_gpu else rows[col]
             style = "-" if gpus == 1 else "--"
             ax.plot(
@@ -85,7 +90,7 @@ def goodput_bars(
     x = np.arange(len(rates))
     for i, name in enumerate(names):
         rows = table[table["policy"] == name].set_index("rate")
-        gpus = gpus_of(name)
+        gpus = gpus_of(name, table)
         heights = [rows["goodput_rps"].get(r, np.nan) / gpus for r in rates]
         ax.bar(
             x + (i - (len(names) - 1) / 2) * width, heights, width,
