@@ -27,3 +27,14 @@ def test_titles_wrap_to_the_figure():
     text = "word " * 60
     assert max(len(line) for line in wrap(text, 6).splitlines()) < len(text)
     assert wrap("", 6) == ""
+
+
+def test_each_run_kind_names_what_timed_it():
+    from twin.experiment import plot_label
+
+    model = "H100 roofline (datasheet estimate, not a measurement)"
+    assert plot_label({"latency_model": model}) == model
+    wall = plot_label({"latency_model": model, "clock": "wall", "device": "cuda:0"})
+    assert wall.startswith("none for the times: measured on cuda:0") and model in wall
+    virtual = plot_label({"latency_model": model, "clock": "virtual"})
+    assert virtual.startswith(model) and "virtual clock" in virtual
