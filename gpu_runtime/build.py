@@ -19,6 +19,7 @@ from gpu_runtime.jobs import Job
 from gpu_runtime.kv import PagedKV
 from gpu_runtime.model import LlamaModel
 from gpu_runtime.runner import ModelRunner
+from gpu_runtime.support import check_max_model_len, check_servable, set_cpu_threads
 from gpu_runtime.weights import checkpoint_files, init_random, load_safetensors
 from policies import Batch, KVCache, PrefillChunk, Request, Slo
 from profiler.config import ModelConfig, load_model_config
@@ -79,7 +80,11 @@ def build_runtime(
     random_weights: bool = False,
 ) -> Runtime:
     cfg = model if isinstance(model, ModelConfig) else load_model_config(model)
+    check_servable(cfg)
+    check_max_model_len(cfg, settings.max_model_len)
     device = resolve_device(settings.device)
+    if device.type == "cpu":
+        set_cpu_threads(cfg, settings.cpu_threads)
     dtype = _dtype(settings.dtype, device)
     latency = load_latency_model(cfg, gpu, profile)
     pol = policies.get(policy, **(policy_args or {}))

@@ -31,6 +31,7 @@ class RuntimeConfig:
     max_model_len: int | None = None  # prompt + output limit; default: the model's positions
     attention: str = "auto"  # auto | torch | triton | flash
     cuda_graphs: bool = True
+    cpu_threads: int | None = None  # torch threads on a CPU; None: see gpu_runtime.support
     graph_batch_sizes: tuple[int, ...] = DEFAULT_GRAPH_SIZES
 
     def __post_init__(self) -> None:

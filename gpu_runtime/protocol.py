@@ -1,7 +1,7 @@
 """OpenAI completions and chat requests: validation and the JSON the server sends back.
 
-A request the server cannot honour exactly (several choices, stop strings, log-probabilities,
-penalties) is refused with a 400 naming the field, rather than silently answered differently.
+A request the server cannot honour exactly (several choices, log-probabilities, penalties)
+is refused with a 400 naming the field, rather than silently answered differently.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from gpu_runtime.chat_template import ChatTemplateError
 from gpu_runtime.sampling import SEED_MAX, SEED_MIN, SamplingParams
-from gpu_runtime.tokenizer import Tokenizer, chat_prompt
+from gpu_runtime.stops import StopError, parse_stop
+from gpu_runtime.tokenizer import Tokenizer
 from policies.numbers import check_number
 
 
@@ -52,6 +54,7 @@ class GenerationRequest:
     stream: bool
     include_usage: bool
     ignore_eos: bool
+    stop: tuple[str, ...] = ()
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -105,7 +108,10 @@ def parse_chat(body: dict[str, Any], tokenizer: Tokenizer, model: str) -> Genera
                 "content": _text(_content(m.get("content"), i), f"messages[{i}].content"),
             }
         )
-    ids = tokenizer.encode(chat_prompt(turns))
+    try:
+        ids = tokenizer.chat_ids(turns)
+    except ChatTemplateError as exc:
+        raise ApiError(400, str(exc), "messages") from None
     if "max_completion_tokens" in body and "max_tokens" not in body:
         body = {**body, "max_tokens": body["max_completion_tokens"]}
     return _generation(body, ids, default_max=None)
@@ -135,7 +141,6 @@ def _check_common(body: dict[str, Any], model: str) -> None:
     unsupported = (
         ("n", lambda v: v not in (None, 1), "only n=1 is supported"),
         ("best_of", lambda v: v not in (None, 1), "only best_of=1 is supported"),
-        ("stop", lambda v: v not in (None, [], ""), "stop sequences are not supported"),
         ("logprobs", lambda v: v not in (None, False), "logprobs are not supported"),
         ("echo", lambda v: v not in (None, False), "echo is not supported"),
         ("tools", lambda v: v not in (None, []), "tools are not supported"),
@@ -173,6 +178,10 @@ def _generation(body: dict[str, Any], ids: list[int], default_max: int | None):
     ignore_eos = body.get("ignore_eos", False)
     if not isinstance(ignore_eos, bool):
         raise ApiError(400, "ignore_eos must be true or false", "ignore_eos")
+    try:
+        stop = parse_stop(body.get("stop"))
+    except StopError as exc:
+        raise ApiError(400, str(exc), "stop") from None
     return GenerationRequest(
         ids,
         max_tokens,
@@ -180,6 +189,7 @@ def _generation(body: dict[str, Any], ids: list[int], default_max: int | None):
         stream,
         bool(options.get("include_usage", False)),
         ignore_eos,
+        stop,
     )
 
 

@@ -2,7 +2,10 @@
 
 Endpoints: ``/v1/completions`` and ``/v1/chat/completions`` (streaming as server-sent events
 ending in ``data: [DONE]``), ``/v1/models``, ``/health`` and ``/metrics`` (Prometheus text).
-A client that disconnects aborts its request, which frees its KV cache.
+A client that disconnects aborts its request, which frees its KV cache. With an API key, the
+``/v1`` endpoints want ``Authorization: Bearer KEY`` (as vLLM's ``--api-key``); ``/health``
+and ``/metrics`` stay open for probes and scrapers. A ``stop`` string ends a request where
+its text first appears (the engine stops generating for it) with finish_reason ``stop``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from gpu_runtime.auth import ApiKeyMiddleware
 from gpu_runtime.jobs import Job
 from gpu_runtime.protocol import (
     ApiError,
@@ -26,7 +30,9 @@ from gpu_runtime.protocol import (
     usage,
 )
 from gpu_runtime.serving import QUEUE_FULL, QueueFull, ServingEngine, TooLong
+from gpu_runtime.stops import StopMatcher
 from gpu_runtime.tokenizer import IncrementalDecoder
+from gpu_runtime.vllm_metrics import render_vllm
 
 DISCONNECT_POLL_S = 0.25
 RETRY_AFTER_S = 1  # what a 429 asks the client to wait before trying again
@@ -64,7 +70,9 @@ class _Bridge:
         self._put(("finished", job.finish_reason))
 
 
-def create_app(serving: ServingEngine, manage_engine: bool = True) -> FastAPI:
+def create_app(
+    serving: ServingEngine, manage_engine: bool = True, api_key: str | None = None
+) -> FastAPI:
     """The app; with ``manage_engine`` its lifespan starts and stops the engine loop."""
 
     @asynccontextmanager
@@ -82,6 +90,9 @@ def create_app(serving: ServingEngine, manage_engine: bool = True) -> FastAPI:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -102,7 +113,7 @@ def create_app(serving: ServingEngine, manage_engine: bool = True) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
-        text = serving.metrics.render(serving.engine_metrics())
+        text = serving.metrics.render(serving.engine_metrics()) + render_vllm(serving)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/completions")
@@ -135,13 +146,14 @@ async def _serve(
     except QueueFull as exc:
         raise queue_full(str(exc)) from None
     decoder = IncrementalDecoder(serving.tokenizer)
+    stops = StopMatcher(gen.stop)
     if gen.stream:
         # Wait for the engine's admission so a refused request gets a 429, not a 200 stream.
         first = await bridge.queue.get()
         if first == ("finished", QUEUE_FULL):
             _raise_for(QUEUE_FULL)
         return StreamingResponse(
-            _stream(serving, job, bridge, decoder, out, gen.include_usage, first),
+            _stream(serving, job, bridge, decoder, stops, out, gen.include_usage, first),
             media_type="text/event-stream",
         )
     loop = asyncio.get_running_loop()
@@ -162,14 +174,21 @@ async def _serve(
             continue
         kind, payload = item
         if kind == "tokens":
-            decoder.push(payload)
+            stops.push(decoder.push(payload))
+            if stops.stopped:
+                serving.stop_early(job)
+                done = usage(prompt, _completion(job))
+                return JSONResponse(out.full(stops.text, "stop", done))
         elif kind == "finished":
             _raise_for(payload)
-            decoder.push([], final=True)
-            return JSONResponse(out.full(decoder.text, payload, usage(prompt, _completion(job))))
+            stops.push(decoder.push([], final=True), final=True)
+            reason = "stop" if stops.stopped else payload
+            return JSONResponse(out.full(stops.text, reason, usage(prompt, _completion(job))))
 
 
-async def _stream(serving, job, bridge, decoder, out: Responder, include_usage: bool, first):
+async def _stream(
+    serving, job, bridge, decoder, stops, out: Responder, include_usage: bool, first
+):
     done = False
     try:
         if out.chat:
@@ -180,15 +199,19 @@ async def _stream(serving, job, bridge, decoder, out: Responder, include_usage: 
             if kind == "admitted":
                 continue
             if kind == "tokens":
-                delta = decoder.push(payload)
-                if delta:
-                    yield out.chunk(delta)
-                continue
+                delta = stops.push(decoder.push(payload))
+                if not stops.stopped:
+                    if delta:
+                        yield out.chunk(delta)
+                    continue
+                serving.stop_early(job)
+                payload = "stop"
             done = True
             if payload == "error":
                 yield sse(ApiError(500, "the engine failed while serving this request").body())
             else:
-                yield out.chunk(decoder.push([], final=True), reason=payload)
+                tail = delta if stops.stopped else stops.push(decoder.push([], final=True), True)
+                yield out.chunk(tail, reason="stop" if stops.stopped else payload)
                 if include_usage:
                     yield out.usage_chunk(usage(job.request.prompt_tokens, _completion(job)))
             yield "data: [DONE]\n\n"

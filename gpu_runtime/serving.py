@@ -21,6 +21,7 @@ from gpu_runtime.loop import EngineLoop
 from gpu_runtime.prom import ServerMetrics
 from gpu_runtime.sampling import SamplingParams
 from gpu_runtime.tokenizer import Tokenizer
+from gpu_runtime.vllm_metrics import VllmRequestStats
 from policies import Request, Status
 
 log = logging.getLogger("twin.serving")
@@ -53,6 +54,7 @@ class ServingEngine:
         self.loop.on_error = self._fail_all
         self.loop.on_request_error = self._failed_alone
         self.metrics = ServerMetrics()
+        self.vllm_stats = VllmRequestStats()
         self._ids = itertools.count()
         self._lock = threading.Lock()
         self._queued = 0
@@ -63,6 +65,7 @@ class ServingEngine:
         self._failed: set[int] = set()
         # Called on the engine's thread when it cannot go on (the server then exits non-zero).
         self.on_fatal: Callable[[BaseException], None] | None = None
+        self._stopped: set[int] = set()
 
     @property
     def max_model_len(self) -> int:
@@ -171,6 +174,20 @@ class ServingEngine:
     def abort(self, job: Job) -> None:
         self.loop.abort(job.request.id)
 
+    def stop_early(self, job: Job) -> None:
+        """A stop string ended the request: no more tokens; counted as finished (``stop``)."""
+        with self._lock:
+            if job.request.id in self._listeners:  # not finished already
+                self._stopped.add(job.request.id)
+        self.abort(job)
+
+    def _take_stopped(self, rid: int) -> bool:
+        with self._lock:
+            if rid in self._stopped:
+                self._stopped.discard(rid)
+                return True
+            return False
+
     # ----------------------------------------------------------------- engine thread
     def started(self, job: Job) -> None:
         rid = job.request.id
@@ -205,11 +222,14 @@ class ServingEngine:
             else:
                 self._queued -= 1
         m = self.metrics
-        m.count_request(job.finish_reason or "unknown")
-        if job.finish_reason in ("length", "stop"):
+        # a stop string ends a request by aborting it in the engine; it finished all the same
+        reason = "stop" if self._take_stopped(req.id) else job.finish_reason
+        m.count_request(reason or "unknown")
+        if reason in ("length", "stop"):
             with m.lock:
                 m.prompt_tokens += req.prompt_tokens
             m.e2e.observe(req.finish_s - req.arrival_s)
+        self.vllm_stats.finished(job, reason)
         self._call(job, "finished")
         self._listeners.pop(req.id, None)
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Protocol
 
+from gpu_runtime.chat_template import load_chat_template
 from twin.errors import TwinError
 
 
@@ -19,6 +20,10 @@ class Tokenizer(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
     def decode(self, ids: list[int]) -> str: ...
+
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """The prompt of a chat: the model's chat template with the generation prompt."""
+        ...
 
 
 class ByteTokenizer:
@@ -36,15 +41,24 @@ class ByteTokenizer:
     def encode(self, text: str) -> list[int]:
         return [self.BOS] + [b + self.OFFSET for b in text.encode("utf-8")]
 
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        # the bundled tokenizer_config.json's template renders this same transcript
+        return self.encode(chat_prompt(messages))
+
     def decode(self, ids: list[int]) -> str:
         raw = bytes(i - self.OFFSET for i in ids if self.OFFSET <= i < 256 + self.OFFSET)
         return raw.decode("utf-8", errors="replace")
 
 
 class HFTokenizer:
-    """A ``tokenizer.json`` read with the ``tokenizers`` package; EOS ids from its configs."""
+    """A ``tokenizer.json`` read with the ``tokenizers`` package; EOS ids from its configs.
 
-    def __init__(self, directory: Path) -> None:
+    EOS ids are the union of ``generation_config.json``'s and ``config.json``'s
+    ``eos_token_id`` and ``tokenizer_config.json``'s ``eos_token``, read from the tokenizer's
+    directory and the model's (``model_dir``); the chat template from the tokenizer's.
+    """
+
+    def __init__(self, directory: Path, model_dir: Path | None = None) -> None:
         try:
             from tokenizers import Tokenizer as _Tokenizer
         except ImportError:
@@ -58,10 +72,18 @@ class HFTokenizer:
             self._tok = _Tokenizer.from_file(str(path))
         except Exception as exc:  # the Rust side raises a generic Exception
             raise TwinError(f"{path}: not a readable tokenizer ({exc})") from None
-        self.eos_ids = frozenset(self._eos(directory))
+        dirs = [directory] if model_dir in (None, directory) else [directory, model_dir]
+        self.eos_ids = frozenset(set().union(*(self._eos(d) for d in dirs)))
+        self.chat_template = load_chat_template(directory)
 
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text).ids
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        if self.chat_template is None:
+            return self.encode(chat_prompt(messages))
+        text = self.chat_template.render(messages, add_generation_prompt=True)
+        return self.encode(text, add_special_tokens=False)
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)
@@ -90,20 +112,26 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def load_tokenizer(directory: str | None, vocab_size: int) -> Tokenizer:
+def load_tokenizer(
+    directory: str | None, vocab_size: int, model_dir: str | None = None
+) -> Tokenizer:
+    """--tokenizer's directory; else the model's directory when it has a tokenizer.json; else
+    the byte-level tokenizer."""
     if directory is None:
+        if model_dir is not None and (Path(model_dir) / "tokenizer.json").is_file():
+            return HFTokenizer(Path(model_dir))
         return ByteTokenizer(vocab_size)
     path = Path(directory)
     if not path.is_dir():
         raise TwinError(f"--tokenizer {directory}: not a directory")
-    return HFTokenizer(path)
+    model_path = Path(model_dir) if model_dir is not None and Path(model_dir).is_dir() else None
+    return HFTokenizer(path, model_path)
 
 
 def chat_prompt(messages: list[dict[str, str]]) -> str:
     """A plain role-tagged transcript ending where the assistant speaks next.
 
-    Chat templates need Jinja; this generic form keeps the server dependency-free and is what
-    random-weight models are served with.
+    What models without a chat template (and the byte tokenizer) are served with.
     """
     parts = [f"<|{m['role']}|>\n{m['content']}\n" for m in messages]
     return "".join(parts) + "<|assistant|>\n"

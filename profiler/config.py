@@ -36,6 +36,9 @@ SIZE_FIELDS = (
 BUNDLED_CONFIGS = {
     name: f"{name}.json"
     for name in ("llama-3.1-8b", "qwen3-8b", "qwen2.5-3b", "qwen2.5-14b", "qwen3-14b")
+} | {
+    # Qwen3-shaped, 2 layers of width 64: serves on a CPU in seconds, with random weights
+    "tiny": "tiny.json",
 }
 
 
@@ -188,7 +191,7 @@ class ModelConfig:
 
 
 def load_model_config(spec: str | Path) -> ModelConfig:
-    """A bundled name (``llama-3.1-8b``, ``qwen3-8b``), a config.json, or a directory with one."""
+    """A bundled name (``llama-3.1-8b``, ``qwen3-8b``, ``tiny``), a config.json, or a directory."""
     text = str(spec)
     if text in BUNDLED_CONFIGS:
         raw = resources.files("profiler").joinpath("configs", BUNDLED_CONFIGS[text]).read_text()

@@ -29,8 +29,12 @@ def load(
     rate: float | None = None,
     cv: float = 1.0,
     seed: int = 0,
+    tokenizer: str | None = None,
 ) -> Workload:
-    """A bundled trace name, a ``synthetic:...`` spec, or a path to a trace file."""
+    """A bundled trace name, a ``synthetic:...`` spec, or a path to a trace file.
+
+    ``tokenizer``: a directory with a tokenizer.json that counts the tokens of text datasets
+    (ShareGPT, vLLM custom JSONL); without it their lengths are a stated estimate."""
     if spec.startswith("synthetic:") or spec == "synthetic":
         return from_spec(spec if ":" in spec else "synthetic:", rate, cv, seed)
     path = Path(spec)
@@ -38,7 +42,7 @@ def load(
         path = bundled_path(spec)
     elif not path.exists():
         bundled_path(spec)  # raises the unknown-name error listing the bundled names
-    wl = _read(path, format, rate, cv, seed)
+    wl = _read(path, format, rate, cv, seed, tokenizer)
     if spec in BUNDLED or spec in FULL:
         return Workload(
             wl.arrival_s,

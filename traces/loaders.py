@@ -11,6 +11,7 @@ import pandas as pd
 
 from policies.numbers import check_number
 from traces.arrivals import arrival_times
+from traces.conversations import read_sharegpt, read_vllm_custom, sniff
 from traces.errors import TraceError
 from traces.workload import Workload
 
@@ -22,10 +23,17 @@ VIDUR = ("arrived_at", *LENGTHS)
 TABLE = ("arrival_s", "prompt_tokens", "output_tokens")
 # More tokens than any model's context: a corrupt field, and beyond float64's exact range.
 MAX_TOKENS = 2**40
-FORMATS = ("azure", "burstgpt", "mooncake", "vidur", "lengths", "table")
+FORMATS = ("azure", "burstgpt", "mooncake", "vidur", "lengths", "table", "sharegpt", "vllm-custom")
 
 
-def read(path: Path, fmt: str | None, rate: float | None, cv: float, seed: int) -> Workload:
+def read(
+    path: Path,
+    fmt: str | None,
+    rate: float | None,
+    cv: float,
+    seed: int,
+    tokenizer: str | None = None,
+) -> Workload:
     if fmt is not None and fmt not in FORMATS:
         raise TraceError(f"unknown trace format {fmt!r}; use one of: {', '.join(FORMATS)}")
     if path.is_dir():
@@ -34,7 +42,13 @@ def read(path: Path, fmt: str | None, rate: float | None, cv: float, seed: int) 
         raise TraceError(f"{path}: no such trace file")
     if path.stat().st_size == 0:
         raise TraceError(f"{path}: the file is empty")
-    if fmt == "mooncake" or (fmt is None and path.suffix in (".jsonl", ".json")):
+    if fmt is None and path.suffix in (".jsonl", ".json"):
+        fmt = sniff(path) or "mooncake"
+    if fmt == "sharegpt":
+        return read_sharegpt(path, rate, cv, seed, tokenizer)
+    if fmt == "vllm-custom":
+        return read_vllm_custom(path, rate, cv, seed, tokenizer)
+    if fmt == "mooncake":
         return _mooncake(path)
     df = _read_csv(path)
     fmt = fmt or detect(df, path)

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-import traces  # noqa: E402
+import traces
 from twin.checks import MAX_RATE  # noqa: E402
 from twin.errors import TwinError  # noqa: E402
 from twin.experiment import SimConfig, load_workload, simulate  # noqa: E402
+
+# The figures live in twin.outputs.compare_plots; named here for callers that use cmp.*.
+from twin.outputs.compare_plots import (  # noqa: E402, F401
+    goodput_bars,
+    latency_vs_load,
+    partition_timelines,
+)
 
 TABLE_COLUMNS = (
     "policy",
@@ -130,89 +131,6 @@ def timeline_rate(table: pd.DataFrame, policy: str) -> float:
     if not good.empty:
         return float(good["rate"].iloc[-1])
     return float(rows["rate"].iloc[len(rows) // 2])
-
-
-# ----------------------------------------------------------------------------- plots
-def _x_label(mode: str) -> str:
-    return "offered load (req/s, trace rate scaled)" if mode == "scale" else "Poisson rate (req/s)"
-
-
-def latency_vs_load(table: pd.DataFrame, mode: str, title: str, path: Path) -> Path:
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    panels = (
-        ("ttft_p90_s", "TTFT p90 (s)", True),
-        ("tbt_p90_s", "TBT p90 (s)", True),
-        ("goodput_rps", "goodput (req/s)", False),
-        ("slo_attainment", "SLO attainment", False),
-    )
-    for ax, (col, label, log) in zip(axes.flat, panels, strict=True):
-        for name, rows in table.groupby("policy", sort=False):
-            rows = rows.sort_values("offered_rps")
-            ax.plot(rows["offered_rps"], rows[col], marker="o", lw=1.6, ms=4, label=name)
-        if log:
-            ax.set_yscale("log")
-        ax.set_xlabel(_x_label(mode))
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    if "slo_ttft_s" in table:
-        axes[0, 0].axhline(table["slo_ttft_s"].iloc[0], color="crimson", ls="--", lw=1)
-        axes[0, 1].axhline(table["slo_tbt_s"].iloc[0], color="crimson", ls="--", lw=1)
-    axes[0, 0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def goodput_bars(table: pd.DataFrame, mode: str, title: str, path: Path) -> Path:
-    names = list(dict.fromkeys(table["policy"]))
-    rates = sorted(table["rate"].unique())
-    width = 0.8 / max(1, len(names))
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rates) + 3), 4.2))
-    x = np.arange(len(rates))
-    for i, name in enumerate(names):
-        rows = table[table["policy"] == name].set_index("rate")
-        heights = [rows["goodput_rps"].get(r, np.nan) for r in rates]
-        ax.bar(x + (i - (len(names) - 1) / 2) * width, heights, width, label=name)
-    ax.set_xticks(x, [f"{r:g}" for r in rates])
-    ax.set_xlabel("rate (x the trace's own)" if mode == "scale" else "Poisson rate (req/s)")
-    ax.set_ylabel("goodput (req/s)")
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8, ncol=min(3, len(names)))
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def partition_timelines(runs: dict[str, Any], num_sms: int, title: str, path: Path) -> Path:
-    """SMs per lane over time (and KV usage) for one run of each policy given."""
-    fig, axes = plt.subplots(len(runs), 1, figsize=(11, 3.2 * len(runs)), squeeze=False)
-    for ax, (label, result) in zip(axes[:, 0], runs.items(), strict=True):
-        tl = result.timeline
-        t = tl["time_s"].to_numpy()
-        ax.step(t, tl["mixed_sms"], where="post", lw=1.2, label="aggregated (all SMs)")
-        ax.step(t, tl["prefill_sms"], where="post", lw=1.2, label="prefill lane")
-        ax.step(t, tl["decode_sms"], where="post", lw=1.2, label="decode lane")
-        ax.set_ylim(-4, num_sms + 8)
-        ax.set_ylabel("SMs")
-        ax.set_title(label, fontsize=9)
-        ax.grid(alpha=0.3)
-        kv = ax.twinx()
-        kv.plot(t, tl["kv_usage"] * 100, color="grey", lw=0.8, alpha=0.7, label="KV used (%)")
-        kv.set_ylim(0, 105)
-        kv.set_ylabel("KV used (%)")
-        lines = ax.get_legend_handles_labels()
-        more = kv.get_legend_handles_labels()
-        ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="upper right")
-    axes[-1, 0].set_xlabel("time (s)")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def timeline_runs(specs: list[SimConfig], table: pd.DataFrame, mode: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from twin.sim import EngineConfig, make_simulator
 class SimConfig:
     trace: str = "azure-conv"
     format: str | None = None
+    trace_tokenizer: str | None = None
     rate: float | None = None
     cv: float = 1.0
     rate_scale: float = 1.0
@@ -56,7 +57,14 @@ class RunResult(RunOutputs):
 
 
 def load_workload(cfg: SimConfig) -> traces.Workload:
-    wl = traces.load(cfg.trace, format=cfg.format, rate=cfg.rate, cv=cfg.cv, seed=cfg.seed)
+    wl = traces.load(
+        cfg.trace,
+        format=cfg.format,
+        rate=cfg.rate,
+        cv=cfg.cv,
+        seed=cfg.seed,
+        tokenizer=cfg.trace_tokenizer,
+    )
     if cfg.start_s or cfg.duration_s is not None:
         end = None if cfg.duration_s is None else cfg.start_s + cfg.duration_s
         wl = wl.window(cfg.start_s, end)

@@ -138,6 +138,8 @@ def search(
                 else:
                     for key in KEPT:
                         trial.set_user_attr(key, float(row[key]))
+                    if "latency_model" in row:  # the figures say which model made them
+                        trial.set_user_attr("latency_model", str(row["latency_model"]))
                     study.tell(trial, float(row["goodput_rps"]))
                 if on_trial is not None:
                     on_trial(row)
@@ -209,11 +211,17 @@ def pareto_front(trials: pd.DataFrame, x: str = "tbt_p90_s", y: str = "goodput_r
     return pd.DataFrame(front)
 
 
-def pareto_plot(result: SearchResult, path: Path, x: str = "tbt_p90_s") -> Path:
+def pareto_plot(
+    result: SearchResult, path: Path, x: str = "tbt_p90_s", label: str | None = None
+) -> Path:
+    """Goodput against ``x`` for every trial; ``label`` names the latency model (default: the
+    trials' own ``latency_model`` column)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from twin.outputs.plot_style import finish, legend_outside
 
     trials = result.trials
     front = pareto_front(trials, x)
@@ -223,10 +231,8 @@ def pareto_plot(result: SearchResult, path: Path, x: str = "tbt_p90_s") -> Path:
     ax.axhline(result.default_goodput, color="k", ls=":", lw=1, label="defaults' goodput")
     ax.set_xlabel(f"{x.replace('_s', '')} (ms)")
     ax.set_ylabel("goodput (req/s)")
-    ax.set_title(f"{result.policy}: {len(trials)} trials", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    legend_outside(ax)
+    if label is None and "latency_model" in trials and len(trials):
+        label = str(trials["latency_model"].iloc[0])
+    return finish(fig, f"{result.policy}: {len(trials)} trials", label or "", path)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from rich.markup import escape
 
 from twin.errors import TwinError
 from twin.experiment import SimConfig, load_workload, simulate
@@ -255,7 +256,7 @@ def run_sweep(
             if row["status"] != "ok":
                 console.print(
                     f"[red]failed[/] {row['policy']} on {row['trace']} "
-                    f"(rate {row['rate']}, x{row['rate_scale']}): {row['error']}",
+                    f"(rate {row['rate']}, x{row['rate_scale']}): {escape(str(row['error']))}",
                     highlight=False,
                 )
             if results is not None:

@@ -112,9 +112,9 @@ def test_serving_exits_non_zero_when_the_engine_cannot_go_on(model_dir, monkeypa
     served = {}
     real_create_app = gpu_runtime.server.create_app
 
-    def capture(serving, manage_engine=True):
+    def capture(serving, manage_engine=True, **kwargs):
         served["serving"] = serving
-        return real_create_app(serving, manage_engine)
+        return real_create_app(serving, manage_engine, **kwargs)
 
     def engine_dies_while_serving(self):
         serving = served["serving"]

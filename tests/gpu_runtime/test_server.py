@@ -160,7 +160,7 @@ def test_streaming_chat_starts_with_the_assistant_role(served):
         ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens must be a positive integer"),
         ({"prompt": "x", "temperature": 9}, 400, "temperature must be a number in [0, 2]"),
         ({"prompt": "x", "n": 2}, 400, "only n=1"),
-        ({"prompt": "x", "stop": ["\n"]}, 400, "stop sequences are not supported"),
+        ({"prompt": "x", "stop": 5}, 400, "stop must be a string or a list of strings"),
         ({"prompt": [1, 9999]}, 400, "outside the vocabulary"),
         ({"prompt": "x", "model": "gpt-9"}, 404, "'gpt-9' is not served here"),
         (

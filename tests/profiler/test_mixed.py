@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import typer
-from twin.commands.profile import profile_command
 from typer.testing import CliRunner
 
 from policies import BatchShape
@@ -22,6 +21,7 @@ from profiler.mixed import (
     synthetic_mixed_samples,
 )
 from profiler.profile_io import FIT
+from twin.commands.profile import profile_command
 
 
 @pytest.fixture(scope="module")

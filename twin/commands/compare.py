@@ -23,6 +23,7 @@ PLOT_FILES = ("latency_vs_load.png", "goodput.png", "partition_timeline.png")
 def compare_command(
     trace: opt.Trace = "azure-conv",
     format: opt.TraceFormat = None,
+    trace_tokenizer: opt.TraceTokenizer = None,
     policies: str = typer.Option(ALL_POLICIES, help="Comma-separated policy names."),
     rates: str = typer.Option(
         "1,2,3,4,5,6",
@@ -90,6 +91,7 @@ def compare_command(
     base = SimConfig(
         trace=trace,
         format=format,
+        trace_tokenizer=trace_tokenizer,
         start_s=start,
         duration_s=duration,
         max_requests=max_requests,
@@ -128,6 +130,12 @@ def compare_command(
         console.print(
             f"{len(specs)} simulations ({failed} failed) in {wall:.1f} s on "
             f"{getattr(executor, 'workers', 1)} worker(s); wrote {len(written)} files to {out}"
+        )
+    if mode == "poisson" and max_requests is None and not quiet:
+        console.print(
+            f"note: a length-only trace: each run replays its first {cmp.LENGTH_ONLY_REQUESTS} "
+            "requests (twin simulate replays all of them unless --max-requests is given)",
+            highlight=False,
         )
     if failed:
         raise TwinError(f"{failed} of {len(specs)} simulations failed; see the messages above")

@@ -17,6 +17,13 @@ from twin.outputs.metrics import TBT_STATISTICS
 
 Trace = Annotated[str, typer.Option(help="Bundled trace name or a trace file path.")]
 TraceFormat = Annotated[str | None, typer.Option("--format", help="Force the trace format.")]
+TraceTokenizer = Annotated[
+    str | None,
+    typer.Option(
+        help="Directory with a tokenizer.json to count the tokens of text traces (ShareGPT, "
+        "vLLM custom JSONL); without it their lengths are estimated at 4 characters a token."
+    ),
+]
 Rate = Annotated[
     float | None, typer.Option(help="Mean request rate (req/s); needed by length-only traces.")
 ]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import typer
+from rich.markup import escape
 
 from twin.commands import options as opt
 from twin.commands.console import console, err_console, friendly_errors, summary_table
@@ -15,14 +19,18 @@ from twin.outputs.paths import out_flag
 @friendly_errors
 def run_command(
     model: str = typer.Option(
-        "llama-3.1-8b", help="Bundled model name, a HF config.json, or a model directory."
+        "llama-3.1-8b",
+        help="Bundled model name (llama-3.1-8b, qwen3-8b, or tiny: serves on a CPU in seconds), "
+        "a HF config.json, or a model directory.",
     ),
     weights: str | None = typer.Option(
         None, help="Local safetensors directory (default: --model's directory if it has them)."
     ),
     random_weights: bool = typer.Option(False, help="Use seeded random weights even if found."),
     tokenizer: str | None = typer.Option(
-        None, help="Directory with tokenizer.json (default: a byte-level tokenizer)."
+        None,
+        help="Directory with tokenizer.json (default: --model's directory if it has one, else "
+        "the byte-level tokenizer).",
     ),
     policy: opt.PolicyName = None,
     policy_config: opt.PolicyConfig = None,
@@ -31,6 +39,12 @@ def run_command(
     port: int = typer.Option(8000, help="Port to serve on."),
     max_queue: int = typer.Option(256, help="Requests waiting to start before answering 429."),
     served_model_name: str | None = typer.Option(None, help="Model name in the API."),
+    api_key: str | None = typer.Option(
+        None, envvar="TWIN_API_KEY", help="Require Authorization: Bearer KEY on /v1 (as vLLM)."
+    ),
+    cpu_threads: int | None = typer.Option(
+        None, help="Torch threads on a CPU (default: 1 for small models, else half the cores)."
+    ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     dtype: str = typer.Option("auto", help="auto (bf16 on cuda, fp32 on cpu), bfloat16, ..."),
     kv_blocks: int | None = typer.Option(None, help="KV cache blocks (default: from memory)."),
@@ -47,6 +61,7 @@ def run_command(
     tbt_stat: opt.TbtStat = opt.DEFAULT_SLO.tbt_statistic,
     trace: str | None = typer.Option(None, help="Replay this trace instead of serving."),
     format: opt.TraceFormat = None,
+    trace_tokenizer: opt.TraceTokenizer = None,
     rate: opt.Rate = None,
     cv: opt.ArrivalCv = 1.0,
     rate_scale: opt.RateScale = 1.0,
@@ -83,6 +98,7 @@ def run_command(
         max_model_len=max_model_len,
         attention=attention,
         cuda_graphs=cuda_graphs,
+        cpu_threads=cpu_threads,
     )
     common = dict(
         settings=settings,
@@ -96,11 +112,12 @@ def run_command(
     if trace is None:
         if clock == "virtual":
             raise TwinError("--clock virtual only applies to --trace replays")
-        _serve(model, common, tokenizer, host, port, max_queue, served_model_name)
+        _serve(model, common, tokenizer, host, port, max_queue, served_model_name, api_key)
         return
     cfg = SimConfig(
         trace=trace,
         format=format,
+        trace_tokenizer=trace_tokenizer,
         rate=rate,
         cv=cv,
         rate_scale=rate_scale,
@@ -126,12 +143,23 @@ def _need_torch() -> None:
         ) from None
 
 
+def _build(model, **kwargs):
+    """build_runtime, printing its warnings (e.g. --max-model-len too long) one line each."""
+    from gpu_runtime.build import build_runtime
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rt = build_runtime(model, **kwargs)
+    for w in caught:
+        err_console.print(f"warning: {escape(str(w.message))}", highlight=False, soft_wrap=True)
+    return rt
+
+
 def _replay(model, common, workload, cfg: SimConfig, clock, out_dir, plots, quiet) -> None:
     _need_torch()
-    from gpu_runtime.build import build_runtime
     from gpu_runtime.replay import replay, write_replay
 
-    rt = build_runtime(model, virtual_clock=clock == "virtual", **common)
+    rt = _build(model, virtual_clock=clock == "virtual", **common)
     options = {
         "model": model,
         "trace": cfg.trace,
@@ -158,19 +186,21 @@ def _replay(model, common, workload, cfg: SimConfig, clock, out_dir, plots, quie
         )
 
 
-def _serve(model, common, tokenizer, host, port, max_queue, served_model_name) -> None:
+def _serve(model, common, tokenizer, host, port, max_queue, served_model_name, api_key) -> None:
     try:
         import uvicorn
     except ImportError:
         raise TwinError("serving needs uvicorn and fastapi (pip install uvicorn fastapi)") from None
     _need_torch()
-    from gpu_runtime.build import build_runtime, warmup
+    from gpu_runtime.build import warmup
+    from gpu_runtime.byte_tokenizer_files import byte_tokenizer_dir
     from gpu_runtime.server import create_app
     from gpu_runtime.serving import ServingEngine
-    from gpu_runtime.tokenizer import load_tokenizer
+    from gpu_runtime.tokenizer import ByteTokenizer, load_tokenizer
 
-    rt = build_runtime(model, **common)
-    tok = load_tokenizer(tokenizer, rt.config.vocab_size)
+    rt = _build(model, **common)
+    model_dir = model if Path(model).is_dir() else None
+    tok = load_tokenizer(tokenizer, rt.config.vocab_size, model_dir)
     warmup(rt)
     name = served_model_name or rt.config.name
     serving = ServingEngine(rt.engine, tok, name, rt.config.vocab_size, max_queue)
@@ -179,7 +209,14 @@ def _serve(model, common, tokenizer, host, port, max_queue, served_model_name) -
         f"{rt.engine.kv.num_blocks} KV blocks) on http://{host}:{port}/v1",
         soft_wrap=True,
     )
-    server = uvicorn.Server(uvicorn.Config(create_app(serving), host=host, port=port))
+    if isinstance(tok, ByteTokenizer):
+        console.print(
+            f"byte-level tokenizer; load generators count its tokens with {byte_tokenizer_dir()}",
+            soft_wrap=True,
+            highlight=False,
+        )
+    app = create_app(serving, api_key=api_key)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
 
     def engine_died(exc: BaseException) -> None:
         server.should_exit = True  # /health already answers 503; stop taking requests

@@ -9,6 +9,7 @@ import typer
 
 from twin.commands import options as opt
 from twin.commands.console import console, friendly_errors, progress_bar, summary_table
+from twin.compare import LENGTH_ONLY_REQUESTS
 from twin.errors import TwinError
 from twin.experiment import SimConfig, prepare_out, simulate, write_run
 from twin.outputs.paths import out_flag
@@ -72,6 +73,7 @@ def default_out(trace: str, policy: str) -> Path:
 def simulate_command(
     trace: opt.Trace = "azure-conv",
     format: opt.TraceFormat = None,
+    trace_tokenizer: opt.TraceTokenizer = None,
     rate: opt.Rate = None,
     cv: opt.ArrivalCv = 1.0,
     policy: opt.PolicyName = None,
@@ -101,6 +103,7 @@ def simulate_command(
     cfg = SimConfig(
         trace=trace,
         format=format,
+        trace_tokenizer=trace_tokenizer,
         rate=rate,
         cv=cv,
         rate_scale=rate_scale,
@@ -127,3 +130,11 @@ def simulate_command(
             f"simulated {s['requests']} requests ({s['simulated_s']:.0f} s of serving) "
             f"in {s['wall_s']:.2f} s; wrote {len(written)} files to {out_dir}"
         )
+        workload = result.config["workload"]
+        if "arrivals" in workload and max_requests is None:
+            console.print(
+                f"note: all {workload['requests']} requests of this length-only trace were "
+                f"replayed; twin compare keeps the first {LENGTH_ONLY_REQUESTS} unless "
+                "--max-requests is given",
+                highlight=False,
+            )

@@ -13,35 +13,56 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from policies import Slo  # noqa: E402
-from twin.outputs.metrics import all_gaps, request_metrics  # noqa: E402
+from twin.outputs.metrics import TBT_STATISTICS, all_gaps, request_metrics  # noqa: E402
+from twin.outputs.plot_style import finish, legend_outside, plot_steps  # noqa: E402
 
 
-def latency_cdfs(records: pd.DataFrame, slo: Slo, title: str, path: Path) -> Path:
+def tbt_statistic_per_request(records: pd.DataFrame, statistic: str) -> np.ndarray:
+    """Each finished request's TBT statistic, the value the TBT SLO judges."""
+    stat = TBT_STATISTICS[statistic]
+    done = records[records["status"] == "finished"]
+    gaps = (np.diff(np.asarray(t, dtype=float)) for t in done["token_times_s"])
+    return np.array([stat(g) for g in gaps if g.size], dtype=float)
+
+
+def latency_cdfs(
+    records: pd.DataFrame, slo: Slo, title: str, path: Path, label: str = ""
+) -> Path:
+    """TTFT per request, and per request the TBT statistic the SLO judges (every gap faint)."""
     per = request_metrics(records, slo)
-    gaps = all_gaps(records)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, values, target, label in (
-        (axes[0], per["ttft_s"].to_numpy(), slo.ttft_s, "TTFT (s)"),
-        (axes[1], gaps, slo.tbt_s, "time between tokens (s)"),
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
+    judged = tbt_statistic_per_request(records, slo.tbt_statistic)
+    for ax, values, target, name in (
+        (axes[0], per["ttft_s"].to_numpy(), slo.ttft_s, "TTFT (s), per request"),
+        (axes[1], judged, slo.tbt_s, f"TBT {slo.tbt_statistic} per request (s)"),
     ):
         if values.size:
             xs = np.sort(values)
-            ax.plot(xs, np.arange(1, xs.size + 1) / xs.size, lw=1.6)
+            ax.plot(xs, np.arange(1, xs.size + 1) / xs.size, lw=1.6, label="requests")
             ax.set_xscale("log")
         ax.axvline(target, color="crimson", ls="--", lw=1, label=f"SLO {target:g} s")
-        ax.set_xlabel(label)
-        ax.set_ylabel("fraction")
+        ax.set_xlabel(name)
+        ax.set_ylabel("fraction of requests")
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    gaps = all_gaps(records)
+    if gaps.size:
+        xs = np.sort(gaps)
+        axes[1].plot(
+            xs, np.arange(1, xs.size + 1) / xs.size, lw=1, color="grey", alpha=0.6,
+            label="every gap (not judged)",
+        )  # fmt: skip
+    for ax in axes:
+        legend_outside(ax)
+    return finish(fig, title, label, path)
 
 
 def run_timeline(
-    records: pd.DataFrame, timeline: pd.DataFrame, title: str, path: Path, num_sms: int
+    records: pd.DataFrame,
+    timeline: pd.DataFrame,
+    title: str,
+    path: Path,
+    num_sms: int,
+    label: str = "",
 ) -> Path:
     fig, axes = plt.subplots(4, 1, figsize=(10, 9), sharex=True)
     done = records[records["status"] == "finished"]
@@ -57,27 +78,25 @@ def run_timeline(
         axes[0].plot(edges[:-1], counts / bin_s, lw=1)
     axes[0].set_ylabel("output tok/s")
     t = timeline["time_s"].to_numpy()
-    axes[1].step(t, timeline["waiting"], where="post", label="waiting", lw=1)
-    axes[1].step(t, timeline["running"], where="post", label="running", lw=1)
+    plot_steps(axes[1], t, timeline["waiting"].to_numpy(), "waiting", lw=1)
+    plot_steps(axes[1], t, timeline["running"].to_numpy(), "running", lw=1)
     axes[1].set_ylabel("requests")
-    axes[1].legend(loc="upper right")
-    axes[2].step(t, 100 * timeline["kv_usage"], where="post", lw=1, color="tab:purple")
+    plot_steps(axes[2], t, 100 * timeline["kv_usage"].to_numpy(), "KV used", "tab:purple", lw=1)
     axes[2].set_ylabel("KV used (%)")
     axes[2].set_ylim(0, 105)
-    axes[3].step(t, timeline["mixed_sms"], where="post", label="aggregated", lw=1.2)
-    axes[3].step(t, timeline["prefill_sms"], where="post", label="prefill lane", lw=1.2)
-    axes[3].step(t, timeline["decode_sms"], where="post", label="decode lane", lw=1.2)
+    for col, name in (
+        ("mixed_sms", "aggregated"),
+        ("prefill_sms", "prefill lane"),
+        ("decode_sms", "decode lane"),
+    ):
+        plot_steps(axes[3], t, timeline[col].to_numpy(), name)
     axes[3].set_ylim(0, num_sms * 1.05)
     axes[3].set_ylabel("SMs")
     axes[3].set_xlabel("time (s)")
-    axes[3].legend(loc="upper right")
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        legend_outside(ax)
+    return finish(fig, title, label, path)
 
 
 def validation_figures(real_iterations, real_records, sim_records, model, slo, title, out: Path):
@@ -98,14 +117,14 @@ def validation_figures(real_iterations, real_records, sim_records, model, slo, t
         ax.plot([lo, hi], [lo, hi], color="k", lw=1, ls="--", label="exact")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.legend(loc="upper left")
+        legend_outside(ax)
     ax.set_xlabel("measured iteration time (ms)")
     ax.set_ylabel("predicted (ms)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     paths.append(out / "iteration_predicted_vs_measured.png")
-    fig.savefig(paths[-1], dpi=110)
+    fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -120,11 +139,11 @@ def validation_figures(real_iterations, real_records, sim_records, model, slo, t
         ax.set_xlabel(name)
         ax.set_ylabel("fraction")
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
+        legend_outside(ax)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     paths.append(out / "latency_cdfs_real_vs_sim.png")
-    fig.savefig(paths[-1], dpi=110)
+    fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(8, 3.4))
@@ -135,7 +154,7 @@ def validation_figures(real_iterations, real_records, sim_records, model, slo, t
         window = max(1, len(rel) // 50)
         smooth = pd.Series(rel).rolling(window, min_periods=1, center=True).median()
         ax.plot(t, smooth * 100, color="crimson", lw=1.5, label=f"rolling median ({window})")
-        ax.legend(loc="upper right")
+        legend_outside(ax)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("iteration error (%)")
@@ -143,6 +162,6 @@ def validation_figures(real_iterations, real_records, sim_records, model, slo, t
     ax.grid(alpha=0.3)
     fig.tight_layout()
     paths.append(out / "iteration_error_over_time.png")
-    fig.savefig(paths[-1], dpi=110)
+    fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
     plt.close(fig)
     return paths

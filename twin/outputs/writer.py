@@ -61,9 +61,25 @@ def write_outputs(
     written = [out / f for f in RUN_FILES]
     if with_plots:
         slo = Slo(**config["slo"])
-        written.append(plots.latency_cdfs(records, slo, title, out / PLOT_FILES[0]))
-        written.append(plots.run_timeline(records, timeline, title, out / PLOT_FILES[1], num_sms))
+        label = plot_label(summary)
+        written.append(plots.latency_cdfs(records, slo, title, out / PLOT_FILES[0], label))
+        written.append(
+            plots.run_timeline(records, timeline, title, out / PLOT_FILES[1], num_sms, label)
+        )
     return written
+
+
+def plot_label(summary: dict[str, Any]) -> str:
+    """Which latency model made a run's times: a simulated run's, or a real run's clock."""
+    model = str(summary.get("latency_model", ""))
+    if summary.get("clock") == "wall":
+        return (
+            f"none for the times: measured on {summary.get('device', 'the device')} "
+            f"(wall clock); policies predicted with {model}"
+        )
+    if summary.get("clock") == "virtual":
+        return f"{model} (virtual clock: the real engine ran, the model timed it)"
+    return model
 
 
 def _jsonable(value: Any) -> Any:
