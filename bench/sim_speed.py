@@ -2,9 +2,12 @@
 
 Runs the whole Azure LLM inference conversation trace (19,366 requests, about an hour) through
 the vllm policy at 1x and 4x its request rate, with steady decode fast-forward on and off,
-several times each, and saves the medians as JSON.
+several times each, and saves the medians as JSON. ``--prefix-caching both`` runs each case
+with the policy's prefix caching off and on, side by side, and prints the slowdown.
 
     python bench/sim_speed.py --trace ../shared/traces/azure2023_conv.csv
+    python bench/sim_speed.py --trace ../shared/traces/azure2023_conv.csv --no-stepping \
+        --prefix-caching both
 """
 
 from __future__ import annotations
@@ -25,11 +28,18 @@ from twin.metrics import records_frame, summarize
 from twin.sim import EngineConfig, Simulator
 
 
-def one_run(workload: traces.Workload, policy: str, fast_forward: bool) -> dict:
+def one_run(
+    workload: traces.Workload, policy: str, fast_forward: bool, caching: bool | None = None
+) -> dict:
     model = DatasheetModel(load_model_config("llama-3.1-8b"))
+    args = {} if caching is None else {"enable_prefix_caching": caching}
     start = time.perf_counter()
     sim = Simulator(
-        workload, policies.get(policy), model, Slo(), EngineConfig(fast_forward=fast_forward)
+        workload,
+        policies.get(policy, **args),
+        model,
+        Slo(),
+        EngineConfig(fast_forward=fast_forward),
     )
     result = sim.run()
     simulated = time.perf_counter() - start
@@ -42,6 +52,8 @@ def one_run(workload: traces.Workload, policy: str, fast_forward: bool) -> dict:
         "iterations": int(len(result.iterations["start_s"])),
         "events": len(sim._iters),
         "simulated_serving_s": result.end_s,
+        "prefix_caching": sim.kv.prefix_caching,
+        "preemptions": sum(r.preemptions for r in result.requests),
     }
 
 
@@ -58,33 +70,57 @@ def main() -> None:
     parser.add_argument(
         "--no-stepping", action="store_true", help="skip the slow one-iteration-per-event runs"
     )
+    parser.add_argument(
+        "--prefix-caching",
+        choices=("default", "on", "off", "both"),
+        default="default",
+        help="the policy's enable_prefix_caching (both: off and on, side by side)",
+    )
     parser.add_argument("--out", default="bench/results/sim_speed.json")
     args = parser.parse_args()
     base = traces.load(args.trace)
     rows = []
     modes = [True] if args.no_stepping else [True, False]
-    for scale in (float(s) for s in args.scales.split(",")):
+    cachings = {"default": [None], "on": [True], "off": [False], "both": [False, True]}[
+        args.prefix_caching
+    ]
+    for scale, ff, caching in (
+        (float(s), ff, c) for s in args.scales.split(",") for ff in modes for c in cachings
+    ):
         workload = base.scale_rate(scale)
-        for ff in modes:
-            runs = [one_run(workload, args.policy, ff) for _ in range(args.repeats if ff else 1)]
-            wall = statistics.median(r["wall_s"] for r in runs)
-            row = {
-                **runs[0],
-                "rate_scale": scale,
-                "fast_forward": ff,
-                "wall_s": wall,
-                "walls_s": [r["wall_s"] for r in runs],
-                "requests_per_s": runs[0]["requests"] / wall,
-                "iterations_per_s": runs[0]["iterations"] / wall,
-            }
-            rows.append(row)
-            print(
-                f"scale {scale:g}x fast_forward={ff}: {row['requests']} requests, "
-                f"{row['iterations']} iterations in {wall:.2f} s -> "
-                f"{row['requests_per_s']:.0f} req/s, {row['iterations_per_s']:.0f} it/s"
-            )
+        repeats = args.repeats if ff else 1
+        runs = [one_run(workload, args.policy, ff, caching) for _ in range(repeats)]
+        wall = statistics.median(r["wall_s"] for r in runs)
+        row = {
+            **runs[0],
+            "rate_scale": scale,
+            "fast_forward": ff,
+            "wall_s": wall,
+            "walls_s": [r["wall_s"] for r in runs],
+            "requests_per_s": runs[0]["requests"] / wall,
+            "iterations_per_s": runs[0]["iterations"] / wall,
+        }
+        rows.append(row)
+        print(
+            f"scale {scale:g}x fast_forward={ff} prefix_caching={row['prefix_caching']}: "
+            f"{row['requests']} requests, {row['preemptions']} preemptions, "
+            f"{row['iterations']} iterations in {wall:.2f} s -> "
+            f"{row['requests_per_s']:.0f} req/s, {row['iterations_per_s']:.0f} it/s"
+        )
     for scale in sorted({r["rate_scale"] for r in rows}):
-        pair = {r["fast_forward"]: r for r in rows if r["rate_scale"] == scale}
+        cached = {
+            r["prefix_caching"]: r for r in rows if r["rate_scale"] == scale and r["fast_forward"]
+        }
+        if len(cached) == 2:
+            print(
+                f"scale {scale:g}x: with prefix caching the simulation takes "
+                f"{cached[True]['wall_s'] / cached[False]['wall_s']:.3f}x the time without"
+            )
+        pair = {
+            r["fast_forward"]: r
+            for r in rows
+            if r["rate_scale"] == scale and r["prefix_caching"] == rows[0]["prefix_caching"]
+        }
         if len(pair) == 2:
             print(
                 f"scale {scale:g}x: fast-forward is "

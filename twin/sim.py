@@ -31,6 +31,8 @@ from policies import (
     Slo,
     Status,
 )
+from policies.block_hash import MOONCAKE_BLOCK_TOKENS, attach_hashes
+from policies.prefix_cache import make_kv_cache
 from profiler.model import LatencyModel
 from traces import Workload
 from twin.errors import SimulationError
@@ -114,13 +116,18 @@ class Simulator:
         self.progress = progress
         self.record_decisions = record_decisions
         self.env = simpy.Environment()
-        self.kv = KVCache(config.kv_blocks(model), config.block_size)
+        self.kv = make_kv_cache(policy, config.kv_blocks(model), config.block_size)
         self.requests = [
             Request(i, float(t), int(p), int(o))
             for i, (t, p, o) in enumerate(
                 zip(workload.arrival_s, workload.prompt_tokens, workload.output_tokens, strict=True)
             )
         ]
+        if self.kv.prefix_caching and workload.prefix_hashes is not None:
+            for req, ids in zip(self.requests, workload.prefix_hashes, strict=True):
+                req.content, req.tokens_per_id = ids, MOONCAKE_BLOCK_TOKENS
+                attach_hashes(req, config.block_size)
+        self.decode_steps = 0
         self.waiting: list[Request] = []
         self.running: list[Request] = []
         self.partition = self.gpu.aggregated()
@@ -193,6 +200,7 @@ class Simulator:
             model=self.model,
             gpu=self.gpu,
             arrived=self._arrived,
+            decode_steps=self.decode_steps,
         )
 
     def _dispatch(self) -> None:
@@ -261,7 +269,9 @@ class Simulator:
                 req.status = Status.RUNNING
                 if math.isnan(req.scheduled_s):
                     req.scheduled_s = now
+                kv.admit(req, chunk.start)
             kv.grow(req.id, chunk.start + chunk.length)
+            kv.commit(req, chunk.start + chunk.length)
             req.in_flight = True
         shape = batch.shape()
         co = self._co_runner(lane)
@@ -374,6 +384,7 @@ class Simulator:
             raise SimulationError(
                 f"policy {self.policy.name!r} preempted request {req.id} while another lane runs it"
             )
+        self.kv.keep_for_recompute(req)
         self._free_kv(req)
         if req.status is Status.RUNNING:
             self.running.remove(req)
@@ -446,6 +457,8 @@ class Simulator:
                 else:
                     prefilled.append(req)
         k = run.steps
+        if batch.decode:
+            self.decode_steps += k
         for req in batch.decode:
             req.in_flight = False
             req.kv_tokens += k
