@@ -18,7 +18,6 @@ admitted in the same step already finds them.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,35 +46,47 @@ class PrefixStats:
 
 
 class PrefixKVCache(KVCache):
+    """Refcounted content-addressed blocks over one LRU free queue.
+
+    The queue is a list read from ``_head`` (allocation takes the oldest entries, a free
+    appends); a cached block revived by a hit leaves a stale entry behind, skipped when reached.
+    Only named blocks carry refcounts: an unnamed block is in at most one table, because
+    sharing goes through a hash. That keeps a workload without shared content (no names) as
+    cheap as the plain cache: whole tables move in and out of the queue as list slices.
+    """
+
     prefix_caching = True
 
     def __init__(self, num_blocks: int, block_size: int = 16) -> None:
         super().__init__(num_blocks, block_size)
         self._free = []  # unused: the free queue below replaces the base class's stack
-        self._queue: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
-        self._ref = [0] * num_blocks
-        self._hash_of: list[int | None] = [None] * num_blocks
-        self._cached: dict[int, int] = {}  # hash -> block holding that content
+        self._fifo: list[int] = list(range(num_blocks))
+        self._head = 0
+        self._nfree = num_blocks
+        self._stale: dict[int, int] = {}  # block -> stale queue entries left by revivals
+        self._hash_of: dict[int, int] = {}  # named block -> its hash
+        self._refs: dict[int, int] = {}  # named block -> tables holding it (0: free, cached)
+        self._cached: dict[int, int] = {}  # hash -> the block holding that content
         self._named: dict[int, int] = {}  # request id -> leading table blocks already named
         self.stats = PrefixStats()
 
     @property
     def free_blocks(self) -> int:
-        return len(self._queue)
+        return self._nfree
 
     @property
     def used_blocks(self) -> int:
-        return self.num_blocks - len(self._queue)
+        return self.num_blocks - self._nfree
 
     @property
     def cached_blocks(self) -> int:
         return len(self._cached)
 
     def can_grow(self, request_id: int, total_tokens: int) -> bool:
-        return self.extra_blocks(request_id, total_tokens) <= len(self._queue)
+        return self.extra_blocks(request_id, total_tokens) <= self._nfree
 
     def is_free(self, block: int) -> bool:
-        return self._ref[block] == 0
+        return self._refs.get(block, 1) == 0
 
     def match(self, hashes: Sequence[int], max_blocks: int) -> list[int]:
         blocks: list[int] = []
@@ -92,17 +103,19 @@ class PrefixKVCache(KVCache):
         rid = req.id
         if self._tables.get(rid):
             raise KVExhausted(f"request {rid} already holds blocks; only a waiting one can reuse")
-        n = tokens // self.block_size
-        blocks = self.match(req.block_hashes or (), n) if tokens else []
+        blocks = self.match(req.block_hashes or (), tokens // self.block_size) if tokens else []
         if len(blocks) * self.block_size != tokens:
             raise KVExhausted(
                 f"request {rid}: {tokens} prefix tokens planned but {len(blocks)} blocks cached; "
                 "the policy must plan against the cache it is committed on"
             )
+        refs, stale = self._refs, self._stale
         for b in blocks:
-            if self._ref[b] == 0:
-                del self._queue[b]
-            self._ref[b] += 1
+            r = refs[b]
+            if r == 0:  # revived from the free queue: its entry there goes stale
+                stale[b] = stale.get(b, 0) + 1
+                self._nfree -= 1
+            refs[b] = r + 1
         if blocks:
             self._tables[rid] = blocks
             self._named[rid] = len(blocks)
@@ -116,32 +129,47 @@ class PrefixKVCache(KVCache):
         need = self.extra_blocks(request_id, total_tokens)
         if need == 0:
             return []
-        queue = self._queue
-        if need > len(queue):
+        if need > self._nfree:
             raise KVExhausted(
-                f"request {request_id} needs {need} blocks, {len(queue)} free: "
+                f"request {request_id} needs {need} blocks, {self._nfree} free: "
                 "the policy must check the KV budget (or preempt) before committing"
             )
-        popitem = queue.popitem
-        new = [popitem(False)[0] for _ in range(need)]
-        ref = self._ref
-        for b in new:
-            ref[b] = 1
-        if self._cached:
+        fifo, head, stale = self._fifo, self._head, self._stale
+        new = fifo[head : head + need]
+        if stale and not stale.keys().isdisjoint(new):
+            new = []
+            while len(new) < need:
+                b = fifo[head]
+                head += 1
+                left = stale.get(b)
+                if left:
+                    if left == 1:
+                        del stale[b]
+                    else:
+                        stale[b] = left - 1
+                    continue
+                new.append(b)
+        else:
+            head += need
+        self._nfree -= need
+        if head > 4096 and 2 * head > len(fifo):
+            del fifo[:head]
+            head = 0
+        self._head = head
+        if self._refs:
             self._evict(new)
         self._tables.setdefault(request_id, []).extend(new)
         return new
 
     def _evict(self, blocks: list[int]) -> None:
         """Forget the content of reallocated blocks: it is about to be overwritten."""
-        hash_of, cached = self._hash_of, self._cached
-        for b in blocks:
-            h = hash_of[b]
-            if h is not None:
-                hash_of[b] = None
-                if cached.get(h) == b:
-                    del cached[h]
-                self.stats.evictions += 1
+        refs, hash_of, cached = self._refs, self._hash_of, self._cached
+        for b in refs.keys() & blocks:
+            del refs[b]
+            h = hash_of.pop(b)
+            if cached.get(h) == b:
+                del cached[h]
+            self.stats.evictions += 1
 
     def commit(self, req: Request, tokens: int) -> None:
         """Name the request's shareable blocks among its first ``tokens`` tokens."""
@@ -160,15 +188,16 @@ class PrefixKVCache(KVCache):
         self._named[rid] = upto
 
     def _name(self, table: list[int], hashes: Sequence[int], start: int, upto: int) -> None:
-        hash_of, cached = self._hash_of, self._cached
+        refs, hash_of, cached = self._refs, self._hash_of, self._cached
         for j in range(start, upto):
             b = table[j]
-            if hash_of[b] is not None:
+            if b in hash_of:
                 continue
             h = hashes[j]
             if h not in cached:  # the same content computed twice: the first copy stays named
                 cached[h] = b
                 hash_of[b] = h
+                refs[b] = 1  # unnamed until now, so only this table holds it
 
     def keep_for_recompute(self, req: Request) -> None:
         """Before a preemption frees them, name all the request's computed blocks.
@@ -185,25 +214,34 @@ class PrefixKVCache(KVCache):
         if len(req.block_hashes or ()) < upto:
             req.block_hashes = private_hashes(req, upto)
         self._name(table, req.block_hashes, self._named.get(req.id, 0), upto)
+        self._named[req.id] = upto
 
     def free(self, request_id: int) -> int:
         table = self._tables.pop(request_id, None)
         self._named.pop(request_id, None)
         if not table:
             return 0
-        ref, queue = self._ref, self._queue
+        refs, fifo = self._refs, self._fifo
+        if not refs or refs.keys().isdisjoint(table):
+            fifo.extend(reversed(table))
+            self._nfree += len(table)
+            return len(table)
         freed = 0
         for b in reversed(table):
-            r = ref[b] - 1
-            ref[b] = r
-            if r == 0:
-                queue[b] = None
-                freed += 1
+            r = refs.get(b)
+            if r is not None:
+                r -= 1
+                refs[b] = r
+                if r:
+                    continue
+            fifo.append(b)
+            freed += 1
+        self._nfree += freed
         return freed
 
     def releasable(self, request_id: int) -> int:
-        ref = self._ref
-        return sum(1 for b in self._tables.get(request_id, ()) if ref[b] == 1)
+        refs = self._refs
+        return sum(1 for b in self._tables.get(request_id, ()) if refs.get(b, 1) == 1)
 
 
 def make_kv_cache(policy: object, num_blocks: int, block_size: int) -> KVCache:
@@ -211,3 +249,27 @@ def make_kv_cache(policy: object, num_blocks: int, block_size: int) -> KVCache:
     if getattr(policy, "prefix_caching", False):
         return PrefixKVCache(num_blocks, block_size)
     return KVCache(num_blocks, block_size)
+
+
+HASH_SOURCE_NONE = (
+    "none: the trace carries no content, so no block is shared between requests; a preempted "
+    "request can find its own blocks again"
+)
+HASH_SOURCE_MOONCAKE = "trace block ids (Mooncake hash_ids, 512 tokens each)"
+HASH_SOURCE_TOKENS = "token ids"
+
+
+def prefix_summary(kv: KVCache, policy: object, hash_source: str) -> dict[str, object]:
+    """summary.json's prefix-cache and preemption fields (zeros when caching is off)."""
+    stats = getattr(kv, "stats", None) or PrefixStats()
+    return {
+        "prefix_caching": kv.prefix_caching,
+        "prefix_hash_source": hash_source if kv.prefix_caching else "caching off",
+        "prefix_queried_tokens": stats.queries,
+        "prefix_hit_tokens": stats.hits,
+        "prefix_hit_rate_tokens": stats.token_hit_rate,
+        "prefix_lookups": stats.lookups,
+        "prefix_hit_requests": stats.hit_lookups,
+        "prefix_hit_rate_requests": stats.request_hit_rate,
+        "prefix_evicted_blocks": stats.evictions,
+    }

@@ -80,6 +80,7 @@ class SglangParams:
 @register("sglang", SglangParams)
 class SglangPolicy(SchedulingPolicy):
     params: SglangParams
+    retracts = True  # SGLang calls its recompute preemptions retractions
 
     def __init__(self, params: SglangParams) -> None:
         super().__init__(params)

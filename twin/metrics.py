@@ -21,6 +21,7 @@ RECORD_COLUMNS = (
     "token_times_s",
     "preemptions",
     "status",
+    "cached_tokens",  # prompt tokens found in the prefix cache at first admission
 )
 PERCENTILES = (50, 90, 99)
 # iterations.parquet and the run timeline: one layout for both engines.
@@ -71,6 +72,7 @@ def records_frame(requests: Iterable[Request]) -> pd.DataFrame:
             r.token_times_array(),
             r.preemptions,
             str(r.status),
+            r.cached_tokens,
         )
         for r in requests
     ]
