@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from gpu_runtime.clock import VirtualClock
-from gpu_runtime.engine import Engine, EngineError
+from gpu_runtime.engine import Engine
 from gpu_runtime.jobs import Job
 
 
@@ -74,11 +74,7 @@ class EngineLoop:
         while self._next < len(jobs) or not engine.idle or not self.inbox.empty():
             progressed = self.step()
             if not progressed and not engine.in_flight and self._next >= len(jobs):
-                left = engine.unfinished()
-                raise EngineError(
-                    f"policy {engine.policy.name!r} stopped scheduling with {len(left)} "
-                    "requests unfinished; it returned no batch while work was waiting"
-                )
+                engine.check_all_done()
 
     def _run_forever(self) -> None:
         try:
@@ -166,9 +162,4 @@ def run_virtual(engine: Engine, jobs: list[Job]) -> None:
                 clock.schedule(times[i], "arrival", None)
         else:
             engine.complete(payload)
-    left = engine.unfinished()
-    if left:
-        raise EngineError(
-            f"policy {engine.policy.name!r} stopped scheduling with {len(left)} requests "
-            f"unfinished (first: request {left[0].id}, {left[0].status})"
-        )
+    engine.check_all_done()

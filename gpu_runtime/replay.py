@@ -23,14 +23,8 @@ from gpu_runtime.jobs import Job
 from gpu_runtime.loop import EngineLoop, run_virtual
 from policies import Request
 from traces import Workload
-from twin.experiment import write_outputs
-from twin.metrics import (
-    ITERATION_COLUMNS,
-    TIMELINE_COLUMNS,
-    mean_decode_sms,
-    records_frame,
-    summarize,
-)
+from twin.outputs.metrics import mean_decode_sms, records_frame, summarize
+from twin.outputs.writer import write_outputs
 
 
 @dataclass
@@ -73,6 +67,8 @@ def replay(
     wall = time.perf_counter() - wall
     records = records_frame(engine.requests)
     summary = summarize(records, engine.slo)
+    iterations = engine.iteration_table()
+    timeline = engine.timeline_table()
     end = max((r.finish_s for r in engine.requests if r.finish_s == r.finish_s), default=0.0)
     summary.update(
         {
@@ -82,12 +78,10 @@ def replay(
             "device": _device_name(rt),
             "clock": "virtual" if virtual else "wall",
             "latency_model": rt.latency.label,
-            "iterations": len(engine.iterations),
+            "iterations": int(len(iterations["start_s"])),
             "partition_changes": engine.stats.partition_changes,
             "mean_decode_sms": mean_decode_sms(
-                [row[0] for row in engine.timeline],
-                [row[4] for row in engine.timeline],
-                [row[6] for row in engine.timeline],
+                timeline["time_s"], timeline["mixed_sms"], timeline["decode_sms"]
             ),
             "kv_blocks": engine.kv.num_blocks,
             "served_s": end,
@@ -109,8 +103,8 @@ def replay(
     return ReplayResult(
         config,
         records,
-        pd.DataFrame(engine.iterations, columns=list(ITERATION_COLUMNS)),
-        pd.DataFrame(engine.timeline, columns=list(TIMELINE_COLUMNS)),
+        pd.DataFrame(iterations),
+        pd.DataFrame(timeline),
         summary,
         engine.decisions,
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,13 +17,11 @@ from policies import Slo
 from policies.prefix_cache import HASH_SOURCE_MOONCAKE, HASH_SOURCE_NONE, prefix_summary
 from profiler.config import load_model_config
 from profiler.model import LatencyModel
-from twin import plots
 from twin.errors import TwinError
 from twin.latency import load_latency_model
-from twin.metrics import mean_decode_sms, records_frame, summarize
+from twin.outputs.metrics import mean_decode_sms, records_frame, summarize
+from twin.outputs.writer import RUN_FILES, write_outputs
 from twin.sim import EngineConfig, make_simulator
-
-RUN_FILES = ("records.parquet", "iterations.parquet", "summary.json", "config.json")
 
 
 @dataclass
@@ -158,35 +155,3 @@ def write_run(result: RunResult, out: Path, with_plots: bool = True) -> list[Pat
         result.model.gpu.num_sms,
         with_plots,
     )
-
-
-def write_outputs(
-    out: Path,
-    records: pd.DataFrame,
-    iterations: pd.DataFrame,
-    timeline: pd.DataFrame,
-    summary: dict[str, Any],
-    config: dict[str, Any],
-    title: str,
-    num_sms: int,
-    with_plots: bool = True,
-) -> list[Path]:
-    """The files of a run, the same for the simulator and the runtime."""
-    records.to_parquet(out / "records.parquet", index=False)
-    iterations.to_parquet(out / "iterations.parquet", index=False)
-    for name, data in (("summary.json", summary), ("config.json", config)):
-        (out / name).write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
-    written = [out / f for f in RUN_FILES]
-    if with_plots:
-        slo = Slo(**config["slo"])
-        written.append(plots.latency_cdfs(records, slo, title, out / "latency_cdf.png"))
-        written.append(plots.run_timeline(records, timeline, title, out / "timeline.png", num_sms))
-    return written
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)

@@ -8,7 +8,7 @@ from policies import BatchShape, Lane, Partition, Slo
 from tests.workloads import make_workload
 from traces import Workload
 from twin.errors import SimulationError
-from twin.metrics import records_frame, summarize
+from twin.outputs.metrics import records_frame, summarize
 from twin.sim import EngineConfig, Simulator
 
 
