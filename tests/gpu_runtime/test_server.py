@@ -212,3 +212,20 @@ def test_a_client_disconnect_aborts_the_request_and_frees_its_kv(served):
         httpx.post(served.url + "/v1/completions", json={**body, "stream": False}, timeout=0.5)
     assert wait_until(lambda: engine.stats.aborted == aborted + 2)
     assert wait_until(lambda: engine.kv.free_blocks == engine.kv.num_blocks)
+
+
+def test_metrics_count_prefix_cache_queries_and_hits_under_vllms_names(served):
+    def counter(name):
+        text = httpx.get(served.url + "/metrics").text
+        return int(next(line.split()[1] for line in text.splitlines() if line.startswith(name)))
+
+    queries, hits = (
+        counter("vllm:prefix_cache_queries_total"),
+        counter("vllm:prefix_cache_hits_total"),
+    )
+    prompt = "A system prompt long enough to fill a few KV blocks of sixteen tokens. " * 2
+    post(served, "/v1/completions", {"prompt": prompt + "First?", "max_tokens": 2})
+    post(served, "/v1/completions", {"prompt": prompt + "Second?", "max_tokens": 2})
+    assert counter("vllm:prefix_cache_queries_total") >= queries + 2 * len(prompt)
+    # The second request finds the shared prompt's full blocks: at least 128 of its bytes.
+    assert counter("vllm:prefix_cache_hits_total") - hits >= 128
