@@ -7,8 +7,9 @@ several times each, and saves the medians as JSON.
     python bench/sim_speed.py --trace ../shared/traces/azure2023_conv.csv
 
 With ``--baseline REV`` it compares this tree with the commit REV side by side in one run: REV
-is exported with ``git archive`` into a temporary directory and every measurement runs in a
-child process, alternating between the two trees, so both see the same machine load. It
+is exported with ``git archive`` and this tree (its tracked and untracked, not ignored files)
+copied into a temporary directory, and every measurement runs in a child process, alternating
+between the two, so both see the same machine load and edits made meanwhile do not count. It
 prints and saves each tree's median wall and CPU time and the ratios current/baseline per
 configuration (on a loaded machine the CPU time is the steadier of the two).
 
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -118,11 +120,32 @@ def export(rev: str, into: Path) -> str:
     return commit
 
 
+def snapshot(into: Path) -> str:
+    """Copy this working tree's files into ``into``; returns what it is (commit, + edits)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    )
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (into / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, into / name)
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT, check=False).returncode
+    return head + (" with uncommitted edits" if dirty else "")
+
+
 def side_by_side(args, modes: list[bool]) -> dict:
     rows = []
     with tempfile.TemporaryDirectory(prefix="twin-baseline-") as tmp:
         base_hash = export(args.baseline, Path(tmp))
-        trees = {"baseline": Path(tmp) / "tree", "current": ROOT}
+        current = snapshot(Path(tmp) / "current")
+        trees = {"baseline": Path(tmp) / "tree", "current": Path(tmp) / "current"}
         for scale in (float(s) for s in args.scales.split(",")):
             for ff in modes:
                 repeats = args.repeats if ff else 1
@@ -165,7 +188,7 @@ def side_by_side(args, modes: list[bool]) -> dict:
                     f"current/baseline {row['current_over_baseline']:.3f} wall, "
                     f"{row['cpu_current_over_baseline']:.3f} CPU time"
                 )
-    return {"baseline": base_hash, "runs": rows}
+    return {"baseline": base_hash, "current": current, "runs": rows}
 
 
 def measure_here(args, modes: list[bool]) -> dict:

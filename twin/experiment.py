@@ -20,7 +20,7 @@ from profiler.model import LatencyModel
 from twin.errors import TwinError
 from twin.latency import load_latency_model
 from twin.outputs.metrics import mean_decode_sms, records_frame, summarize
-from twin.outputs.writer import RUN_FILES, write_outputs
+from twin.outputs.writer import RUN_FILES, RunOutputs
 from twin.sim import EngineConfig, make_simulator
 
 
@@ -45,14 +45,10 @@ class SimConfig:
 
 
 @dataclass
-class RunResult:
-    config: dict[str, Any]
-    records: pd.DataFrame
-    iterations: pd.DataFrame
-    timeline: pd.DataFrame
-    summary: dict[str, Any]
+class RunResult(RunOutputs):
+    """A simulation's outputs and the latency model that timed it."""
+
     model: LatencyModel
-    decisions: list[tuple]
 
 
 def load_workload(cfg: SimConfig) -> traces.Workload:
@@ -122,13 +118,13 @@ def simulate(
         "workload": {"name": wl.name, "source": wl.source, "requests": len(wl), **wl.notes},
     }
     return RunResult(
-        resolved,
-        records,
-        pd.DataFrame(result.iterations),
-        pd.DataFrame(result.timeline),
-        summary,
-        model,
-        result.decisions,
+        config=resolved,
+        records=records,
+        iterations=pd.DataFrame(result.iterations),
+        timeline=pd.DataFrame(result.timeline),
+        summary=summary,
+        decisions=result.decisions,
+        model=model,
     )
 
 
@@ -144,14 +140,4 @@ def prepare_out(out: Path, force: bool = False) -> Path:
 
 def write_run(result: RunResult, out: Path, with_plots: bool = True) -> list[Path]:
     title = f"{result.summary['policy']} on {result.summary['trace']}; {result.model.label}"
-    return write_outputs(
-        out,
-        result.records,
-        result.iterations,
-        result.timeline,
-        result.summary,
-        result.config,
-        title,
-        result.model.gpu.num_sms,
-        with_plots,
-    )
+    return result.write(out, title, result.model.gpu.num_sms, with_plots)

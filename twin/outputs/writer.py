@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,31 @@ from policies import Slo
 from twin.outputs import plots
 
 RUN_FILES = ("records.parquet", "iterations.parquet", "summary.json", "config.json")
+
+
+@dataclass
+class RunOutputs:
+    """A finished run's tables and settings, whichever engine ran it."""
+
+    config: dict[str, Any]
+    records: pd.DataFrame
+    iterations: pd.DataFrame
+    timeline: pd.DataFrame
+    summary: dict[str, Any]
+    decisions: list[tuple]
+
+    def write(self, out: Path, title: str, num_sms: int, with_plots: bool = True) -> list[Path]:
+        return write_outputs(
+            out,
+            self.records,
+            self.iterations,
+            self.timeline,
+            self.summary,
+            self.config,
+            title,
+            num_sms,
+            with_plots,
+        )
 
 
 def write_outputs(

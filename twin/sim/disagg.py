@@ -67,7 +67,7 @@ class DisaggSimulator(Simulator):
     def _horizon(self, lane: Lane, co: Run | None, batch: Batch) -> float:
         """The decode GPU's work changes when a transfer lands, so a run stops at the next
         possible landing: the running transfer's end, or the prefill GPU's batch end."""
-        horizon = self._next_arrival()
+        horizon = min(self._next_arrival(), self._next_abort())
         prefill = self.in_flight.get(Lane.PREFILL)
         if prefill is not None:
             horizon = min(horizon, prefill.end)

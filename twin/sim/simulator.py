@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import gc
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -25,6 +25,7 @@ from policies.prefix_cache import make_kv_cache
 from profiler.model import LatencyModel
 from traces import Workload
 from twin.core import Run, SchedulingCore, run_label
+from twin.core.aborts import abort_schedule
 from twin.core.contention import rerate
 from twin.errors import SimulationError
 from twin.sim.fast_forward import steady_steps
@@ -89,7 +90,9 @@ class Simulator(SchedulingCore):
         config: EngineConfig = EngineConfig(),
         progress: Callable[[int, int], None] | None = None,
         record_decisions: bool = False,
+        aborts: Mapping[int, float] | None = None,
     ) -> None:
+        """``aborts``: request id -> seconds at which its client goes away (none by default)."""
         kv = make_kv_cache(policy, config.kv_blocks(model), config.block_size)
         super().__init__(policy, model, kv, slo, record_decisions=record_decisions)
         self.workload = workload
@@ -106,6 +109,8 @@ class Simulator(SchedulingCore):
             per_id = workload.prefix_block_tokens
             for req, ids in zip(self._pending, workload.prefix_hashes, strict=True):
                 req.content, req.tokens_per_id = ids, per_id
+        self._aborts = abort_schedule(aborts, workload.arrival_s)
+        self._aborted = 0  # how many of ``_aborts`` have happened
 
     def now(self) -> float:
         return self.env.now
@@ -113,6 +118,8 @@ class Simulator(SchedulingCore):
     # ----------------------------------------------------------------- driving
     def run(self) -> SimResult:
         self.env.process(self._arrivals())
+        if self._aborts:
+            self.env.process(self._cancellations())
         with _fewer_collections():
             self.env.run()
         self.check_all_done()
@@ -139,6 +146,23 @@ class Simulator(SchedulingCore):
             if self.progress is not None:
                 self.progress(i, n)
             self.arrive(self._pending[first:i])
+
+    def _cancellations(self):
+        aborts = self._aborts
+        while self._aborted < len(aborts):
+            t = aborts[self._aborted][0]
+            if t > self.env.now:
+                yield self.env.timeout(t - self.env.now)
+            first = self._aborted
+            while self._aborted < len(aborts) and aborts[self._aborted][0] <= self.env.now:
+                self._aborted += 1
+            for _, rid in aborts[first : self._aborted]:
+                self.abort(rid)
+
+    def _next_abort(self) -> float:
+        if self._aborted < len(self._aborts):
+            return self._aborts[self._aborted][0]
+        return math.inf
 
     def _next_arrival(self) -> float:
         if self._arrived < len(self._pending):
@@ -189,10 +213,12 @@ class Simulator(SchedulingCore):
     def _horizon(self, lane: Lane, co: Run | None, batch: Batch) -> float:
         """The next moment something outside a steady run could change its lane's decision."""
         if co is None:
-            return self._next_arrival()
-        if batch.through_arrivals and co.lane is Lane.PREFILL:
-            return co.end  # arrivals only queue behind the running prefill batch
-        return min(self._next_arrival(), co.end)
+            horizon = self._next_arrival()
+        elif batch.through_arrivals and co.lane is Lane.PREFILL:
+            horizon = co.end  # arrivals only queue behind the running prefill batch
+        else:
+            horizon = min(self._next_arrival(), co.end)
+        return min(horizon, self._next_abort())
 
     def _rerate(self, run: SimRun) -> None:
         """The co-runner of ``run`` changed: recompute its remaining time at the new rate."""
