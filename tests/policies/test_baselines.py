@@ -157,3 +157,19 @@ def test_sglang_reserves_the_clipped_output_of_each_admitted_request(model):
     assert batch is None
     batch = policies.get("sglang").next_batch(view(model, kv, [short_out, long_out]), Lane.MIXED)
     assert [c.request.id for c in batch.prefill] == [2]
+
+
+@pytest.mark.parametrize(
+    "name, args, word",
+    [
+        ("vllm", {"watermark": "nan"}, "watermark"),
+        ("vllm", {"watermark": "1"}, "watermark"),
+        ("vllm", {"enable_prefix_caching": "maybe"}, "enable_prefix_caching"),
+        ("sglang", {"init_new_token_ratio": "inf"}, "init_new_token_ratio"),
+        ("sglang", {"retract_decode_steps": "0"}, "retract_decode_steps"),
+    ],
+)
+def test_bad_baseline_parameters_are_one_line_errors(name, args, word):
+    with pytest.raises(policies.PolicyError) as err:
+        policies.get(name, **args)
+    assert word in str(err.value) and "\n" not in str(err.value)
