@@ -33,6 +33,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from policies.base import SchedulingPolicy
 from policies.batch import UNTIL_CHANGE, Batch, PrefillChunk
 from policies.kvcache import KVBudget
@@ -199,7 +201,27 @@ class SglangPolicy(SchedulingPolicy):
         return min(candidates, key=lambda r: (r.generated, -r.prompt_tokens))
 
     def steady_limit(self, view: EngineView, batch: Batch) -> int:
-        """While requests wait and the ratio still decays, admission may open at any step."""
-        if view.waiting and self.new_token_ratio(view) > self.params.min_new_token_ratio:
-            return 1
-        return UNTIL_CHANGE
+        """Decode steps before the head of the queue could possibly be admitted.
+
+        Admission opens as the ratio decays and the running requests' remaining output
+        shrinks, while free KV only shrinks during a decode-only run. So with ``k`` steps
+        done the room is at most ``free - ratio_k * sum(max(0, clipped_i - k))``, and until
+        that bound exceeds the head's demand (its uncached prompt plus its own clipped
+        output) the decision cannot change.
+        """
+        if not view.waiting:
+            return UNTIL_CHANGE
+        p = self.params
+        head = view.waiting[0]
+        # Its cached prefix can only shrink (evictions) while nothing new is prefilled.
+        need = head.prefill_target - view.kv.budget().prefix_hit(head) + self._clipped(head)
+        clipped = np.fromiter(
+            (self._clipped(r) for r in view.running if not r.is_prefilling), np.int64
+        )
+        horizon = int(clipped.max(initial=0)) + p.new_token_ratio_decay_steps + 1
+        k = np.arange(1, horizon + 1)
+        ratio = np.maximum(self.new_token_ratio(view) - p.decay * k, p.min_new_token_ratio)
+        left = np.maximum(clipped[:, None] - k[None, :], 0).sum(axis=0) if clipped.size else 0
+        room = view.kv.free_blocks * view.kv.block_size - ratio * left
+        opens = np.flatnonzero(room > need)
+        return int(k[opens[0]]) if opens.size else horizon

@@ -123,7 +123,11 @@ def test_sglang_admits_once_the_ratio_has_decayed_enough(model):
     pol = policies.get("sglang")
     batch = pol.next_batch(view(model, kv, waiting, running), Lane.MIXED)
     assert batch.prefill == [] and len(batch.decode) == 4  # 0.7 x 16000 leaves 4160
-    assert batch.steady_steps == 1  # the ratio still decays: decide again next step
+    # The decode run is promised only until the decaying ratio could let the prompt in.
+    steps = batch.steady_steps
+    assert 1 < steps < 600
+    before = pol.next_batch(view(model, kv, waiting, running, decode_steps=steps - 1), Lane.MIXED)
+    assert before.prefill == []
     batch = pol.next_batch(view(model, kv, waiting, running, decode_steps=600), Lane.MIXED)
     assert [c.request.id for c in batch.prefill] == [9]  # 0.098 x 16000 leaves 13792
 
