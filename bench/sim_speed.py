@@ -148,7 +148,7 @@ def side_by_side(args, modes: list[bool]) -> dict:
         trees = {"baseline": Path(tmp) / "tree", "current": Path(tmp) / "current"}
         for scale in (float(s) for s in args.scales.split(",")):
             for ff in modes:
-                repeats = args.repeats if ff else 1
+                repeats = args.repeats if ff else args.stepping_repeats
                 walls: dict[str, list[float]] = {"baseline": [], "current": []}
                 cpus: dict[str, list[float]] = {"baseline": [], "current": []}
                 first: dict[str, dict] = {}
@@ -237,6 +237,9 @@ def main() -> None:
     parser.add_argument(
         "--no-stepping", action="store_true", help="skip the slow one-iteration-per-event runs"
     )
+    parser.add_argument(
+        "--stepping-repeats", type=int, default=1, help="repeats of those runs (with --baseline)"
+    )
     parser.add_argument("--baseline", metavar="REV", help="compare with this commit, side by side")
     parser.add_argument("--out", help="JSON to write (default under bench/results)")
     parser.add_argument("--worker", metavar="TREE", help=argparse.SUPPRESS)
@@ -247,8 +250,8 @@ def main() -> None:
         run = one_run(args.trace, float(args.scales), args.policy, not args.no_fast_forward)
         print(json.dumps(run))
         return
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
+    if args.repeats < 1 or args.stepping_repeats < 1:
+        parser.error("--repeats and --stepping-repeats must be at least 1")
     trace = Path(args.trace)
     if trace.exists():
         args.trace = str(trace.resolve())  # the children run in other directories

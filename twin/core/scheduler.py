@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -47,7 +47,6 @@ class EngineStats:
     iterations: int = 0  # batches executed (a steady run of k decode steps counts once)
     preemptions: int = 0
     partition_changes: int = 0
-    by_lane: dict[str, int] = field(default_factory=dict)
 
 
 class SchedulingCore:
@@ -358,10 +357,7 @@ class SchedulingCore:
     # ----------------------------------------------------------------- recording
     def _record(self, run: Run, step_ends: np.ndarray) -> None:
         self._iters.append((run, step_ends))
-        stats = self.stats
-        stats.iterations += 1
-        lane = run.lane.value
-        stats.by_lane[lane] = stats.by_lane.get(lane, 0) + 1
+        self.stats.iterations += 1
 
     def _sample(self) -> None:
         p = self.partition

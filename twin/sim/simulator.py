@@ -218,7 +218,7 @@ class Simulator(SchedulingCore):
             horizon = co.end  # arrivals only queue behind the running prefill batch
         else:
             horizon = min(self._next_arrival(), co.end)
-        return min(horizon, self._next_abort())
+        return min(horizon, self._next_abort()) if self._aborts else horizon
 
     def _rerate(self, run: SimRun) -> None:
         """The co-runner of ``run`` changed: recompute its remaining time at the new rate."""
