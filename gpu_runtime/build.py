@@ -21,7 +21,8 @@ from gpu_runtime.model import LlamaModel
 from gpu_runtime.runner import ModelRunner
 from gpu_runtime.support import check_max_model_len, check_servable, set_cpu_threads
 from gpu_runtime.weights import checkpoint_files, init_random, load_safetensors
-from policies import Batch, KVCache, PrefillChunk, Request, Slo
+from policies import Batch, PrefillChunk, Request, Slo
+from policies.prefix_cache import make_kv_cache
 from profiler.config import ModelConfig, load_model_config
 from profiler.model import LatencyModel
 from twin.errors import TwinError
@@ -114,7 +115,7 @@ def build_runtime(
         pol,
         executor,
         latency,
-        KVCache(blocks, settings.block_size),
+        make_kv_cache(pol, blocks, settings.block_size),
         slo,
         clock,
         max_len,

@@ -3,6 +3,10 @@
 Per layer, K and V are ``[num_blocks + 1, block_size, kv_heads, head_dim]``. The extra last
 block is scratch: padded rows of a CUDA-graphed decode batch write there, so no real
 request's cache is touched and no mask is needed in the write.
+
+With prefix caching (``policies.prefix_cache``) a cached block may sit in several block tables
+at once: requests sharing a prompt prefix read the same rows in place (the block pool
+refcounts them), and a request's writes only ever go to blocks past its cached prefix.
 """
 
 from __future__ import annotations

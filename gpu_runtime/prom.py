@@ -93,7 +93,7 @@ class ServerMetrics:
             lines.append(f"twin_generation_tokens_total {self.generation_tokens}")
             for name, (kind, text, value) in engine_metrics.items():
                 lines += _family(name, kind, text)
-                lines.append(f"{name} {value:g}")
+                lines.append(f"{name} {_number(value)}")
             for name, hist, text in (
                 ("twin_time_to_first_token_seconds", self.ttft, "Time to first token."),
                 ("twin_time_between_tokens_seconds", self.tbt, "Gap between output tokens."),
@@ -103,6 +103,28 @@ class ServerMetrics:
                 lines += _family(name, "histogram", text)
                 lines += hist.lines(name)
         return "\n".join(lines) + "\n"
+
+
+def prefix_cache_metrics(kv: object) -> dict[str, tuple[str, str, float]]:
+    """vLLM v1's prefix-cache counters, under its names (prometheus_client adds ``_total``).
+
+    Queries and hits count tokens, as vLLM's do: every admission looks its prompt up (after a
+    preemption, the prompt plus the tokens generated so far). Zero when caching is off.
+    """
+    stats = getattr(kv, "stats", None)
+    queries, hits = (stats.queries, stats.hits) if stats is not None else (0, 0)
+    c = "counter"
+    return {
+        "vllm:prefix_cache_queries_total": (c, "Prefix cache queries, in tokens.", queries),
+        "vllm:prefix_cache_hits_total": (c, "Prefix cache hits, in tokens.", hits),
+    }
+
+
+def _number(value: float) -> str:
+    """Counters exactly (``:g`` would round a large one), other values compactly."""
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return f"{value:g}"
 
 
 def _family(name: str, kind: str, text: str) -> list[str]:

@@ -21,6 +21,7 @@ from gpu_runtime.clock import VirtualClock
 from gpu_runtime.jobs import Job
 from gpu_runtime.loop import EngineLoop, run_virtual
 from policies import Request
+from policies.prefix_cache import HASH_SOURCE_TOKENS, prefix_summary
 from traces import Workload
 from twin.errors import TwinError
 from twin.outputs.metrics import mean_decode_sms, records_frame, summarize
@@ -32,15 +33,29 @@ class ReplayResult(RunOutputs):
 
 
 def make_jobs(workload: Workload, vocab_size: int, seed: int = 0) -> list[Job]:
+    """Random prompts of the workload's lengths; where it names prefix blocks (Mooncake
+    hash ids), each id always stands for the same tokens, so shared ids are shared prompts."""
     rng = np.random.default_rng(seed)
     jobs = []
+    hashes = workload.prefix_hashes
     for i, (t, p, o) in enumerate(
         zip(workload.arrival_s, workload.prompt_tokens, workload.output_tokens, strict=True)
     ):
         ids = rng.integers(0, vocab_size, int(p)).tolist()
+        if hashes is not None and hashes[i]:
+            named = _tokens_of_blocks(hashes[i], workload.prefix_block_tokens, vocab_size, seed)
+            ids = (named + ids[len(named) :])[: int(p)]
         req = Request(i, float(t), int(p), int(o), prompt_ids=ids)
         jobs.append(Job(req, ignore_eos=True))
     return jobs
+
+
+def _tokens_of_blocks(block_ids, per_block: int, vocab_size: int, seed: int) -> list[int]:
+    out: list[int] = []
+    for h in block_ids:
+        rng = np.random.default_rng([seed, int(h) % (1 << 63)])
+        out += rng.integers(0, vocab_size, per_block).tolist()
+    return out
 
 
 def replay(
@@ -87,6 +102,10 @@ def replay(
                 timeline["time_s"], timeline["mixed_sms"], timeline["decode_sms"]
             ),
             "kv_blocks": engine.kv.num_blocks,
+            "retractions": summary["preemptions"]
+            if getattr(engine.policy, "retracts", False)
+            else 0,
+            **prefix_summary(engine.kv, engine.policy, HASH_SOURCE_TOKENS),
             "served_s": end,
             "wall_s": wall,
         }

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from gpu_runtime.engine import Engine
 from gpu_runtime.jobs import Job, JobListener
 from gpu_runtime.loop import EngineLoop
-from gpu_runtime.prom import ServerMetrics
+from gpu_runtime.prom import ServerMetrics, prefix_cache_metrics
 from gpu_runtime.sampling import SamplingParams
 from gpu_runtime.tokenizer import Tokenizer
 from gpu_runtime.vllm_metrics import VllmRequestStats
@@ -277,4 +277,5 @@ class ServingEngine:
             "twin_preemptions_total": (c, "Recompute preemptions.", e.stats.preemptions),
             "twin_iterations_total": (c, "Batches executed.", e.stats.iterations),
             "twin_partition_changes_total": (c, "Partition changes.", e.stats.partition_changes),
+            **prefix_cache_metrics(e.kv),
         }

@@ -87,19 +87,30 @@ class SchedulingPolicy:
         token_budget: int,
         kv: KVBudget,
         free_seqs: int,
+        scheduled: bool = False,
     ) -> list[PrefillChunk]:
-        """First chunks of waiting requests in queue order; stops at the first that does not fit."""
+        """First chunks of waiting requests in queue order; stops at the first that does not fit.
+
+        A request whose leading blocks are cached starts its chunk after them (prefix caching).
+        ``scheduled`` says whether this step already runs other requests.
+        """
         chunks: list[PrefillChunk] = []
         for req in candidates:
             if token_budget <= 0 or free_seqs <= 0:
                 break
-            length = min(req.remaining_prefill, token_budget)
-            if not kv.try_grow(req.id, req.kv_tokens + length):
+            start = kv.prefix_hit(req)
+            length = min(req.prefill_target - start, token_budget)
+            reserve = self.admission_reserve(kv, bool(chunks) or scheduled)
+            if not kv.try_admit(req, start, start + length, reserve):
                 break
-            chunks.append(PrefillChunk(req, req.kv_tokens, length))
+            chunks.append(PrefillChunk(req, start, length))
             token_budget -= length
             free_seqs -= 1
         return chunks
+
+    def admission_reserve(self, kv: KVBudget, scheduled: bool) -> int:
+        """Free blocks a new admission must leave (vLLM's watermark); none by default."""
+        return 0
 
     def _fit_or_preempt(
         self,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from policies.request import Request
 
 
 class KVExhausted(RuntimeError):
@@ -13,8 +16,12 @@ class KVCache:
     """Fixed-size blocks handed out from a free list; a request's blocks form its block table.
 
     The runtime indexes its paged KV tensors with these block ids, and the simulator uses the
-    same object, so both run out of memory at the same moment.
+    same object, so both run out of memory at the same moment. This cache shares nothing: the
+    prefix-caching hooks (``match``, ``acquire``, ``commit``, ``keep_for_recompute``) do nothing
+    here; ``policies.prefix_cache.PrefixKVCache`` implements them.
     """
+
+    prefix_caching = False
 
     def __init__(self, num_blocks: int, block_size: int = 16) -> None:
         if num_blocks <= 0 or block_size <= 0:
@@ -82,6 +89,36 @@ class KVCache:
     def block_table(self, request_id: int) -> list[int]:
         return list(self._tables.get(request_id, ()))
 
+    def releasable(self, request_id: int) -> int:
+        """Blocks that freeing the request would return to the pool (shared ones stay)."""
+        return self.held(request_id)
+
+    def admit(self, req: Request, start: int) -> None:
+        """A waiting request joins the batch with its first ``start`` tokens found cached."""
+        self.acquire(req, start)
+        if req.admissions == 0:
+            req.cached_tokens = start
+        req.hit_tokens += start
+        req.admissions += 1
+        req.kv_tokens = start
+
+    # Prefix caching hooks: nothing is ever cached here.
+    def match(self, hashes: Sequence[int], max_blocks: int) -> list[int]:
+        return []
+
+    def is_free(self, block: int) -> bool:
+        return False
+
+    def acquire(self, req: Request, tokens: int) -> None:
+        if tokens:
+            raise KVExhausted(f"request {req.id}: this KV cache has no prefix caching")
+
+    def commit(self, req: Request, tokens: int) -> None:
+        return None
+
+    def keep_for_recompute(self, req: Request) -> None:
+        return None
+
     def budget(self) -> KVBudget:
         return KVBudget(self)
 
@@ -97,6 +134,8 @@ class KVBudget:
     cache: KVCache
     free: int = -1
     _extra: dict[int, int] | None = None
+    _hits: dict[int, list[int]] | None = None  # request id -> cached blocks it would reuse
+    _taken: set[int] | None = None  # free cached blocks this plan already revives
 
     def __post_init__(self) -> None:
         self.free = self.cache.free_blocks
@@ -118,6 +157,50 @@ class KVBudget:
         return True
 
     def release(self, request_id: int) -> None:
-        """Count the request's blocks (held and planned) as free again, as a preemption will."""
-        self.free += self.held(request_id)
+        """Count the request's blocks (held and planned) as free again, as a preemption will.
+
+        Blocks another request also holds (a shared prefix) stay allocated.
+        """
+        self.free += self.cache.releasable(request_id) + self._extra.get(request_id, 0)
         self._extra[request_id] = -self.cache.held(request_id)
+
+    def prefix_hit(self, req: Request) -> int:
+        """Leading tokens of a waiting request the cache already holds (full blocks only).
+
+        At least one token is always left to compute, so the prefill that completes samples a
+        token (vLLM caps the hit at ``num_tokens - 1``, SGLang at ``input_len - 1``).
+        """
+        if not self.cache.prefix_caching or req.kv_tokens or not req.block_hashes:
+            return 0
+        bs = self.cache.block_size
+        blocks = self.cache.match(req.block_hashes, (req.prefill_target - 1) // bs)
+        if not blocks:
+            return 0
+        if self._hits is None:
+            self._hits, self._taken = {}, set()
+        self._hits[req.id] = blocks
+        return len(blocks) * bs
+
+    def admit_need(self, req: Request, start: int, total_tokens: int) -> int:
+        """Free blocks admitting a waiting request costs: its new blocks, plus its cached
+        prefix blocks that sit unreferenced in the free pool (reviving them takes them out)."""
+        hit = self._hits.get(req.id, ()) if start and self._hits else ()
+        if len(hit) * self.cache.block_size != start:
+            raise ValueError(f"request {req.id}: admit at {start} without a matching prefix_hit")
+        revived = sum(1 for b in hit if self.cache.is_free(b) and b not in self._taken)
+        return self.cache.blocks_for(total_tokens) - len(hit) + revived
+
+    def try_admit(self, req: Request, start: int, total_tokens: int, reserve: int = 0) -> bool:
+        """Plan a waiting request's first chunk: ``start`` cached tokens (from ``prefix_hit``)
+        then new ones up to ``total_tokens``, if that leaves ``reserve`` blocks free."""
+        if not start:
+            if self.need(req.id, total_tokens) + reserve > self.free:
+                return False
+            return self.try_grow(req.id, total_tokens)
+        need = self.admit_need(req, start, total_tokens)
+        if need + reserve > self.free:
+            return False
+        self.free -= need
+        self._taken.update(self._hits[req.id])
+        self._extra[req.id] = self.cache.blocks_for(total_tokens) - self.cache.held(req.id)
+        return True

@@ -26,6 +26,12 @@ class Request:
     prompt plus everything generated so far after a preemption. ``kv_tokens`` counts tokens
     whose KV is in the cache. The prefill pass that reaches ``prefill_target`` samples a token,
     and each decode step writes one KV entry and samples one token.
+
+    Prefix caching: ``content`` names the prompt's tokens (token ids, or trace block ids each
+    covering ``tokens_per_id`` tokens) and ``block_hashes`` the content addresses of its full KV
+    blocks (``policies.block_hash``); the first ``shared_blocks`` of them can be shared with other
+    requests. ``cached_tokens`` counts the prompt tokens found in the cache at first admission,
+    ``hit_tokens`` those found at every admission (a recomputed request may find its own blocks).
     """
 
     id: int
@@ -44,6 +50,13 @@ class Request:
     reject_reason: str = ""  # why it was refused at arrival (policies.admission)
     in_flight: bool = False
     token_times: list = field(default_factory=list)
+    content: tuple[int, ...] | None = None
+    tokens_per_id: int = 1
+    block_hashes: list[int] | None = None
+    shared_blocks: int = 0
+    cached_tokens: int = 0
+    hit_tokens: int = 0
+    admissions: int = 0
 
     def __post_init__(self) -> None:
         if self.prefill_target == 0:

@@ -67,6 +67,7 @@ class EngineView:
     ``waiting`` are arrived requests holding no KV (new or preempted, in queue order);
     ``running`` hold KV and are prefilling or decoding, in admission order. Requests in a batch
     that another lane is executing have ``in_flight`` set and are not schedulable.
+    ``decode_steps`` counts the iterations with decode work the engine has run.
     """
 
     now: float
@@ -79,6 +80,7 @@ class EngineView:
     model: LatencyModel
     gpu: GpuSpec
     arrived: int = 0
+    decode_steps: int = 0  # iterations run so far that decoded (SGLang's ratio decays on them)
 
     @property
     def prefilling(self) -> list[Request]:

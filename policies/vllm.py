@@ -1,13 +1,26 @@
-"""vLLM v1 / Sarathi-Serve style monolithic continuous batching with chunked prefill.
+"""vLLM v1 continuous batching with chunked prefill and automatic prefix caching, as served.
 
-Source: vLLM v1 scheduler (vllm/v1/core/sched/scheduler.py) and Sarathi-Serve (OSDI 2024).
+Source: vLLM v1 scheduler (vllm/v1/core/sched/scheduler.py), KV cache manager
+(vllm/v1/core/kv_cache_manager.py) and defaults (vllm/engine/arg_utils.py,
+``EngineArgs.get_batch_defaults``), v0.11; Sarathi-Serve (OSDI 2024) for the token budget.
 Each step spends a token budget: every running decode first, then the next chunks of
 partially prefilled prompts, then new requests from the FCFS queue, until the budget, the
-sequence limit or the KV cache runs out. When KV runs out for a running request the newest
-admitted request is preempted and later recomputed.
+sequence limit or the KV cache runs out. A new request reuses the longest cached prefix of
+full blocks and prefills only the rest (``enable_prefix_caching``, on by default in v1).
+When KV runs out for a running request the last admitted one is preempted (its blocks are
+freed, stay cached until evicted, and it is recomputed later); a step that preempted admits
+no one.
 
-Simplifies: no prefix caching, no watermark on admission, no priority classes, no
-speculative decoding; every prefill chunk of a new request is admitted only if its KV fits.
+Defaults are the OpenAI server's (``vllm serve``) on a GPU with at least 70 GiB that is not
+an A100: ``max_num_batched_tokens`` 8192 and ``max_num_seqs`` 1024 (the offline ``LLM`` class
+uses 16384 tokens; smaller GPUs and A100 get 2048 tokens and 256 sequences: pass them with
+``--policy-arg``); twin's GPUs (H100, H200) are in the first class.
+
+``watermark`` is the share of KV blocks an admission must leave free when the step already runs
+other requests (the v0 block manager's ``watermark``, 0.01; the v1 KV cache manager applies its
+admission watermark to waiting and preempted requests only when something else is scheduled).
+
+Simplifies: no priority classes, no speculative decoding, no async scheduling.
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ from dataclasses import dataclass
 
 from policies.base import SchedulingPolicy
 from policies.batch import Batch
+from policies.kvcache import KVBudget
 from policies.numbers import check_fields
 from policies.partition import Lane
 from policies.registry import register
@@ -25,17 +39,31 @@ from policies.view import EngineView
 @dataclass(frozen=True)
 class VllmParams:
     max_num_batched_tokens: int = 8192
-    max_num_seqs: int = 256
+    max_num_seqs: int = 1024
+    enable_prefix_caching: bool = True
+    watermark: float = 0.01
 
     def __post_init__(self) -> None:
         check_fields(self)
         if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
             raise ValueError("max_num_batched_tokens and max_num_seqs must be at least 1")
+        if not 0.0 <= self.watermark < 1.0:
+            raise ValueError(f"watermark must be in [0, 1), got {self.watermark}")
 
 
 @register("vllm", VllmParams)
 class VllmPolicy(SchedulingPolicy):
     params: VllmParams
+
+    # Policies built on this one (DuetServe) may have parameters without these knobs: for
+    # them caching is off and there is no watermark, as before either existed here.
+    @property
+    def prefix_caching(self) -> bool:
+        return getattr(self.params, "enable_prefix_caching", False)
+
+    def admission_reserve(self, kv: KVBudget, scheduled: bool) -> int:
+        watermark = getattr(self.params, "watermark", 0.0)
+        return int(watermark * kv.cache.num_blocks) if scheduled and watermark else 0
 
     def next_batch(self, view: EngineView, lane: Lane) -> Batch | None:
         p = self.params
@@ -48,7 +76,8 @@ class VllmPolicy(SchedulingPolicy):
         budget -= sum(c.length for c in chunks)
         if not preempted:
             free_seqs = p.max_num_seqs - len(view.running)
-            chunks += self.admit_waiting(self.order_waiting(view), budget, kv, free_seqs)
+            busy = bool(scheduled)
+            chunks += self.admit_waiting(self.order_waiting(view), budget, kv, free_seqs, busy)
         decodes = [r for r in decodes if r not in preempted]
         batch = Batch(prefill=chunks, decode=decodes, preempt=preempted)
         if batch.is_empty and not preempted:

@@ -22,6 +22,8 @@ class Workload:
     name: str = ""
     source: str = ""
     notes: dict[str, Any] = field(default_factory=dict)
+    # Tokens each prefix hash stands for: Mooncake's hash_ids name 512-token blocks.
+    prefix_block_tokens: int = 512
 
     def __post_init__(self) -> None:
         arrival = np.asarray(self.arrival_s, dtype=np.float64)
@@ -32,6 +34,8 @@ class Workload:
             raise TraceError(f"{label}: arrival, prompt and output columns differ in length")
         if self.prefix_hashes is not None and len(self.prefix_hashes) != len(arrival):
             raise TraceError(f"{label}: prefix_hashes has a different length from the requests")
+        if self.prefix_block_tokens < 1:
+            raise TraceError(f"{label}: prefix_block_tokens must be at least 1")
         if len(arrival) and (np.any(~np.isfinite(arrival)) or np.any(np.diff(arrival) < 0)):
             raise TraceError(f"{label}: arrival times must be finite and non-decreasing")
         if np.any(prompt < 1) or np.any(output < 1):

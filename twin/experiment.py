@@ -14,6 +14,7 @@ import pandas as pd
 import policies
 import traces
 from policies import Slo
+from policies.prefix_cache import HASH_SOURCE_MOONCAKE, HASH_SOURCE_NONE, prefix_summary
 from profiler.config import load_model_config
 from profiler.model import LatencyModel
 from twin.checks import check_results, check_sim_config, check_span
@@ -78,6 +79,10 @@ def load_workload(cfg: SimConfig) -> traces.Workload:
     return wl
 
 
+def hash_source(wl: traces.Workload) -> str:
+    return HASH_SOURCE_NONE if wl.prefix_hashes is None else HASH_SOURCE_MOONCAKE
+
+
 def simulate(
     cfg: SimConfig,
     progress: Callable[[int, int], None] | None = None,
@@ -112,6 +117,8 @@ def simulate(
                 result.timeline["decode_sms"],
             ),
             "kv_blocks": sim.kv.num_blocks,
+            "retractions": summary["preemptions"] if getattr(policy, "retracts", False) else 0,
+            **prefix_summary(sim.kv, policy, hash_source(wl)),
             "simulated_s": result.end_s,
             "wall_s": wall,
         }

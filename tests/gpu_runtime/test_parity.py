@@ -17,6 +17,7 @@ from policies import Slo, Status  # noqa: E402
 from profiler import DatasheetModel  # noqa: E402
 from tests.gpu_runtime.tiny import short_trace, tiny_llama  # noqa: E402
 from tests.workloads import make_workload  # noqa: E402
+from traces import Workload  # noqa: E402
 from twin.sim import EngineConfig, Simulator  # noqa: E402
 
 
@@ -31,6 +32,9 @@ CASES = {
     "static-split-trace": ("static-split", "trace", 24, {"max_num_batched_tokens": 128}),
     "static-split-synthetic": ("static-split", "synthetic", 32, {"decode_sms": 32}),
     "sglang-trace": ("sglang", "trace", 24, {"chunked_prefill_size": 128}),
+    # Shared prompt prefixes: prefix-cache hits, partial hits and evictions in both engines.
+    "vllm-shared": ("vllm", "shared", 24, {"max_num_batched_tokens": 128}),
+    "sglang-shared": ("sglang", "shared", 24, {"chunked_prefill_size": 128}),
     # No hysteresis: nexus re-splits often, so partition changes are compared too.
     "nexus-trace": ("nexus", "trace", 24, {"max_num_batched_tokens": 128, "hysteresis": 0.0}),
     "nexus-synthetic": ("nexus", "synthetic", 40, {"max_num_batched_tokens": 256}),
@@ -47,7 +51,37 @@ CASES = {
 DYNAMIC = ("nexus-trace", "duetserve-trace", "duetserve-synthetic")
 
 
+def shared_prefixes(n: int = 40, seed: int = 4) -> Workload:
+    """Prompts that open with one of three system prompts (4 to 6 blocks of 16 tokens) and
+    sometimes continue the previous turn of a conversation, named Mooncake-style by block ids."""
+    rng = np.random.default_rng(seed)
+    systems = [list(range(100 * g, 100 * g + 4 + g)) for g in range(3)]
+    fresh = iter(range(10_000, 1_000_000))
+    hashes, prompts, last = [], [], {}
+    for _ in range(n):
+        g = int(rng.integers(3))
+        if g in last and rng.random() < 0.4:
+            ids = last[g] + [next(fresh) for _ in range(int(rng.integers(1, 3)))]
+        else:
+            ids = systems[g] + [next(fresh) for _ in range(int(rng.integers(1, 4)))]
+        last[g] = ids
+        hashes.append(tuple(ids))
+        prompts.append(16 * len(ids) - int(rng.integers(0, 12)))
+    arrival = np.cumsum(rng.exponential(0.004, n))
+    outputs = rng.integers(2, 14, n)
+    return Workload(
+        arrival - arrival[0],
+        np.array(prompts),
+        outputs,
+        tuple(hashes),
+        name="shared-prefixes",
+        prefix_block_tokens=16,
+    )
+
+
 def workload(source: str):
+    if source == "shared":
+        return shared_prefixes()
     if source == "trace":
         return short_trace(40, prompt_div=8, max_output=16).scale_rate(100.0)
     return make_workload(n=40, rate=20.0, seed=2, prompt_mean=120, output_mean=20)
@@ -64,7 +98,9 @@ def simulate(case: str, aborts=None):
         record_decisions=True,
         aborts=aborts,
     )
-    return sim.run()
+    result = sim.run()
+    result.kv_stats = getattr(sim.kv, "stats", None)
+    return result
 
 
 @functools.cache
@@ -100,6 +136,46 @@ def test_simulator_and_runtime_make_the_same_decisions(case):
         np.testing.assert_allclose(times, req.token_times_array(), rtol=1e-9, atol=1e-12)
     assert ran.records["status"].tolist() == [str(r.status) for r in simulated.requests]
     assert ran.summary["preemptions"] == sum(r.preemptions for r in simulated.requests)
+    cached = [r.cached_tokens for r in simulated.requests]
+    assert ran.records["cached_tokens"].tolist() == cached
+    stats = simulated.kv_stats
+    if stats is not None:  # the same hits and evictions, counted by both engines
+        assert ran.summary["prefix_hit_tokens"] == stats.hits
+        assert ran.summary["prefix_lookups"] == stats.lookups
+    if stats is not None and source == "shared":
+        # Without content the simulator names only a preempted request's blocks, the runtime
+        # every full prompt block by its token ids: evicting an unshareable name differs.
+        assert ran.summary["prefix_evicted_blocks"] == stats.evictions
+
+
+@pytest.mark.parametrize("case", ["vllm-shared", "sglang-shared"])
+def test_shared_cases_hit_partially_and_evict(case):
+    result = simulate(case)
+    wl = workload("shared")
+    stats = result.kv_stats
+    assert stats.hits > 0 and stats.evictions > 0
+    # Partial hits: some request finds fewer blocks than it shares with an earlier prompt
+    # (evicted since), and some finds them all.
+    full, partial = 0, 0
+    for r in result.requests:
+        shared = max(
+            (_common(wl.prefix_hashes[r.id], wl.prefix_hashes[o]) for o in range(r.id)), default=0
+        )
+        reusable = min(16 * shared, (r.prompt_tokens - 1) // 16 * 16)
+        if reusable and r.cached_tokens == reusable:
+            full += 1
+        elif reusable and r.cached_tokens < reusable:
+            partial += 1
+    assert full > 0 and partial > 0
+
+
+def _common(a, b) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -341,3 +341,20 @@ def test_an_engine_that_cannot_go_on_says_so_on_health():
         assert post(s, "/v1/completions", {"prompt": "y", "max_tokens": 2}).status_code == 503
     finally:
         s.close()
+
+
+def test_metrics_count_prefix_cache_queries_and_hits_under_vllms_names(served):
+    def counter(name):
+        text = httpx.get(served.url + "/metrics").text
+        return int(next(line.split()[1] for line in text.splitlines() if line.startswith(name)))
+
+    queries, hits = (
+        counter("vllm:prefix_cache_queries_total"),
+        counter("vllm:prefix_cache_hits_total"),
+    )
+    prompt = "A system prompt long enough to fill a few KV blocks of sixteen tokens. " * 2
+    post(served, "/v1/completions", {"prompt": prompt + "First?", "max_tokens": 2})
+    post(served, "/v1/completions", {"prompt": prompt + "Second?", "max_tokens": 2})
+    assert counter("vllm:prefix_cache_queries_total") >= queries + 2 * len(prompt)
+    # The second request finds the shared prompt's full blocks: at least 128 of its bytes.
+    assert counter("vllm:prefix_cache_hits_total") - hits >= 128

@@ -41,11 +41,14 @@ def test_sglang_decodes_when_the_prompt_would_eat_the_decode_reserve(model):
     waiting = [Request(10, 0.0, 600, 10)]
     view = make_view(model, waiting, running, kv)
     # Reserve 0.5 x ~6000 remaining output tokens: the prompt does not fit beside it.
-    batch = policies.get("sglang", new_token_ratio=0.5).next_batch(view, Lane.MIXED)
+    held = {"min_new_token_ratio_factor": 1.0}  # the ratio stays where it starts
+    batch = policies.get("sglang", init_new_token_ratio=0.5, **held).next_batch(view, Lane.MIXED)
     assert batch.prefill == [] and [r.id for r in batch.decode] == [0, 1, 2]
-    assert batch.steady_steps == policies.UNTIL_CHANGE
+    # The reserve shrinks by 0.5 x 3 tokens a step: 1264 free tokens exceed it and the
+    # prompt's 610 after 1564 more steps, and not before.
+    assert batch.steady_steps == 1564
     # With no reserve the same prompt is admitted first.
-    batch = policies.get("sglang", new_token_ratio=0.0).next_batch(view, Lane.MIXED)
+    batch = policies.get("sglang", init_new_token_ratio=0.0, **held).next_batch(view, Lane.MIXED)
     assert [c.request.id for c in batch.prefill] == [10]
 
 

@@ -95,6 +95,14 @@ def summary_table(summary: dict[str, Any], title: str) -> Table:
         ("preemptions", str(summary["preemptions"])),
         ("rejected", _rejected(summary)),
     ]
+    if summary.get("prefix_caching"):
+        rows.append(
+            (
+                "prefix cache hits",
+                f"{100 * summary['prefix_hit_rate_tokens']:.1f}% of prompt tokens, "
+                f"{100 * summary['prefix_hit_rate_requests']:.1f}% of admissions",
+            )
+        )
     if "iterations" in summary:
         rows.append(("iterations", f"{summary['iterations']}"))
     for name, value in rows:

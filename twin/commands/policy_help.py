@@ -9,11 +9,30 @@ PARAM_DOCS: dict[str, tuple[str, str]] = {
     "max_num_batched_tokens": ("tokens", "most tokens (prefill chunks + decodes) in one batch"),
     "max_num_seqs": ("requests", "most requests running (holding KV cache) at once"),
     "chunked_prefill_size": ("tokens", "most prompt tokens prefilled in one batch"),
-    "max_running_requests": ("requests", "most requests running (holding KV cache) at once"),
+    "max_running_requests": (
+        "requests",
+        "most requests running (holding KV cache) at once; 0: derived from the KV pool",
+    ),
     "new_token_ratio": (
         "fraction",
         "share of running requests' remaining output reserved in KV before admitting more",
     ),
+    "enable_prefix_caching": ("bool", "reuse cached full KV blocks of shared prompt prefixes"),
+    "watermark": (
+        "fraction",
+        "share of KV blocks kept free when admitting a new request (vLLM's watermark)",
+    ),
+    "init_new_token_ratio": (
+        "fraction",
+        "share of running requests' clipped output reserved in KV at start and after retraction",
+    ),
+    "min_new_token_ratio_factor": ("x", "floor of the decaying ratio, times its initial value"),
+    "new_token_ratio_decay_steps": (
+        "steps",
+        "decode steps over which the ratio decays to its floor",
+    ),
+    "retract_decode_steps": ("steps", "decode steps the kept requests must fit after a retraction"),
+    "clip_max_new_tokens": ("tokens", "most output tokens of one request counted in the reserve"),
     "decode_sms": ("SMs", "SMs given to the decode lane; prefill gets the rest"),
     "kv_threshold": (
         "fraction",

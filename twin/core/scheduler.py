@@ -28,6 +28,7 @@ import numpy as np
 
 from policies import Batch, BatchShape, EngineView, KVCache, Lane, Policy, Request, Slo, Status
 from policies.admission import reject, rejection_reason
+from policies.block_hash import attach_hashes
 from policies.view import LatencyModel
 from twin.core.records import Run, iteration_table, timeline_table
 from twin.errors import SchedulingError
@@ -80,6 +81,7 @@ class SchedulingCore:
         self._again = False
         self._iters: list[tuple[Run, np.ndarray]] = []
         self._timeline: list[tuple] = []
+        self.decode_steps = 0  # iterations run that decoded (SGLang's new_token_ratio decays)
 
     # ----------------------------------------------------------------- the executor's part
     def now(self) -> float:
@@ -109,10 +111,19 @@ class SchedulingCore:
             self._arrived += 1
             reason = self.rejection(req.prompt_tokens, req.output_tokens)
             if reason is None:
+                if self.kv.prefix_caching:
+                    self._name_blocks(req)
                 self.waiting.append(req)
             else:
                 self._reject(req, reason)
         self._dispatch()
+
+    def _name_blocks(self, req: Request) -> None:
+        """Content-address the prompt's full blocks: by the engine's token ids when it has
+        them (the runtime), else by the content the workload gave (``req.content``)."""
+        if req.content is None and req.prompt_ids is not None:
+            req.content, req.tokens_per_id = tuple(req.prompt_ids), 1
+        attach_hashes(req, self.kv.block_size)
 
     def rejection(self, prompt_tokens: int, output_tokens: int) -> str | None:
         """Why a request of this size can never run here, or None when it can."""
@@ -155,6 +166,7 @@ class SchedulingCore:
             model=self.model,
             gpu=self.gpu,
             arrived=self._arrived,
+            decode_steps=self.decode_steps,
         )
 
     def _dispatch(self) -> None:
@@ -214,7 +226,13 @@ class SchedulingCore:
                 if math.isnan(req.scheduled_s):
                     req.scheduled_s = now
                     self._scheduled(req)
+                # Its cached prefix, if the policy found one: taken before any chunk below
+                # allocates, so no allocation evicts a block the plan is reusing.
+                kv.admit(req, chunk.start)
+        for chunk in batch.prefill:
+            req = chunk.request
             kv.grow(req.id, chunk.start + chunk.length)
+            kv.commit(req, chunk.start + chunk.length)
             req.in_flight = True
         shape = batch.shape()
         co = self._co_runner(lane)
@@ -238,6 +256,7 @@ class SchedulingCore:
             raise SchedulingError(
                 f"policy {self.policy.name!r} preempted request {req.id} while another lane runs it"
             )
+        self.kv.keep_for_recompute(req)  # its blocks stay cached, to be found on recompute
         self._free_kv(req)
         if req.status is Status.RUNNING:
             self.running.remove(req)
@@ -288,6 +307,8 @@ class SchedulingCore:
                 else:
                     prefilled.append(req)
         k = run.steps
+        if batch.decode:
+            self.decode_steps += k
         for req in batch.decode:
             req.in_flight = False
             req.kv_tokens += k

@@ -22,6 +22,7 @@ RECORD_COLUMNS = (
     "preemptions",
     "status",
     "reject_reason",  # why a rejected request was refused at arrival; "" otherwise
+    "cached_tokens",  # prompt tokens found in the prefix cache at first admission
 )
 PERCENTILES = (50, 90, 99)
 # iterations.parquet and the run timeline: one layout for both engines.
@@ -73,6 +74,7 @@ def records_frame(requests: Iterable[Request]) -> pd.DataFrame:
             r.preemptions,
             str(r.status),
             r.reject_reason,
+            r.cached_tokens,
         )
         for r in requests
     ]

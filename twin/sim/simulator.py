@@ -21,6 +21,7 @@ import numpy as np
 import simpy
 
 from policies import Batch, BatchShape, KVCache, Lane, Policy, Request, Slo
+from policies.prefix_cache import make_kv_cache
 from profiler.model import LatencyModel
 from traces import Workload
 from twin.checks import check_engine_config
@@ -96,7 +97,7 @@ class Simulator(SchedulingCore):
         aborts: Mapping[int, float] | None = None,
     ) -> None:
         """``aborts``: request id -> seconds at which its client goes away (none by default)."""
-        kv = KVCache(config.kv_blocks(model), config.block_size)
+        kv = make_kv_cache(policy, config.kv_blocks(model), config.block_size)
         max_len = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         super().__init__(policy, model, kv, slo, max_len, record_decisions)
         self.workload = workload
@@ -109,6 +110,10 @@ class Simulator(SchedulingCore):
                 zip(workload.arrival_s, workload.prompt_tokens, workload.output_tokens, strict=True)
             )
         ]
+        if kv.prefix_caching and workload.prefix_hashes is not None:
+            per_id = workload.prefix_block_tokens
+            for req, ids in zip(self._pending, workload.prefix_hashes, strict=True):
+                req.content, req.tokens_per_id = ids, per_id
         self._aborts = abort_schedule(aborts, workload.arrival_s)
         self._aborted = 0  # how many of ``_aborts`` have happened
 
