@@ -41,6 +41,14 @@ def policies_command() -> None:
         console.print(f"[bold]{name}[/]  {args}", highlight=False)
 
 
+@app.command("gpus")
+def gpus_command() -> None:
+    """List the GPUs --gpu knows, their SM split, and where their operator times come from."""
+    from twin.cmd_gpus import print_gpus
+
+    print_gpus()
+
+
 def main() -> None:
     app()
 

@@ -37,7 +37,15 @@ PolicyConfig = Annotated[
 ]
 
 DatasheetGpu = Annotated[
-    str, typer.Option(help="Datasheet GPU model, used when no --profile is given.")
+    str, typer.Option(help="GPU to simulate (see `twin gpus`), used when no --profile is given.")
+]
+Stack = Annotated[
+    str, typer.Option(help="Serving stack whose measured kernels time the operators: vllm, "
+                      "sglang or trtllm.")
+]
+Latency = Annotated[
+    str, typer.Option(help="Operator times: measured (published tables; a datasheet roofline "
+                      "for GPUs they lack) or datasheet (the roofline everywhere).")
 ]
 Profile = Annotated[
     str | None, typer.Option(help="Measured or calibrated profile directory (`twin profile`).")

@@ -32,8 +32,12 @@ def test_simulate_writes_records_summary_config_and_plots(tmp_path):
     assert [len(t) for t in records["token_times_s"]] == records["output_tokens"].tolist()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished"] == 150 and summary["throughput_rps"] > 0
-    assert "datasheet estimate" in summary["latency_model"]
+    label = summary["latency_model"]
+    assert label.startswith("operator times: measured (aiconfigurator-core") and "H100" in label
+    assert label.endswith("SM scaling and contention: modelled")
     config = json.loads((out / "config.json").read_text())
+    assert config["latency_model"]["kind"] == "MeasuredModel"
+    assert config["latency_model"]["tables"]["stack"] == "vllm"
     assert config["policy"] == "vllm" and config["policy_params"]["max_num_batched_tokens"] == 8192
     assert config["model_config"]["num_layers"] == 32
 
@@ -55,7 +59,9 @@ def test_simulate_refuses_to_overwrite_a_run(tmp_path):
         (["--policy-arg", "max_num_seqs"], "key=value"),
         (["--policy-arg", "bogus=1"], "no parameter 'bogus'"),
         (["--model", "no-such-model"], "neither a bundled config"),
-        (["--gpu", "tpu"], "no datasheet model"),
+        (["--gpu", "tpu"], "is not known; choose one of"),
+        (["--stack", "tgi"], "--stack"),
+        (["--latency", "guess"], "--latency"),
         (["--rate-scale", "-1"], "--rate-scale"),
         (["--tbt-stat", "median"], "--tbt-stat"),
         (["--slo-tbt", "0"], "must be positive"),

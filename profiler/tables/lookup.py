@@ -1,0 +1,254 @@
+"""Operator tables measured on real GPUs, and interpolation in them.
+
+A GEMM is looked up in M (piecewise linear between measured M, which the data samples on
+both sides of every wave boundary) after interpolating its (N, K) in log-log between the
+measured shapes around it, so a model's 14336-wide down projection comes from the 12288 and
+16384 columns. Attention is interpolated in log-log over (batch, length) for the model's
+(heads, KV heads, head dim). Past the measured range a kernel's time grows as its work
+does: linearly in M, N and batch, linearly (decode) or quadratically (prefill) in length.
+All times are seconds per call of one layer's kernel.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+TABLES_DIR = Path(__file__).parent / "aiconfigurator"
+MS = 1e-3
+
+
+class NoTable(LookupError):
+    """The data holds no table for this GPU, stack or shape."""
+
+
+@functools.cache
+def manifest() -> dict:
+    return json.loads((TABLES_DIR / "manifest.json").read_text())
+
+
+@dataclass(frozen=True)
+class TableSource:
+    gpu_dir: str
+    stack: str
+    version: str
+    device: str
+    package: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.package}, {self.device}, {self.stack} {self.version}"
+
+
+def table_source(gpu_dir: str, stack: str) -> TableSource:
+    m = manifest()
+    entry = m["gpus"].get(gpu_dir, {}).get(stack)
+    if entry is None:
+        have = ", ".join(sorted(m["gpus"].get(gpu_dir, {}))) or "none"
+        raise NoTable(f"no {stack} tables for {gpu_dir} (stacks with tables: {have})")
+    return TableSource(
+        gpu_dir, stack, entry["version"], entry["device"], f"{m['source']} {m['version']}"
+    )
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A piecewise-linear function of one variable, extended proportionally past its end."""
+
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+
+    def __call__(self, v: float) -> float:
+        x, y = self.x, self.y
+        if v <= x[0]:
+            return y[0] if v > 0 else 0.0
+        if v >= x[-1]:
+            return y[-1] * v / x[-1]
+        i = bisect.bisect_right(x, v)
+        x0, x1 = x[i - 1], x[i]
+        return y[i - 1] + (y[i] - y[i - 1]) * (v - x0) / (x1 - x0)
+
+    def __add__(self, other: Curve) -> Curve:
+        xs = tuple(sorted(set(self.x) | set(other.x)))
+        return Curve(xs, tuple(self(v) + other(v) for v in xs))
+
+    def scaled(self, factor: float) -> Curve:
+        return Curve(self.x, tuple(v * factor for v in self.y))
+
+
+class LogGrid:
+    """Latency over (batch, length), interpolated bilinearly in log-log space.
+
+    Each batch row may stop early (the data skips shapes that did not fit); a row is
+    extended past its last point as ``length ** growth``.
+    """
+
+    def __init__(self, batches, lengths, values: np.ndarray, growth: float) -> None:
+        self.growth = growth
+        self.log_b = [math.log(b) for b in batches]
+        self.batches = list(batches)
+        self.rows: list[tuple[list[float], list[float]]] = []
+        for row in values:
+            ok = ~np.isnan(row)
+            lx = [math.log(v) for v in np.asarray(lengths)[ok]]
+            ly = [math.log(v) for v in row[ok]]
+            self.rows.append((lx, ly))
+        # A batch row with no entries borrows its neighbour's, scaled by batch size.
+        for i, (lx, _) in enumerate(self.rows):
+            if not lx:
+                j = i - 1 if i > 0 else i + 1
+                shift = math.log(self.batches[i] / self.batches[j])
+                self.rows[i] = (self.rows[j][0], [v + shift for v in self.rows[j][1]])
+
+    def _row(self, i: int, log_len: float) -> float:
+        lx, ly = self.rows[i]
+        if log_len <= lx[0]:
+            return ly[0]
+        if log_len >= lx[-1]:
+            return ly[-1] + self.growth * (log_len - lx[-1])
+        j = bisect.bisect_right(lx, log_len)
+        t = (log_len - lx[j - 1]) / (lx[j] - lx[j - 1])
+        return ly[j - 1] + t * (ly[j] - ly[j - 1])
+
+    def __call__(self, batch: float, length: float) -> float:
+        if batch <= 0:
+            return 0.0
+        lb, ll = math.log(batch), math.log(max(length, 1.0))
+        b = self.log_b
+        if lb >= b[-1]:
+            return math.exp(self._row(len(b) - 1, ll) + lb - b[-1])
+        if lb <= b[0]:
+            return math.exp(self._row(0, ll))
+        i = bisect.bisect_right(b, lb)
+        t = (lb - b[i - 1]) / (b[i] - b[i - 1])
+        return math.exp((1 - t) * self._row(i - 1, ll) + t * self._row(i, ll))
+
+    def row_array(self, batch: float, lengths: np.ndarray) -> np.ndarray:
+        """The same as calling for every length, vectorised (decode runs)."""
+        return np.array([self(batch, float(v)) for v in lengths]) if len(lengths) < 8 else (
+            self._vector(batch, np.log(np.maximum(lengths, 1.0)))
+        )
+
+    def _vector(self, batch: float, ll: np.ndarray) -> np.ndarray:
+        def row(i: int) -> np.ndarray:
+            lx, ly = self.rows[i]
+            out = np.interp(ll, lx, ly)
+            tail = ll > lx[-1]
+            out[tail] = ly[-1] + self.growth * (ll[tail] - lx[-1])
+            return out
+
+        lb, b = math.log(batch), self.log_b
+        if lb >= b[-1]:
+            return np.exp(row(len(b) - 1) + lb - b[-1])
+        if lb <= b[0]:
+            return np.exp(row(0))
+        i = bisect.bisect_right(b, lb)
+        t = (lb - b[i - 1]) / (b[i] - b[i - 1])
+        return np.exp((1 - t) * row(i - 1) + t * row(i))
+
+
+class OperatorTables:
+    """One GPU and stack's GEMM, context- and generation-attention tables."""
+
+    def __init__(self, source: TableSource, directory: Path | None = None) -> None:
+        self.source = source
+        d = directory or TABLES_DIR / source.gpu_dir / source.stack
+        self.gemm = pd.read_parquet(d / "gemm.parquet")
+        self.context = pd.read_parquet(d / "context_attention.parquet")
+        self.generation = pd.read_parquet(d / "generation_attention.parquet")
+        self._gemm_by_nk = {
+            (int(n), int(k)): (g.m.to_numpy(np.float64), g.latency.to_numpy(np.float64) * MS)
+            for (n, k), g in self.gemm.sort_values("m").groupby(["n", "k"])
+        }
+        self.gemm_n = sorted({n for n, _ in self._gemm_by_nk})
+        self.gemm_k = sorted({k for _, k in self._gemm_by_nk})
+
+    # GEMMs -----------------------------------------------------------------------------
+    def gemm_curve(self, n: int, k: int) -> tuple[Curve, str]:
+        """Seconds of one (M x K) @ (K x N) GEMM as a function of M, and how it was found."""
+        if (n, k) in self._gemm_by_nk:
+            m, t = self._gemm_by_nk[(n, k)]
+            return Curve(tuple(map(float, m)), tuple(map(float, t))), "table"
+        n_pts, n_how = _bracket(self.gemm_n, n)
+        k_pts, k_how = _bracket(self.gemm_k, k)
+        corners = [(nn, kk, wn * wk) for nn, wn in n_pts for kk, wk in k_pts]
+        missing = [(nn, kk) for nn, kk, _ in corners if (nn, kk) not in self._gemm_by_nk]
+        if missing:
+            raise NoTable(f"GEMM N={n} K={k}: no measured shape {missing[0]} around it")
+        m_grid = self._gemm_by_nk[(corners[0][0], corners[0][1])][0]
+        log_t = np.zeros_like(m_grid)
+        for nn, kk, w in corners:
+            m, t = self._gemm_by_nk[(nn, kk)]
+            log_t += w * np.log(np.interp(m_grid, m, t))
+        scale = _outside(self.gemm_n, n) * _outside(self.gemm_k, k)
+        how = "interpolated in N, K" if "extrapolated" not in (n_how + k_how) else (
+            "extrapolated in N or K"
+        )
+        return Curve(tuple(map(float, m_grid)), tuple(map(float, np.exp(log_t) * scale))), how
+
+    # Attention -------------------------------------------------------------------------
+    def _grid(self, df: pd.DataFrame, length: str, heads: int, kv_heads: int, head_dim: int,
+              growth: float, offset: int) -> tuple[LogGrid, str]:
+        exact = df[(df.num_heads == heads) & (df.num_key_value_heads == kv_heads)
+                   & (df.head_dim == head_dim)]
+        how = "table"
+        scale = 1.0
+        if exact.empty:
+            # The nearest measured head count with the same head dim and grouping, scaled:
+            # attention time grows with the query heads at a fixed group size.
+            same = df[df.head_dim == head_dim]
+            if same.empty:
+                raise NoTable(f"attention head_dim={head_dim}: no measured shape")
+            group = heads / kv_heads
+            cand = same[same.num_heads / same.num_key_value_heads == group]
+            if cand.empty:
+                cand = same
+            h = cand.num_heads.to_numpy()
+            pick = int(h[np.argmin(np.abs(np.log(h / heads)))])
+            exact = cand[cand.num_heads == pick]
+            exact = exact[exact.num_key_value_heads == exact.num_key_value_heads.iloc[0]]
+            scale, how = heads / pick, f"scaled from {pick} heads"
+        table = exact.pivot_table(index="batch_size", columns=length, values="latency")
+        lengths = table.columns.to_numpy(np.float64) + offset
+        grid = LogGrid(table.index.to_numpy(np.float64), lengths,
+                       table.to_numpy(np.float64) * MS * scale, growth)
+        return grid, how
+
+    def context_grid(self, heads: int, kv_heads: int, head_dim: int) -> tuple[LogGrid, str]:
+        """Prefill attention of ``batch`` sequences of ``length`` tokens, causal, no prefix."""
+        return self._grid(self.context, "isl", heads, kv_heads, head_dim, 2.0, 0)
+
+    def generation_grid(self, heads: int, kv_heads: int, head_dim: int) -> tuple[LogGrid, str]:
+        """Decode attention of ``batch`` requests each attending ``length`` tokens."""
+        return self._grid(self.generation, "step", heads, kv_heads, head_dim, 1.0, 1)
+
+
+def _bracket(grid: list[int], v: int) -> tuple[list[tuple[int, float]], str]:
+    """The measured values around ``v`` and their log-space weights."""
+    if v in grid:
+        return [(v, 1.0)], "table"
+    if v > grid[-1]:
+        return [(grid[-1], 1.0)], "extrapolated"
+    if v < grid[0]:
+        return [(grid[0], 1.0)], "extrapolated"
+    i = bisect.bisect_right(grid, v)
+    lo, hi = grid[i - 1], grid[i]
+    t = math.log(v / lo) / math.log(hi / lo)
+    return [(lo, 1 - t), (hi, t)], "interpolated"
+
+
+def _outside(grid: list[int], v: int) -> float:
+    """Past the measured sizes a GEMM's time grows with N (or K) as its work does."""
+    return v / grid[-1] if v > grid[-1] else 1.0
+
+
+@functools.cache
+def load_tables(gpu_dir: str, stack: str) -> OperatorTables:
+    return OperatorTables(table_source(gpu_dir, stack))
