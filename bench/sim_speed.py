@@ -2,7 +2,8 @@
 
 Runs the whole Azure LLM inference conversation trace (19,366 requests, about an hour) through
 the vllm policy at 1x and 4x its request rate, with steady decode fast-forward on and off,
-several times each, and saves the medians as JSON.
+several times each, on the measured-table latency model (the default) and the datasheet
+roofline side by side, and saves the medians as JSON with the measured/datasheet ratio.
 
     python bench/sim_speed.py --trace ../shared/traces/azure2023_conv.csv
 """
@@ -20,14 +21,16 @@ from pathlib import Path
 import policies
 import traces
 from policies import Slo
-from profiler import DatasheetModel, load_model_config
+from profiler import load_model_config
+from twin.latency import load_latency_model
 from twin.metrics import records_frame, summarize
 from twin.sim import EngineConfig, Simulator
 
 
-def one_run(workload: traces.Workload, policy: str, fast_forward: bool) -> dict:
-    model = DatasheetModel(load_model_config("llama-3.1-8b"))
+def one_run(workload: traces.Workload, policy: str, fast_forward: bool, latency: str) -> dict:
     start = time.perf_counter()
+    # Building the model (reading its tables) is part of what a run costs.
+    model = load_latency_model(load_model_config("llama-3.1-8b"), latency=latency)
     sim = Simulator(
         workload, policies.get(policy), model, Slo(), EngineConfig(fast_forward=fast_forward)
     )
@@ -42,6 +45,7 @@ def one_run(workload: traces.Workload, policy: str, fast_forward: bool) -> dict:
         "iterations": int(len(result.iterations["start_s"])),
         "events": len(sim._iters),
         "simulated_serving_s": result.end_s,
+        "latency_model": model.label,
     }
 
 
@@ -58,6 +62,7 @@ def main() -> None:
     parser.add_argument(
         "--no-stepping", action="store_true", help="skip the slow one-iteration-per-event runs"
     )
+    parser.add_argument("--latency", default="measured,datasheet", help="latency models to time")
     parser.add_argument("--out", default="bench/results/sim_speed.json")
     args = parser.parse_args()
     base = traces.load(args.trace)
@@ -65,13 +70,15 @@ def main() -> None:
     modes = [True] if args.no_stepping else [True, False]
     for scale in (float(s) for s in args.scales.split(",")):
         workload = base.scale_rate(scale)
-        for ff in modes:
-            runs = [one_run(workload, args.policy, ff) for _ in range(args.repeats if ff else 1)]
+        for ff, latency in ((ff, lat) for ff in modes for lat in args.latency.split(",")):
+            n = args.repeats if ff else 1
+            runs = [one_run(workload, args.policy, ff, latency) for _ in range(n)]
             wall = statistics.median(r["wall_s"] for r in runs)
             row = {
                 **runs[0],
                 "rate_scale": scale,
                 "fast_forward": ff,
+                "latency": latency,
                 "wall_s": wall,
                 "walls_s": [r["wall_s"] for r in runs],
                 "requests_per_s": runs[0]["requests"] / wall,
@@ -79,12 +86,22 @@ def main() -> None:
             }
             rows.append(row)
             print(
-                f"scale {scale:g}x fast_forward={ff}: {row['requests']} requests, "
+                f"scale {scale:g}x fast_forward={ff} {latency}: {row['requests']} requests, "
                 f"{row['iterations']} iterations in {wall:.2f} s -> "
                 f"{row['requests_per_s']:.0f} req/s, {row['iterations_per_s']:.0f} it/s"
             )
     for scale in sorted({r["rate_scale"] for r in rows}):
-        pair = {r["fast_forward"]: r for r in rows if r["rate_scale"] == scale}
+        for ff in modes:
+            pair = {r["latency"]: r for r in rows if r["rate_scale"] == scale
+                    and r["fast_forward"] == ff}
+            if {"measured", "datasheet"} <= set(pair):
+                print(
+                    f"scale {scale:g}x fast_forward={ff}: measured tables take "
+                    f"{pair['measured']['wall_s'] / pair['datasheet']['wall_s']:.2f}x "
+                    "the datasheet model's wall time"
+                )
+        pair = {r["fast_forward"]: r for r in rows
+                if r["rate_scale"] == scale and r["latency"] == "measured"}
         if len(pair) == 2:
             print(
                 f"scale {scale:g}x: fast-forward is "

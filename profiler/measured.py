@@ -70,16 +70,22 @@ class MeasuredModel(LatencyModel):
         super().__init__(entry.spec(), config, source=self.provenance, measured=True)
         self.lookups: dict[str, str] = {}
         self._build(config)
+        self._caches()
+
+    def _caches(self) -> None:
         self._full = functools.lru_cache(maxsize=4096)(self._full_sm)
+        self._eff = functools.lru_cache(maxsize=4096)(self._efficiencies)
+        self._decode_fixed: dict[int, tuple[float, ...]] = {}
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        del state["_full"]
+        for name in ("_full", "_eff", "_decode_fixed"):
+            del state[name]
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._full = functools.lru_cache(maxsize=4096)(self._full_sm)
+        self._caches()
 
     # Tables for this model's shapes, built once ----------------------------------------
     def _build(self, cfg: ModelConfig) -> None:
@@ -168,7 +174,7 @@ class MeasuredModel(LatencyModel):
     def overhead_s(self, shape: BatchShape) -> float:
         return self.parts.iteration_overhead_s
 
-    def _efficiencies(self, shape: BatchShape):
+    def _efficiencies(self, shape: BatchShape) -> tuple[tuple[str, float, float, float], ...]:
         """Per class: (measured / roofline at full SMs, FLOPs, bytes)."""
         cost = self.costs.costs(shape)
         peak, bw = self.entry.bf16_flops, self.entry.hbm_bytes_per_s
@@ -177,14 +183,26 @@ class MeasuredModel(LatencyModel):
             f, b = cost.flops[op], cost.bytes[op]
             roof = max(f / peak, b / bw)
             out.append((op, t / roof if roof > 0 else 0.0, f, b))
-        return out
+        return tuple(out)
 
     def op_times(self, shape: BatchShape, sms: int, share: float = 1.0) -> dict[str, float]:
+        if sms >= self.gpu.num_sms and share == 1.0:
+            return dict(zip(OP_CLASSES, self._full(shape), strict=True))
         out = {}
         rows = self._row(sms)
-        for (op, k, f, b), (_, rate, bw) in zip(self._efficiencies(shape), rows, strict=True):
+        for (op, k, f, b), (_, rate, bw) in zip(self._eff(shape), rows, strict=True):
             out[op] = k * max(f / rate, b / (bw * share)) if k else 0.0
         return out
+
+    def predict(
+        self, shape: BatchShape, sms: int, co_runner: BatchShape | None = None, co_sms: int = 0
+    ) -> float:
+        if shape.is_empty:
+            return 0.0
+        if sms >= self.gpu.num_sms and (co_runner is None or co_runner.is_empty):
+            # The whole GPU alone: the measured operators as they are.
+            return sum(self._full(shape)) + self.parts.iteration_overhead_s
+        return super().predict(shape, sms, co_runner, co_sms)
 
     def op_roofline(self, shape: BatchShape, sms: int) -> dict[str, tuple[float, float]]:
         if sms <= 0:
@@ -193,7 +211,7 @@ class MeasuredModel(LatencyModel):
         rows = self._row(sms)
         return {
             op: (k * f / rate, k * b / bw)
-            for (op, k, f, b), (_, rate, bw) in zip(self._efficiencies(shape), rows, strict=True)
+            for (op, k, f, b), (_, rate, bw) in zip(self._eff(shape), rows, strict=True)
         }
 
     def predict_decode_run(
@@ -205,38 +223,52 @@ class MeasuredModel(LatencyModel):
         co_runner: BatchShape | None = None,
         co_sms: int = 0,
     ) -> np.ndarray:
-        first = BatchShape.decode(n_decode, ctx_sum)
         ctx = ctx_sum + n_decode * np.arange(steps, dtype=np.float64)
         L = self.config.num_layers
         if isinstance(self._gen, _AttentionFloor):
             t_attn = np.array([L * self._gen(n_decode, c / n_decode + 1.0) for c in ctx])
         else:
             t_attn = L * self._gen.row_array(n_decode, ctx / n_decode + 1.0)
-        c = self.costs
-        af, ab = c.attn_decode(n_decode, ctx)
+        fixed = self._decode_fixed.get(n_decode)
+        if fixed is None:
+            fixed = self._decode_fixed[n_decode] = self._fixed_decode_parts(n_decode)
+        t_fixed, c_fixed, m_fixed, fixed_bytes, k_fixed = fixed
+        overhead = self.parts.iteration_overhead_s
+        alone_full = t_fixed + t_attn
+        n = self.gpu.num_sms
+        if sms >= n and (co_runner is None or co_runner.is_empty):
+            return alone_full + overhead
+        af, ab = self.costs.attn_decode(n_decode, ctx)
         peak, bw_peak = self.entry.bf16_flops, self.entry.hbm_bytes_per_s
-        k_attn = t_attn / np.maximum(af / peak, ab / bw_peak)
-        effs = self._efficiencies(first)
-        _, k_g, gf, gb = effs[0]
-        _, k_o, of, ob = effs[3]
-        rows = {op: (rate, bw) for op, rate, bw in self._row(sms)}
+        c_attn, m_attn = af / peak, ab / bw_peak
+        k_attn = t_attn / np.maximum(c_attn, m_attn)
+        compute_scale = n / min(sms, n)
+        bw_frac = min(1.0, sms / (self.parts.bandwidth_saturation * n))
 
         def busy(share):
-            rate, bw = rows["gemm"]
-            t = k_g * max(gf / rate, gb / (bw * share)) if np.isscalar(share) else (
-                k_g * np.maximum(gf / rate, gb / (bw * share)))
-            rate, bw = rows["attn_decode"]
-            t = t + k_attn * np.maximum(af / rate, ab / (bw * share))
-            rate, bw = rows["other"]
-            return t + k_o * np.maximum(of / rate, ob / (bw * share))
+            t = k_attn * np.maximum(c_attn * compute_scale, m_attn / (bw_frac * share))
+            for k, c, m in zip(k_fixed, c_fixed, m_fixed, strict=True):
+                t = t + k * np.maximum(c * compute_scale, m / (bw_frac * share))
+            return t
 
-        overhead = self.overhead_s(first)
         alone = busy(1.0)
         if co_runner is None or co_runner.is_empty:
             return alone + overhead
         _, other = self.demand(co_runner, co_sms)
-        own = (gb + ab + ob) / alone
+        own = (fixed_bytes + ab) / alone
         return busy(np.minimum(1.0, self.hbm_bandwidth / (own + other))) + overhead
+
+    def _fixed_decode_parts(self, n_decode: int) -> tuple:
+        """The GEMM and elementwise parts of a decode step, which its context does not change."""
+        shape = BatchShape.decode(n_decode, n_decode)
+        full = self._full(shape)
+        effs = self._eff(shape)
+        peak, bw_peak = self.entry.bf16_flops, self.entry.hbm_bytes_per_s
+        parts = [effs[0], effs[3]]
+        ks = tuple(k for _, k, _, _ in parts)
+        cs = tuple(f / peak for _, _, f, _ in parts)
+        ms = tuple(b / bw_peak for _, _, _, b in parts)
+        return full[0] + full[3], cs, ms, sum(b for _, _, _, b in parts), ks
 
     @property
     def label(self) -> str:

@@ -157,12 +157,25 @@ class LogGrid:
 class OperatorTables:
     """One GPU and stack's GEMM, context- and generation-attention tables."""
 
-    def __init__(self, source: TableSource, directory: Path | None = None) -> None:
+    def __init__(
+        self,
+        source: TableSource,
+        gemm: pd.DataFrame | None = None,
+        context: pd.DataFrame | None = None,
+        generation: pd.DataFrame | None = None,
+    ) -> None:
+        """Tables from the shipped files, or from frames given (held-out subsets of them)."""
         self.source = source
-        d = directory or TABLES_DIR / source.gpu_dir / source.stack
-        self.gemm = pd.read_parquet(d / "gemm.parquet")
-        self.context = pd.read_parquet(d / "context_attention.parquet")
-        self.generation = pd.read_parquet(d / "generation_attention.parquet")
+        d = TABLES_DIR / source.gpu_dir / source.stack
+        self.gemm = gemm if gemm is not None else pd.read_parquet(d / "gemm.parquet")
+        self.context = (
+            context if context is not None else pd.read_parquet(d / "context_attention.parquet")
+        )
+        self.generation = (
+            generation
+            if generation is not None
+            else pd.read_parquet(d / "generation_attention.parquet")
+        )
         self._gemm_by_nk = {
             (int(n), int(k)): (g.m.to_numpy(np.float64), g.latency.to_numpy(np.float64) * MS)
             for (n, k), g in self.gemm.sort_values("m").groupby(["n", "k"])
