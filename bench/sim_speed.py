@@ -49,6 +49,26 @@ def one_run(workload: traces.Workload, policy: str, fast_forward: bool, latency:
     }
 
 
+def summary_row(runs: list[dict], scale: float, ff: bool, latency: str) -> dict:
+    wall = statistics.median(r["wall_s"] for r in runs)
+    row = {
+        **runs[0],
+        "rate_scale": scale,
+        "fast_forward": ff,
+        "latency": latency,
+        "wall_s": wall,
+        "walls_s": [r["wall_s"] for r in runs],
+        "requests_per_s": runs[0]["requests"] / wall,
+        "iterations_per_s": runs[0]["iterations"] / wall,
+    }
+    print(
+        f"scale {scale:g}x fast_forward={ff} {latency}: {row['requests']} requests, "
+        f"{row['iterations']} iterations in {wall:.2f} s -> "
+        f"{row['requests_per_s']:.0f} req/s, {row['iterations_per_s']:.0f} it/s"
+    )
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -70,26 +90,15 @@ def main() -> None:
     modes = [True] if args.no_stepping else [True, False]
     for scale in (float(s) for s in args.scales.split(",")):
         workload = base.scale_rate(scale)
-        for ff, latency in ((ff, lat) for ff in modes for lat in args.latency.split(",")):
-            n = args.repeats if ff else 1
-            runs = [one_run(workload, args.policy, ff, latency) for _ in range(n)]
-            wall = statistics.median(r["wall_s"] for r in runs)
-            row = {
-                **runs[0],
-                "rate_scale": scale,
-                "fast_forward": ff,
-                "latency": latency,
-                "wall_s": wall,
-                "walls_s": [r["wall_s"] for r in runs],
-                "requests_per_s": runs[0]["requests"] / wall,
-                "iterations_per_s": runs[0]["iterations"] / wall,
-            }
-            rows.append(row)
-            print(
-                f"scale {scale:g}x fast_forward={ff} {latency}: {row['requests']} requests, "
-                f"{row['iterations']} iterations in {wall:.2f} s -> "
-                f"{row['requests_per_s']:.0f} req/s, {row['iterations_per_s']:.0f} it/s"
-            )
+        for ff in modes:
+            # Interleaved, so that a shared machine's load drifts over both models alike.
+            latencies = args.latency.split(",")
+            by_model: dict[str, list[dict]] = {lat: [] for lat in latencies}
+            for _ in range(args.repeats if ff else 1):
+                for lat in latencies:
+                    by_model[lat].append(one_run(workload, args.policy, ff, lat))
+            for latency, runs in by_model.items():
+                rows.append(summary_row(runs, scale, ff, latency))
     for scale in sorted({r["rate_scale"] for r in rows}):
         for ff in modes:
             pair = {r["latency"]: r for r in rows if r["rate_scale"] == scale
@@ -115,7 +124,7 @@ def main() -> None:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "processor": platform.processor(),
-        "trace": args.trace,
+        "trace": Path(args.trace).name,
         "policy": args.policy,
     }
     out.write_text(json.dumps({"meta": meta, "runs": rows}, indent=2) + "\n")

@@ -1,9 +1,9 @@
 """Operator tables measured on real GPUs, and interpolation in them.
 
 A GEMM is looked up in M (piecewise linear between measured M, which the data samples on
-both sides of every wave boundary) after interpolating its (N, K) in log-log between the
+both sides of every wave boundary) after interpolating its (N, K) bilinearly between the
 measured shapes around it, so a model's 14336-wide down projection comes from the 12288 and
-16384 columns. Attention is interpolated in log-log over (batch, length) for the model's
+16384 columns. Attention is interpolated bilinearly in (batch, work) for the model's
 (heads, KV heads, head dim). Past the measured range a kernel's time grows as its work
 does: linearly in M, N and batch, linearly (decode) or quadratically (prefill) in length.
 All times are seconds per call of one layer's kernel.
@@ -14,7 +14,6 @@ from __future__ import annotations
 import bisect
 import functools
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pandas as pd
 
 TABLES_DIR = Path(__file__).parent / "aiconfigurator"
 MS = 1e-3
+PREFILL_GROWTH = 1.5  # between memory-bound (length) and compute-bound (length ** 2) work
 
 
 class NoTable(LookupError):
@@ -83,75 +83,75 @@ class Curve:
         return Curve(self.x, tuple(v * factor for v in self.y))
 
 
-class LogGrid:
-    """Latency over (batch, length), interpolated bilinearly in log-log space.
+class WorkGrid:
+    """Latency over (batch, length), bilinear in batch and in ``length ** growth``.
 
-    Each batch row may stop early (the data skips shapes that did not fit); a row is
-    extended past its last point as ``length ** growth``.
+    Attention time is close to affine in its work, which grows with the batch and with
+    ``length ** growth`` (2 for causal prefill, 1 for decode), so interpolating linearly in
+    those is exact for an affine kernel and stays between the measured neighbours. Each
+    batch row may stop early (the data skips shapes that did not fit); past its last point a
+    row grows in proportion to the work, as it does past the largest batch.
     """
 
-    def __init__(self, batches, lengths, values: np.ndarray, growth: float) -> None:
+    def __init__(
+        self, batches, lengths, values: np.ndarray, growth: float, tail: float | None = None
+    ) -> None:
         self.growth = growth
-        self.log_b = [math.log(b) for b in batches]
-        self.batches = list(batches)
+        self.tail = (tail if tail is not None else growth) / growth
+        self.batches = [float(b) for b in batches]
         self.rows: list[tuple[list[float], list[float]]] = []
         for row in values:
             ok = ~np.isnan(row)
-            lx = [math.log(v) for v in np.asarray(lengths)[ok]]
-            ly = [math.log(v) for v in row[ok]]
-            self.rows.append((lx, ly))
+            xs = [float(v) ** growth for v in np.asarray(lengths, dtype=np.float64)[ok]]
+            self.rows.append((xs, [float(v) for v in row[ok]]))
         # A batch row with no entries borrows its neighbour's, scaled by batch size.
-        for i, (lx, _) in enumerate(self.rows):
-            if not lx:
+        for i, (xs, _) in enumerate(self.rows):
+            if not xs:
                 j = i - 1 if i > 0 else i + 1
-                shift = math.log(self.batches[i] / self.batches[j])
-                self.rows[i] = (self.rows[j][0], [v + shift for v in self.rows[j][1]])
+                f = self.batches[i] / self.batches[j]
+                self.rows[i] = (self.rows[j][0], [v * f for v in self.rows[j][1]])
 
-    def _row(self, i: int, log_len: float) -> float:
-        lx, ly = self.rows[i]
-        if log_len <= lx[0]:
-            return ly[0]
-        if log_len >= lx[-1]:
-            return ly[-1] + self.growth * (log_len - lx[-1])
-        j = bisect.bisect_right(lx, log_len)
-        t = (log_len - lx[j - 1]) / (lx[j] - lx[j - 1])
-        return ly[j - 1] + t * (ly[j] - ly[j - 1])
+    def _row(self, i: int, x: float) -> float:
+        xs, ys = self.rows[i]
+        if x <= xs[0]:
+            return ys[0]
+        if x >= xs[-1]:
+            return ys[-1] * (x / xs[-1]) ** self.tail
+        j = bisect.bisect_right(xs, x)
+        return ys[j - 1] + (ys[j] - ys[j - 1]) * (x - xs[j - 1]) / (xs[j] - xs[j - 1])
 
     def __call__(self, batch: float, length: float) -> float:
         if batch <= 0:
             return 0.0
-        lb, ll = math.log(batch), math.log(max(length, 1.0))
-        b = self.log_b
-        if lb >= b[-1]:
-            return math.exp(self._row(len(b) - 1, ll) + lb - b[-1])
-        if lb <= b[0]:
-            return math.exp(self._row(0, ll))
-        i = bisect.bisect_right(b, lb)
-        t = (lb - b[i - 1]) / (b[i] - b[i - 1])
-        return math.exp((1 - t) * self._row(i - 1, ll) + t * self._row(i, ll))
+        x = max(length, 1.0) ** self.growth
+        b = self.batches
+        if batch >= b[-1]:
+            return self._row(len(b) - 1, x) * batch / b[-1]
+        if batch <= b[0]:
+            return self._row(0, x)
+        i = bisect.bisect_right(b, batch)
+        t = (batch - b[i - 1]) / (b[i] - b[i - 1])
+        return (1 - t) * self._row(i - 1, x) + t * self._row(i, x)
 
     def row_array(self, batch: float, lengths: np.ndarray) -> np.ndarray:
         """The same as calling for every length, vectorised (decode runs)."""
-        return np.array([self(batch, float(v)) for v in lengths]) if len(lengths) < 8 else (
-            self._vector(batch, np.log(np.maximum(lengths, 1.0)))
-        )
+        x = np.maximum(lengths, 1.0) ** self.growth
 
-    def _vector(self, batch: float, ll: np.ndarray) -> np.ndarray:
         def row(i: int) -> np.ndarray:
-            lx, ly = self.rows[i]
-            out = np.interp(ll, lx, ly)
-            tail = ll > lx[-1]
-            out[tail] = ly[-1] + self.growth * (ll[tail] - lx[-1])
+            xs, ys = self.rows[i]
+            out = np.interp(x, xs, ys)
+            tail = x > xs[-1]
+            out[tail] = ys[-1] * (x[tail] / xs[-1]) ** self.tail
             return out
 
-        lb, b = math.log(batch), self.log_b
-        if lb >= b[-1]:
-            return np.exp(row(len(b) - 1) + lb - b[-1])
-        if lb <= b[0]:
-            return np.exp(row(0))
-        i = bisect.bisect_right(b, lb)
-        t = (lb - b[i - 1]) / (b[i] - b[i - 1])
-        return np.exp((1 - t) * row(i - 1) + t * row(i))
+        b = self.batches
+        if batch >= b[-1]:
+            return row(len(b) - 1) * (batch / b[-1])
+        if batch <= b[0]:
+            return row(0)
+        i = bisect.bisect_right(b, batch)
+        t = (batch - b[i - 1]) / (b[i] - b[i - 1])
+        return (1 - t) * row(i - 1) + t * row(i)
 
 
 class OperatorTables:
@@ -196,19 +196,19 @@ class OperatorTables:
         if missing:
             raise NoTable(f"GEMM N={n} K={k}: no measured shape {missing[0]} around it")
         m_grid = self._gemm_by_nk[(corners[0][0], corners[0][1])][0]
-        log_t = np.zeros_like(m_grid)
+        t_at = np.zeros_like(m_grid)
         for nn, kk, w in corners:
             m, t = self._gemm_by_nk[(nn, kk)]
-            log_t += w * np.log(np.interp(m_grid, m, t))
+            t_at += w * np.interp(m_grid, m, t)
         scale = _outside(self.gemm_n, n) * _outside(self.gemm_k, k)
         how = "interpolated in N, K" if "extrapolated" not in (n_how + k_how) else (
             "extrapolated in N or K"
         )
-        return Curve(tuple(map(float, m_grid)), tuple(map(float, np.exp(log_t) * scale))), how
+        return Curve(tuple(map(float, m_grid)), tuple(map(float, t_at * scale))), how
 
     # Attention -------------------------------------------------------------------------
     def _grid(self, df: pd.DataFrame, length: str, heads: int, kv_heads: int, head_dim: int,
-              growth: float, offset: int) -> tuple[LogGrid, str]:
+              growth: float, offset: int, tail: float) -> tuple[WorkGrid, str]:
         exact = df[(df.num_heads == heads) & (df.num_key_value_heads == kv_heads)
                    & (df.head_dim == head_dim)]
         how = "table"
@@ -230,21 +230,21 @@ class OperatorTables:
             scale, how = heads / pick, f"scaled from {pick} heads"
         table = exact.pivot_table(index="batch_size", columns=length, values="latency")
         lengths = table.columns.to_numpy(np.float64) + offset
-        grid = LogGrid(table.index.to_numpy(np.float64), lengths,
-                       table.to_numpy(np.float64) * MS * scale, growth)
+        grid = WorkGrid(table.index.to_numpy(np.float64), lengths,
+                       table.to_numpy(np.float64) * MS * scale, growth, tail)
         return grid, how
 
-    def context_grid(self, heads: int, kv_heads: int, head_dim: int) -> tuple[LogGrid, str]:
+    def context_grid(self, heads: int, kv_heads: int, head_dim: int) -> tuple[WorkGrid, str]:
         """Prefill attention of ``batch`` sequences of ``length`` tokens, causal, no prefix."""
-        return self._grid(self.context, "isl", heads, kv_heads, head_dim, 2.0, 0)
+        return self._grid(self.context, "isl", heads, kv_heads, head_dim, PREFILL_GROWTH, 0, 2.0)
 
-    def generation_grid(self, heads: int, kv_heads: int, head_dim: int) -> tuple[LogGrid, str]:
+    def generation_grid(self, heads: int, kv_heads: int, head_dim: int) -> tuple[WorkGrid, str]:
         """Decode attention of ``batch`` requests each attending ``length`` tokens."""
-        return self._grid(self.generation, "step", heads, kv_heads, head_dim, 1.0, 1)
+        return self._grid(self.generation, "step", heads, kv_heads, head_dim, 1.0, 1, 1.0)
 
 
 def _bracket(grid: list[int], v: int) -> tuple[list[tuple[int, float]], str]:
-    """The measured values around ``v`` and their log-space weights."""
+    """The measured values around ``v`` and their linear weights."""
     if v in grid:
         return [(v, 1.0)], "table"
     if v > grid[-1]:
@@ -253,7 +253,7 @@ def _bracket(grid: list[int], v: int) -> tuple[list[tuple[int, float]], str]:
         return [(grid[0], 1.0)], "extrapolated"
     i = bisect.bisect_right(grid, v)
     lo, hi = grid[i - 1], grid[i]
-    t = math.log(v / lo) / math.log(hi / lo)
+    t = (v - lo) / (hi - lo)
     return [(lo, 1 - t), (hi, t)], "interpolated"
 
 
