@@ -134,7 +134,7 @@ class MeasuredModel(LatencyModel):
             t = ctx(1, s)
             if c:
                 # A chunk after a prefix costs its share of the causal pairs of the whole
-                # sequence, as aiconfigurator prices a prefix; never less than the chunk alone.
+                # sequence; never less than the chunk alone.
                 t = max(t * (s * s - c * c) / (s * s), ctx(1, q))
             times.append(t)
         if len(times) == 1:

@@ -134,3 +134,26 @@ def test_bad_policy_config_is_one_line(tmp_path, content, extra, message):
     )
     assert result.exit_code == 2 and message in result.output
     assert "Traceback" not in result.output
+
+
+def test_gpus_lists_every_gpu_with_its_source():
+    from profiler.gpus import GPUS
+
+    result = CliRunner().invoke(app, ["gpus"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for key in GPUS:
+        assert key in result.output
+    assert "measured: vllm 0.24.0" in result.output and "datasheet roofline" in result.output
+    assert "aiconfigurator-core 0.12.0" in result.output
+
+
+def test_simulate_on_another_gpu_and_stack_and_on_the_datasheet(tmp_path):
+    for args, expect in (
+        (["--gpu", "a100", "--stack", "trtllm"], "A100 SXM, TRT-LLM 1.0.0"),
+        (["--gpu", "l20"], "L20 48GB roofline (datasheet estimate"),
+        (["--latency", "datasheet"], "H100-SXM5-80GB roofline (datasheet estimate"),
+    ):
+        out = tmp_path / args[-1]
+        result = simulate("--max-requests", "30", "--out", str(out), "--no-plots", *args)
+        assert result.exit_code == 0, result.output
+        assert expect in json.loads((out / "summary.json").read_text())["latency_model"]
