@@ -27,6 +27,7 @@ import pandas as pd
 
 from policies.batch import BatchShape
 from profiler.config import load_model_config
+from profiler.datasheet import DatasheetModel
 from profiler.gpus import GPUS, GpuEntry
 from profiler.measured import MeasuredModel
 from profiler.tables.lookup import MS, OperatorTables, load_tables, manifest
@@ -140,6 +141,7 @@ def iteration_points(entry: GpuEntry, stack: str, full: OperatorTables) -> list[
     linears = [(cfg.q_size + 2 * cfg.kv_size, h), (h, cfg.q_size),
                (2 * cfg.intermediate_size, h), (h, cfg.intermediate_size)]
     g = full.gemm.set_index(["m", "n", "k"]).latency
+    sheet_model = DatasheetModel(cfg, datasheet_for(entry))
     heads = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
 
     def measured_gemms(m, rows):
@@ -183,11 +185,14 @@ def iteration_points(entry: GpuEntry, stack: str, full: OperatorTables) -> list[
             shape = BatchShape.decode(batch, batch * length)
         t = model.full_sm_times(shape)
         predicted = t["gemm"] + t["attn_prefill"] + t["attn_decode"]
+        d = sheet_model.op_times(shape, entry.num_sms)
+        sheet = d["gemm"] + d["attn_prefill"] + d["attn_decode"]
         out.append({"kind": kind, "batch": batch, "length": length,
                     "held_out": {"gemm_m": gemm is not full.gemm,
                                  "attention_length": held_df is not df},
                     "measured_s": truth,
-                    "predicted_s": predicted, "error_pct": (predicted / truth - 1) * 100})
+                    "predicted_s": predicted, "error_pct": (predicted / truth - 1) * 100,
+                    "datasheet_error_pct": (sheet / truth - 1) * 100})
     return out
 
 
@@ -272,17 +277,28 @@ def main() -> None:
             iters = iteration_points(entry, stack, full)
             errs = {kind: [abs(r["error_pct"]) for r in iters if r["kind"] == kind]
                     for kind in ("prefill", "decode")}
+            sheet_errs = {kind: [abs(r["datasheet_error_pct"]) for r in iters
+                                 if r["kind"] == kind] for kind in ("prefill", "decode")}
             gpu_report["stacks"][stack] = {
                 "version": full.source.version,
                 "ops": ops,
                 "iterations": iters,
                 "iteration_max_abs_error_pct": {k: max(v) for k, v in errs.items() if v},
+                "iteration_mean_abs_error_pct": {k: float(np.mean(v)) for k, v in errs.items()
+                                                 if v},
+                "datasheet_iteration_mean_abs_error_pct": {
+                    k: float(np.mean(v)) for k, v in sheet_errs.items() if v
+                },
             }
             line = ", ".join(
                 f"{op} {v['serving']['mape_pct']:.1f}% (datasheet "
                 f"{v['serving']['datasheet_mape_pct']:.0f}%)" for op, v in ops.items()
             )
-            worst = ", ".join(f"{k} {max(v):.1f}%" for k, v in errs.items() if v)
+            worst = ", ".join(
+                f"{k} {max(v):.1f}% (mean {np.mean(v):.1f}%, "
+                f"datasheet {np.mean(sheet_errs[k]):.0f}%)"
+                for k, v in errs.items() if v
+            )
             print(f"{key} {stack}: held-out MAPE {line}; iterations worst {worst}")
             if key == args.plot_gpu and stack == "vllm":
                 model = MeasuredModel(load_model_config("llama-3.1-8b"), entry, stack)

@@ -192,19 +192,31 @@ class OperatorTables:
         n_pts, n_how = _bracket(self.gemm_n, n)
         k_pts, k_how = _bracket(self.gemm_k, k)
         corners = [(nn, kk, wn * wk) for nn, wn in n_pts for kk, wk in k_pts]
-        missing = [(nn, kk) for nn, kk, _ in corners if (nn, kk) not in self._gemm_by_nk]
-        if missing:
-            raise NoTable(f"GEMM N={n} K={k}: no measured shape {missing[0]} around it")
-        m_grid = self._gemm_by_nk[(corners[0][0], corners[0][1])][0]
+        present = [(nn, kk) for nn, kk, _ in corners if (nn, kk) in self._gemm_by_nk]
+        if not present:
+            raise NoTable(f"GEMM N={n} K={k}: no measured shape around it")
+        m_grid = self._gemm_by_nk[present[0]][0]
         t_at = np.zeros_like(m_grid)
         for nn, kk, w in corners:
-            m, t = self._gemm_by_nk[(nn, kk)]
-            t_at += w * np.interp(m_grid, m, t)
+            t_at += w * self._corner(nn, kk, present, m_grid)
         scale = _outside(self.gemm_n, n) * _outside(self.gemm_k, k)
-        how = "interpolated in N, K" if "extrapolated" not in (n_how + k_how) else (
-            "extrapolated in N or K"
-        )
+        if "extrapolated" in n_how + k_how:
+            how = "extrapolated in N or K"
+        elif len(present) < len(corners):
+            how = "interpolated in N, K (a corner scaled from its neighbour)"
+        else:
+            how = "interpolated in N, K"
         return Curve(tuple(map(float, m_grid)), tuple(map(float, t_at * scale))), how
+
+    def _corner(self, n: int, k: int, present, m_grid: np.ndarray) -> np.ndarray:
+        """A measured shape's times on ``m_grid``; one the data skipped (the largest shapes
+        on some GPUs) is scaled from a measured neighbour sharing its N or K."""
+        if (n, k) in self._gemm_by_nk:
+            m, t = self._gemm_by_nk[(n, k)]
+            return np.interp(m_grid, m, t)
+        nn, kk = present[0]
+        m, t = self._gemm_by_nk[(nn, kk)]
+        return np.interp(m_grid, m, t) * (n / nn) * (k / kk)
 
     # Attention -------------------------------------------------------------------------
     def _grid(self, df: pd.DataFrame, length: str, heads: int, kv_heads: int, head_dim: int,
