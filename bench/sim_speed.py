@@ -2,35 +2,61 @@
 
 Runs the whole Azure LLM inference conversation trace (19,366 requests, about an hour) through
 the vllm policy at 1x and 4x its request rate, with steady decode fast-forward on and off,
-several times each, on the measured-table latency model (the default) and the datasheet
-roofline side by side, and saves the medians as JSON with the measured/datasheet ratio.
+several times each, and saves the medians as JSON.
 
     python bench/sim_speed.py --trace ../shared/traces/azure2023_conv.csv
+
+With ``--baseline REV`` it compares this tree with the commit REV side by side in one run: REV
+is exported with ``git archive`` and this tree (its tracked and untracked, not ignored files)
+copied into a temporary directory, and every measurement runs in a child process, alternating
+between the two, so both see the same machine load and edits made meanwhile do not count. It
+prints and saves each tree's median wall and CPU time and the ratios current/baseline per
+configuration (on a loaded machine the CPU time is the steadier of the two).
+
+    python bench/sim_speed.py --trace ../shared/traces/azure2023_conv.csv --baseline b643eb3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shutil
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
-import policies
-import traces
-from policies import Slo
-from profiler import load_model_config
-from twin.latency import load_latency_model
-from twin.metrics import records_frame, summarize
-from twin.sim import EngineConfig, Simulator
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def one_run(workload: traces.Workload, policy: str, fast_forward: bool, latency: str) -> dict:
+def one_run(trace: str, scale: float, policy: str, fast_forward: bool) -> dict:
+    """One simulation in this process, with whichever tree ``sys.path`` resolves."""
+    import policies
+    import traces
+    from policies import Slo
+    from profiler import load_model_config
+    from twin.latency import load_latency_model
+    from twin.sim import EngineConfig, Simulator
+
+    try:
+        from twin.outputs.metrics import records_frame, summarize
+    except ImportError:  # a tree from before twin/outputs existed
+        from twin.metrics import records_frame, summarize
+
+    workload = traces.load(trace)
+    if scale != 1.0:
+        workload = workload.scale_rate(scale)
     start = time.perf_counter()
-    # Building the model (reading its tables) is part of what a run costs.
-    model = load_latency_model(load_model_config("llama-3.1-8b"), latency=latency)
+    cpu = time.process_time()
+    # The tree's default latency model (measured tables here, the datasheet roofline before
+    # them), built inside the timing: reading its tables is part of what a run costs.
+    model = load_latency_model(load_model_config("llama-3.1-8b"))
     sim = Simulator(
         workload, policies.get(policy), model, Slo(), EngineConfig(fast_forward=fast_forward)
     )
@@ -40,6 +66,7 @@ def one_run(workload: traces.Workload, policy: str, fast_forward: bool, latency:
     total = time.perf_counter() - start
     return {
         "wall_s": total,
+        "cpu_s": time.process_time() - cpu,
         "simulate_s": simulated,
         "requests": len(workload),
         "iterations": int(len(result.iterations["start_s"])),
@@ -49,24 +76,156 @@ def one_run(workload: traces.Workload, policy: str, fast_forward: bool, latency:
     }
 
 
-def summary_row(runs: list[dict], scale: float, ff: bool, latency: str) -> dict:
-    wall = statistics.median(r["wall_s"] for r in runs)
-    row = {
-        **runs[0],
-        "rate_scale": scale,
-        "fast_forward": ff,
-        "latency": latency,
-        "wall_s": wall,
-        "walls_s": [r["wall_s"] for r in runs],
-        "requests_per_s": runs[0]["requests"] / wall,
-        "iterations_per_s": runs[0]["iterations"] / wall,
-    }
-    print(
-        f"scale {scale:g}x fast_forward={ff} {latency}: {row['requests']} requests, "
-        f"{row['iterations']} iterations in {wall:.2f} s -> "
-        f"{row['requests_per_s']:.0f} req/s, {row['iterations_per_s']:.0f} it/s"
+def _isolate(tree: Path) -> None:
+    """Import the project from ``tree`` only, whatever tree is installed in this environment."""
+    sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in repr(f)]
+    sys.path_hooks[:] = [h for h in sys.path_hooks if "__editable__" not in repr(h)]
+    sys.path[:] = [str(tree)] + [p for p in sys.path if p and "__editable__" not in p]
+    sys.path_importer_cache.clear()
+
+
+def child_run(tree: Path, trace: str, scale: float, policy: str, fast_forward: bool) -> dict:
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        str(tree),
+        "--trace",
+        trace,
+        "--scales",
+        str(scale),
+        "--policy",
+        policy,
+    ]
+    if not fast_forward:
+        cmd.append("--no-fast-forward")
+    done = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"the run in {tree} failed:\n{done.stderr.strip()}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def export(rev: str, into: Path) -> str:
+    """Write the tree of commit ``rev`` into ``into``; returns its full hash."""
+    full = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    return row
+    if full.returncode != 0:
+        raise SystemExit(f"--baseline {rev}: not a commit of this repository")
+    archive = into / "tree.tar"
+    commit = full.stdout.strip()
+    subprocess.run(["git", "archive", "-o", str(archive), commit], cwd=ROOT, check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into / "tree", filter="data")
+    return commit
+
+
+def snapshot(into: Path) -> str:
+    """Copy this working tree's files into ``into``; returns what it is (commit, + edits)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    )
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (into / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, into / name)
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT, check=False).returncode
+    return head + (" with uncommitted edits" if dirty else "")
+
+
+def side_by_side(args, modes: list[bool]) -> dict:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="twin-baseline-") as tmp:
+        base_hash = export(args.baseline, Path(tmp))
+        current = snapshot(Path(tmp) / "current")
+        trees = {"baseline": Path(tmp) / "tree", "current": Path(tmp) / "current"}
+        for scale in (float(s) for s in args.scales.split(",")):
+            for ff in modes:
+                repeats = args.repeats if ff else 1
+                walls: dict[str, list[float]] = {"baseline": [], "current": []}
+                cpus: dict[str, list[float]] = {"baseline": [], "current": []}
+                first: dict[str, dict] = {}
+                for i in range(repeats):
+                    # Alternate which tree goes first so neither always runs after the other.
+                    order = ("baseline", "current") if i % 2 == 0 else ("current", "baseline")
+                    for name in order:
+                        run = child_run(trees[name], args.trace, scale, args.policy, ff)
+                        walls[name].append(run["wall_s"])
+                        cpus[name].append(run["cpu_s"])
+                        first.setdefault(name, run)
+                if first["baseline"]["iterations"] != first["current"]["iterations"]:
+                    raise SystemExit(f"scale {scale:g}x: the two trees simulated different runs")
+                med = {name: statistics.median(w) for name, w in walls.items()}
+                cpu = {name: statistics.median(c) for name, c in cpus.items()}
+                row = {
+                    "rate_scale": scale,
+                    "fast_forward": ff,
+                    "requests": first["current"]["requests"],
+                    "iterations": first["current"]["iterations"],
+                    "events": first["current"]["events"],
+                    "baseline_walls_s": walls["baseline"],
+                    "current_walls_s": walls["current"],
+                    "baseline_wall_s": med["baseline"],
+                    "current_wall_s": med["current"],
+                    "current_over_baseline": med["current"] / med["baseline"],
+                    "baseline_cpus_s": cpus["baseline"],
+                    "current_cpus_s": cpus["current"],
+                    "baseline_cpu_s": cpu["baseline"],
+                    "current_cpu_s": cpu["current"],
+                    "cpu_current_over_baseline": cpu["current"] / cpu["baseline"],
+                }
+                rows.append(row)
+                print(
+                    f"scale {scale:g}x fast_forward={ff}: baseline {med['baseline']:.2f} s, "
+                    f"current {med['current']:.2f} s (median of {repeats}) -> "
+                    f"current/baseline {row['current_over_baseline']:.3f} wall, "
+                    f"{row['cpu_current_over_baseline']:.3f} CPU time"
+                )
+    return {"baseline": base_hash, "current": current, "runs": rows}
+
+
+def measure_here(args, modes: list[bool]) -> dict:
+    rows = []
+    for scale in (float(s) for s in args.scales.split(",")):
+        for ff in modes:
+            n = args.repeats if ff else 1
+            runs = [one_run(args.trace, scale, args.policy, ff) for _ in range(n)]
+            wall = statistics.median(r["wall_s"] for r in runs)
+            row = {
+                **runs[0],
+                "rate_scale": scale,
+                "fast_forward": ff,
+                "wall_s": wall,
+                "walls_s": [r["wall_s"] for r in runs],
+                "requests_per_s": runs[0]["requests"] / wall,
+                "iterations_per_s": runs[0]["iterations"] / wall,
+            }
+            rows.append(row)
+            print(
+                f"scale {scale:g}x fast_forward={ff}: {row['requests']} requests, "
+                f"{row['iterations']} iterations in {wall:.2f} s -> "
+                f"{row['requests_per_s']:.0f} req/s, {row['iterations_per_s']:.0f} it/s"
+            )
+    for scale in sorted({r["rate_scale"] for r in rows}):
+        pair = {r["fast_forward"]: r for r in rows if r["rate_scale"] == scale}
+        if len(pair) == 2:
+            print(
+                f"scale {scale:g}x: fast-forward is "
+                f"{pair[False]['wall_s'] / pair[True]['wall_s']:.1f}x "
+                "faster than one event per iteration"
+            )
+    return {"runs": rows}
 
 
 def main() -> None:
@@ -82,52 +241,38 @@ def main() -> None:
     parser.add_argument(
         "--no-stepping", action="store_true", help="skip the slow one-iteration-per-event runs"
     )
-    parser.add_argument("--latency", default="measured,datasheet", help="latency models to time")
-    parser.add_argument("--out", default="bench/results/sim_speed.json")
+    parser.add_argument("--baseline", metavar="REV", help="compare with this commit, side by side")
+    parser.add_argument("--out", help="JSON to write (default under bench/results)")
+    parser.add_argument("--worker", metavar="TREE", help=argparse.SUPPRESS)
+    parser.add_argument("--no-fast-forward", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    base = traces.load(args.trace)
-    rows = []
+    if args.worker:
+        _isolate(Path(args.worker))
+        run = one_run(args.trace, float(args.scales), args.policy, not args.no_fast_forward)
+        print(json.dumps(run))
+        return
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    trace = Path(args.trace)
+    if trace.exists():
+        args.trace = str(trace.resolve())  # the children run in other directories
     modes = [True] if args.no_stepping else [True, False]
-    for scale in (float(s) for s in args.scales.split(",")):
-        workload = base.scale_rate(scale)
-        for ff in modes:
-            # Interleaved, so that a shared machine's load drifts over both models alike.
-            latencies = args.latency.split(",")
-            by_model: dict[str, list[dict]] = {lat: [] for lat in latencies}
-            for _ in range(args.repeats if ff else 1):
-                for lat in latencies:
-                    by_model[lat].append(one_run(workload, args.policy, ff, lat))
-            for latency, runs in by_model.items():
-                rows.append(summary_row(runs, scale, ff, latency))
-    for scale in sorted({r["rate_scale"] for r in rows}):
-        for ff in modes:
-            pair = {r["latency"]: r for r in rows if r["rate_scale"] == scale
-                    and r["fast_forward"] == ff}
-            if {"measured", "datasheet"} <= set(pair):
-                print(
-                    f"scale {scale:g}x fast_forward={ff}: measured tables take "
-                    f"{pair['measured']['wall_s'] / pair['datasheet']['wall_s']:.2f}x "
-                    "the datasheet model's wall time"
-                )
-        pair = {r["fast_forward"]: r for r in rows
-                if r["rate_scale"] == scale and r["latency"] == "measured"}
-        if len(pair) == 2:
-            print(
-                f"scale {scale:g}x: fast-forward is "
-                f"{pair[False]['wall_s'] / pair[True]['wall_s']:.1f}x "
-                "faster than one event per iteration"
-            )
-    out = Path(args.out)
+    result = side_by_side(args, modes) if args.baseline else measure_here(args, modes)
+    default = "sim_speed_side_by_side.json" if args.baseline else "sim_speed.json"
+    out = Path(args.out or ROOT / "bench" / "results" / default)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "date": date.today().isoformat(),
         "python": platform.python_version(),
         "machine": platform.machine(),
         "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0],
         "trace": Path(args.trace).name,
         "policy": args.policy,
+        "latency_model": "each tree's default for llama-3.1-8b on H100 (see runs' latency_model)",
     }
-    out.write_text(json.dumps({"meta": meta, "runs": rows}, indent=2) + "\n")
+    out.write_text(json.dumps({"meta": meta, **result}, indent=2) + "\n")
     print(f"saved {out}")
 
 

@@ -271,7 +271,7 @@ def twin_child(args: argparse.Namespace) -> None:
     import traces
     from policies import Slo
     from profiler import DatasheetModel, load_model_config
-    from twin.metrics import records_frame, summarize
+    from twin.outputs.metrics import records_frame, summarize
     from twin.sim import EngineConfig, Simulator
 
     t_import = time.perf_counter()

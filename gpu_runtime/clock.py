@@ -2,9 +2,9 @@
 
 The virtual clock lets the real engine (real forward passes, real tokens) run a trace on the
 simulator's time line: each batch lasts what the latency model predicts, and in split mode a
-batch's remaining time is re-rated whenever the other lane starts or finishes one, exactly as
-``twin.sim`` does. Policies only see ``now``, so on the same trace both engines face the same
-decisions; that is what the parity test checks.
+batch's remaining time is re-rated whenever the other lane starts or finishes one, with the
+simulator's fluid model (``twin.core.contention``). Policies only see ``now``, so on the same
+trace both engines face the same decisions; that is what the parity test checks.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from policies import BatchShape, Lane
 from policies.view import LatencyModel
+from twin.core.contention import rerate
 
 
 class WallClock:
@@ -40,6 +41,7 @@ class _Run:
     shape: BatchShape
     sms: int
     duration: float
+    steps: int = 1  # the runtime runs one iteration per batch
     remaining: float = 1.0
     last: float = 0.0
     end: float = 0.0
@@ -103,14 +105,9 @@ class VirtualClock:
         return None, None
 
     def _rerate(self, lane: Lane, run: _Run) -> None:
-        # Same arithmetic as twin.sim.Simulator._rerate, so both time lines agree to the bit.
-        now = self.t
-        run.remaining = max(0.0, run.remaining - (now - run.last) / run.duration)
         _, co = self._other(lane)
         co_shape, co_sms = (co.shape, co.sms) if co else (None, 0)
-        run.duration = self.model.predict(run.shape, run.sms, co_shape, co_sms)
-        run.last = now
-        run.end = now + run.remaining * run.duration
+        rerate(run, self.t, self.model, co_shape, co_sms)
         self._schedule_end(lane, run)
 
     def _schedule_end(self, lane: Lane, run: _Run) -> None:

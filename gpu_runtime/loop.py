@@ -11,11 +11,12 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from gpu_runtime.clock import VirtualClock
-from gpu_runtime.engine import Engine, EngineError
+from gpu_runtime.engine import Engine
 from gpu_runtime.jobs import Job
+from twin.core.aborts import abort_schedule
 
 
 class EngineLoop:
@@ -74,11 +75,7 @@ class EngineLoop:
         while self._next < len(jobs) or not engine.idle or not self.inbox.empty():
             progressed = self.step()
             if not progressed and not engine.in_flight and self._next >= len(jobs):
-                left = engine.unfinished()
-                raise EngineError(
-                    f"policy {engine.policy.name!r} stopped scheduling with {len(left)} "
-                    "requests unfinished; it returned no batch while work was waiting"
-                )
+                engine.check_all_done()
 
     def _run_forever(self) -> None:
         try:
@@ -141,20 +138,24 @@ class EngineLoop:
             self._wake.wait(wait)
 
 
-def run_virtual(engine: Engine, jobs: list[Job]) -> None:
+def run_virtual(engine: Engine, jobs: list[Job], aborts: Mapping[int, float] | None = None) -> None:
     """Drive ``engine`` on its ``VirtualClock`` until every request has finished.
 
-    ``jobs`` are in arrival order. Arrivals are handled as the simulator's arrival process
-    does (each wake-up takes every request due by now, then dispatches, then schedules the
-    next wake-up), so events at equal times are ordered the same way in both engines.
+    ``jobs`` are in arrival order; ``aborts`` maps a job's position to the seconds at which
+    its client goes away. Arrivals and aborts are handled as the simulator's processes do (each
+    wake-up takes every one due by now, then the next wake-up is scheduled), so events at
+    equal times are ordered the same way in both engines.
     """
     clock = engine.clock
     if not isinstance(clock, VirtualClock):
         raise TypeError("run_virtual needs an engine built with a VirtualClock")
     times = [job.request.arrival_s for job in jobs]
-    i = 0
+    cancels = abort_schedule(aborts, times)
+    i = j = 0
     if jobs:
         clock.schedule(times[0], "arrival", None)
+    if cancels:
+        clock.schedule(cancels[0][0], "abort", None)
     while (event := clock.next_event()) is not None:
         kind, payload = event
         if kind == "arrival":
@@ -164,11 +165,14 @@ def run_virtual(engine: Engine, jobs: list[Job]) -> None:
             engine.arrive(jobs[start:i])
             if i < len(jobs):
                 clock.schedule(times[i], "arrival", None)
+        elif kind == "abort":
+            start = j
+            while j < len(cancels) and cancels[j][0] <= clock.t:
+                j += 1
+            for _, position in cancels[start:j]:
+                engine.abort(jobs[position].request.id)
+            if j < len(cancels):
+                clock.schedule(cancels[j][0], "abort", None)
         else:
             engine.complete(payload)
-    left = engine.unfinished()
-    if left:
-        raise EngineError(
-            f"policy {engine.policy.name!r} stopped scheduling with {len(left)} requests "
-            f"unfinished (first: request {left[0].id}, {left[0].status})"
-        )
+    engine.check_all_done()

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,24 +22,13 @@ from gpu_runtime.jobs import Job
 from gpu_runtime.loop import EngineLoop, run_virtual
 from policies import Request
 from traces import Workload
-from twin.experiment import write_outputs
-from twin.metrics import (
-    ITERATION_COLUMNS,
-    TIMELINE_COLUMNS,
-    mean_decode_sms,
-    records_frame,
-    summarize,
-)
+from twin.errors import TwinError
+from twin.outputs.metrics import mean_decode_sms, records_frame, summarize
+from twin.outputs.writer import RunOutputs
 
 
-@dataclass
-class ReplayResult:
-    config: dict[str, Any]
-    records: pd.DataFrame
-    iterations: pd.DataFrame
-    timeline: pd.DataFrame
-    summary: dict[str, Any]
-    decisions: list[tuple]
+class ReplayResult(RunOutputs):
+    """What a replay through the real engine produced."""
 
 
 def make_jobs(workload: Workload, vocab_size: int, seed: int = 0) -> list[Job]:
@@ -56,23 +44,34 @@ def make_jobs(workload: Workload, vocab_size: int, seed: int = 0) -> list[Job]:
 
 
 def replay(
-    rt: Runtime, workload: Workload, seed: int = 0, settings: dict | None = None
+    rt: Runtime,
+    workload: Workload,
+    seed: int = 0,
+    settings: dict | None = None,
+    aborts: Mapping[int, float] | None = None,
 ) -> ReplayResult:
-    """Run every request of ``workload``; ``settings`` (the run's options) go to config.json."""
+    """Run every request of ``workload``; ``settings`` (the run's options) go to config.json.
+
+    ``aborts`` (request -> seconds its client goes away) replay on the virtual clock only.
+    """
     engine = rt.engine
     jobs = make_jobs(workload, rt.config.vocab_size, seed)
     virtual = isinstance(engine.clock, VirtualClock)
+    if aborts and not virtual:
+        raise TwinError("aborts at given times replay only on the virtual clock")
     if not virtual:
         warmup(rt)
     wall = time.perf_counter()
     if virtual:
-        run_virtual(engine, jobs)
+        run_virtual(engine, jobs, aborts)
     else:
         engine.clock.reset()
         EngineLoop(engine).replay(jobs)
     wall = time.perf_counter() - wall
     records = records_frame(engine.requests)
     summary = summarize(records, engine.slo)
+    iterations = engine.iteration_table()
+    timeline = engine.timeline_table()
     end = max((r.finish_s for r in engine.requests if r.finish_s == r.finish_s), default=0.0)
     summary.update(
         {
@@ -82,12 +81,10 @@ def replay(
             "device": _device_name(rt),
             "clock": "virtual" if virtual else "wall",
             "latency_model": rt.latency.label,
-            "iterations": len(engine.iterations),
+            "iterations": int(len(iterations["start_s"])),
             "partition_changes": engine.stats.partition_changes,
             "mean_decode_sms": mean_decode_sms(
-                [row[0] for row in engine.timeline],
-                [row[4] for row in engine.timeline],
-                [row[6] for row in engine.timeline],
+                timeline["time_s"], timeline["mixed_sms"], timeline["decode_sms"]
             ),
             "kv_blocks": engine.kv.num_blocks,
             "served_s": end,
@@ -107,12 +104,12 @@ def replay(
         "workload": {"name": workload.name, "source": workload.source, "requests": len(workload)},
     }
     return ReplayResult(
-        config,
-        records,
-        pd.DataFrame(engine.iterations, columns=list(ITERATION_COLUMNS)),
-        pd.DataFrame(engine.timeline, columns=list(TIMELINE_COLUMNS)),
-        summary,
-        engine.decisions,
+        config=config,
+        records=records,
+        iterations=pd.DataFrame(iterations),
+        timeline=pd.DataFrame(timeline),
+        summary=summary,
+        decisions=engine.decisions,
     )
 
 
@@ -122,17 +119,7 @@ def write_replay(
     """records.parquet, iterations.parquet, summary.json, config.json and the two plots."""
     s = result.summary
     title = f"{s['policy']} on {s['trace']}; runtime on {s['device']} ({s['clock']} clock)"
-    return write_outputs(
-        out,
-        result.records,
-        result.iterations,
-        result.timeline,
-        s,
-        result.config,
-        title,
-        num_sms,
-        with_plots,
-    )
+    return result.write(out, title, num_sms, with_plots)
 
 
 def _device_name(rt: Runtime) -> str:

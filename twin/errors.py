@@ -5,8 +5,11 @@ class TwinError(ValueError):
     """Bad input or an impossible configuration, with a one-line message naming the fix."""
 
 
-class SimulationError(RuntimeError):
-    """The simulated engine reached a state a correct policy never produces."""
+class SchedulingError(RuntimeError):
+    """An engine, simulated or real, reached a state a correct policy never produces."""
+
+
+SimulationError = SchedulingError  # the name the simulator's callers know it by
 
 
 def user_errors() -> tuple[type[Exception], ...]:

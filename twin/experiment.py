@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,13 +16,11 @@ import traces
 from policies import Slo
 from profiler.config import load_model_config
 from profiler.model import LatencyModel
-from twin import plots
 from twin.errors import TwinError
 from twin.latency import load_latency_model
-from twin.metrics import mean_decode_sms, records_frame, summarize
+from twin.outputs.metrics import mean_decode_sms, records_frame, summarize
+from twin.outputs.writer import RUN_FILES, RunOutputs
 from twin.sim import EngineConfig, make_simulator
-
-RUN_FILES = ("records.parquet", "iterations.parquet", "summary.json", "config.json")
 
 
 @dataclass
@@ -49,14 +46,10 @@ class SimConfig:
 
 
 @dataclass
-class RunResult:
-    config: dict[str, Any]
-    records: pd.DataFrame
-    iterations: pd.DataFrame
-    timeline: pd.DataFrame
-    summary: dict[str, Any]
+class RunResult(RunOutputs):
+    """A simulation's outputs and the latency model that timed it."""
+
     model: LatencyModel
-    decisions: list[tuple]
 
 
 def load_workload(cfg: SimConfig) -> traces.Workload:
@@ -122,13 +115,13 @@ def simulate(
         "workload": {"name": wl.name, "source": wl.source, "requests": len(wl), **wl.notes},
     }
     return RunResult(
-        resolved,
-        records,
-        pd.DataFrame(result.iterations),
-        pd.DataFrame(result.timeline),
-        summary,
-        model,
-        result.decisions,
+        config=resolved,
+        records=records,
+        iterations=pd.DataFrame(result.iterations),
+        timeline=pd.DataFrame(result.timeline),
+        summary=summary,
+        decisions=result.decisions,
+        model=model,
     )
 
 
@@ -144,46 +137,4 @@ def prepare_out(out: Path, force: bool = False) -> Path:
 
 def write_run(result: RunResult, out: Path, with_plots: bool = True) -> list[Path]:
     title = f"{result.summary['policy']} on {result.summary['trace']}; {result.model.label}"
-    return write_outputs(
-        out,
-        result.records,
-        result.iterations,
-        result.timeline,
-        result.summary,
-        result.config,
-        title,
-        result.model.gpu.num_sms,
-        with_plots,
-    )
-
-
-def write_outputs(
-    out: Path,
-    records: pd.DataFrame,
-    iterations: pd.DataFrame,
-    timeline: pd.DataFrame,
-    summary: dict[str, Any],
-    config: dict[str, Any],
-    title: str,
-    num_sms: int,
-    with_plots: bool = True,
-) -> list[Path]:
-    """The files of a run, the same for the simulator and the runtime."""
-    records.to_parquet(out / "records.parquet", index=False)
-    iterations.to_parquet(out / "iterations.parquet", index=False)
-    for name, data in (("summary.json", summary), ("config.json", config)):
-        (out / name).write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
-    written = [out / f for f in RUN_FILES]
-    if with_plots:
-        slo = Slo(**config["slo"])
-        written.append(plots.latency_cdfs(records, slo, title, out / "latency_cdf.png"))
-        written.append(plots.run_timeline(records, timeline, title, out / "timeline.png", num_sms))
-    return written
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
+    return result.write(out, title, result.model.gpu.num_sms, with_plots)

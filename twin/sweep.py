@@ -232,7 +232,7 @@ def run_sweep(
     label: str = "sweep",
 ) -> pd.DataFrame:
     """Run every spec not already done in ``results``; one row per spec, in the specs' order."""
-    from twin.console import console, progress_bar
+    from twin.commands.console import console, progress_bar
 
     executor = executor or InProcessExecutor()
     hashes = [spec_hash(s) for s in specs]

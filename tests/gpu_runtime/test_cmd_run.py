@@ -11,8 +11,8 @@ from tests.workloads import TINY_QWEN3
 
 pytest.importorskip("torch")
 
-from twin.cmd_run import run_command  # noqa: E402
-from twin.metrics import (
+from twin.commands.run import run_command  # noqa: E402
+from twin.outputs.metrics import (
     ITERATION_COLUMNS,  # noqa: E402
     RECORD_COLUMNS,  # noqa: E402
 )

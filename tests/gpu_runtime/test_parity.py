@@ -1,5 +1,8 @@
 """The same trace and policy through the simulator and the real engine (tiny model, CPU,
-virtual clock) yields the same sequence of policy decisions, iteration by iteration."""
+virtual clock) yields the same sequence of policy decisions, iteration by iteration, with
+preemptions and with clients that go away (aborts) in every case."""
+
+import functools
 
 import numpy as np
 import pytest
@@ -10,7 +13,7 @@ import policies  # noqa: E402
 from gpu_runtime.build import build_runtime  # noqa: E402
 from gpu_runtime.config import RuntimeConfig  # noqa: E402
 from gpu_runtime.replay import replay  # noqa: E402
-from policies import Slo  # noqa: E402
+from policies import Slo, Status  # noqa: E402
 from profiler import DatasheetModel  # noqa: E402
 from tests.gpu_runtime.tiny import short_trace, tiny_llama  # noqa: E402
 from tests.workloads import make_workload  # noqa: E402
@@ -50,7 +53,7 @@ def workload(source: str):
     return make_workload(n=40, rate=20.0, seed=2, prompt_mean=120, output_mean=20)
 
 
-def simulate(case: str):
+def simulate(case: str, aborts=None):
     policy, source, blocks, args = CASES[case]
     sim = Simulator(
         workload(source),
@@ -59,14 +62,27 @@ def simulate(case: str):
         Slo(),
         EngineConfig(num_kv_blocks=blocks, block_size=16, fast_forward=True),
         record_decisions=True,
+        aborts=aborts,
     )
     return sim.run()
+
+
+@functools.cache
+def abort_times(case: str) -> dict[int, float]:
+    """Clients that go away, from a run without aborts: the three that waited longest, half-way
+    to their first batch, and every fifth other, half-way through its tokens."""
+    served = [r for r in simulate(case).requests if r.status is not Status.REJECTED]
+    waited = sorted(served, key=lambda r: r.scheduled_s - r.arrival_s)[-3:]
+    aborts = {r.id: (r.arrival_s + r.scheduled_s) / 2 for r in waited}
+    for req in served[::5]:
+        aborts.setdefault(req.id, (req.first_token_s + req.finish_s) / 2)
+    return aborts
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_simulator_and_runtime_make_the_same_decisions(case):
     policy, source, blocks, args = CASES[case]
-    simulated = simulate(case)
+    simulated = simulate(case, abort_times(case))
     rt = build_runtime(
         tiny_llama(),
         RuntimeConfig(device="cpu", num_kv_blocks=blocks, block_size=16),
@@ -75,7 +91,7 @@ def test_simulator_and_runtime_make_the_same_decisions(case):
         virtual_clock=True,
         record_decisions=True,
     )
-    ran = replay(rt, workload(source))
+    ran = replay(rt, workload(source), aborts=abort_times(case))
     assert any(k > 1 for *_, k in simulated.decisions)  # fast-forward was really on
     want = expand(simulated.decisions)
     assert len(ran.decisions) == len(want)
@@ -88,7 +104,18 @@ def test_simulator_and_runtime_make_the_same_decisions(case):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_parity_cases_preempt_so_that_recompute_is_compared_too(case):
-    assert sum(r.preemptions for r in simulate(case).requests) > 0
+    assert sum(r.preemptions for r in simulate(case, abort_times(case)).requests) > 0
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_parity_cases_abort_waiting_and_running_requests(case):
+    aborts = abort_times(case)
+    requests = simulate(case, aborts).requests
+    aborted = [r for r in requests if r.status is Status.ABORTED]
+    assert aborted and all(r.id in aborts for r in aborted)
+    # Dropped at once (waiting, or between batches) and dropped when their batch ended.
+    assert any(r.finish_s == aborts[r.id] for r in aborted)
+    assert any(r.finish_s > aborts[r.id] for r in aborted)
 
 
 @pytest.mark.parametrize("case", DYNAMIC)

@@ -10,7 +10,7 @@ from tests.workloads import TINY_QWEN3
 
 pytest.importorskip("torch")
 
-from twin.cli import app  # noqa: E402
+from twin.commands.cli import app  # noqa: E402
 from twin.validate import finite_report  # noqa: E402
 
 runner = CliRunner()

@@ -8,7 +8,7 @@ import typer
 from typer.testing import CliRunner
 
 from profiler.profile_io import FIT, SAMPLES
-from twin.cmd_profile import profile_command
+from twin.commands.profile import profile_command
 
 app = typer.Typer()
 app.command("profile")(profile_command)
@@ -106,7 +106,7 @@ def test_profile_rejects_an_unknown_model_before_touching_the_gpu():
 
 
 def test_an_existing_profile_is_not_overwritten_without_force(profile_copy):
-    from twin.cmd_profile import _prepare
+    from twin.commands.profile import _prepare
     from twin.errors import TwinError
 
     with pytest.raises(TwinError, match="already holds a profile .* --force"):

@@ -170,8 +170,8 @@ def test_the_shipped_tables_match_their_manifest():
 
 
 def test_labels_reach_summary_json_and_plots(tmp_path, monkeypatch):
-    from twin import experiment, plots
     from twin.experiment import SimConfig, simulate, write_run
+    from twin.outputs import plots, writer
 
     titles = []
     for name in ("latency_cdfs", "run_timeline"):
@@ -181,7 +181,7 @@ def test_labels_reach_summary_json_and_plots(tmp_path, monkeypatch):
             titles.append(args[2])
             return _real(*args, **kwargs)
 
-        monkeypatch.setattr(experiment.plots, name, spy)
+        monkeypatch.setattr(writer.plots, name, spy)
     result = simulate(SimConfig(trace="azure-conv", max_requests=40, gpu="h200", stack="sglang"))
     write_run(result, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from twin.cli import app
+from twin.commands.cli import app
 from twin.compare import parse_policy_args, parse_rates, rate_mode
 
 runner = CliRunner()

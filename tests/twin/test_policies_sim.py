@@ -7,9 +7,9 @@ import policies
 from policies import EngineView, KVCache, Lane, Request, Slo, Status
 from tests.workloads import make_workload
 from traces import Workload
-from twin.disagg import DisaggSimulator
 from twin.errors import SimulationError
 from twin.sim import EngineConfig, Simulator, make_simulator
+from twin.sim.disagg import DisaggSimulator
 
 ALL = ["vllm", "sglang", "static-split", "nexus", "duetserve", "disagg"]
 

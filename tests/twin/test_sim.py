@@ -8,7 +8,7 @@ from policies import BatchShape, Lane, Partition, Slo
 from tests.workloads import make_workload
 from traces import Workload
 from twin.errors import SimulationError
-from twin.metrics import records_frame, summarize
+from twin.outputs.metrics import records_frame, summarize
 from twin.sim import EngineConfig, Simulator
 
 
@@ -170,3 +170,42 @@ def test_mode_switch_waits_for_running_batches(h100_model):
 def test_engine_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         EngineConfig().block_size = 32
+
+
+def test_aborted_requests_stop_at_once_or_when_their_batch_ends_and_free_their_kv(h100_model):
+    wl = make_workload(n=60, rate=40.0, seed=4)
+    sim = Simulator(wl, policies.get("vllm"), h100_model, Slo(), EngineConfig())
+    done = sim.run().requests
+    waited = max(done, key=lambda r: r.scheduled_s - r.arrival_s)
+    assert waited.scheduled_s > waited.arrival_s and waited.id != 10
+    # Half-way through request 10's tokens, and while the longest-waiting one still waits.
+    aborts = {
+        10: (done[10].first_token_s + done[10].finish_s) / 2,
+        waited.id: (waited.arrival_s + waited.scheduled_s) / 2,
+    }
+    sim = Simulator(wl, policies.get("vllm"), h100_model, Slo(), EngineConfig(), aborts=aborts)
+    result = sim.run()
+    by_id = {r.id: r for r in result.requests}
+    assert by_id[10].status == "aborted" and 0 < by_id[10].generated < wl.output_tokens[10]
+    assert by_id[10].finish_s >= aborts[10]  # in flight then: dropped when its batch ends
+    gone = by_id[waited.id]
+    assert gone.status == "aborted" and gone.finish_s == aborts[waited.id]
+    assert gone.generated == 0
+    assert sim.stats.aborted == 2 and sim.stats.finished == len(wl) - 2
+    assert sim.kv.free_blocks == sim.kv.num_blocks
+    assert records_frame(result.requests)["status"].tolist().count("aborted") == 2
+
+
+@pytest.mark.parametrize(
+    "aborts, message",
+    [
+        ({0: 0.0}, "after its arrival"),
+        ({0: float("nan")}, "finite time"),
+        ({7: 1.0}, "not in the workload"),
+    ],
+)
+def test_an_abort_schedule_that_cannot_happen_is_a_one_line_error(h100_model, aborts, message):
+    from twin.errors import TwinError
+
+    with pytest.raises(TwinError, match=message):
+        Simulator(one(100, 10), policies.get("vllm"), h100_model, aborts=aborts)

@@ -12,7 +12,7 @@ import typer
 
 from policies import Slo
 from twin.errors import TwinError
-from twin.metrics import TBT_STATISTICS
+from twin.outputs.metrics import TBT_STATISTICS
 
 Trace = Annotated[str, typer.Option(help="Bundled trace name or a trace file path.")]
 TraceFormat = Annotated[str | None, typer.Option("--format", help="Force the trace format.")]

@@ -9,8 +9,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from twin import cli_options as opt
-from twin.console import console, friendly_errors
+from twin.commands import options as opt
+from twin.commands.console import console, friendly_errors
 from twin.errors import TwinError
 from twin.experiment import SimConfig
 

@@ -6,7 +6,7 @@ from rich.table import Table
 
 from profiler.gpus import GPUS, GpuEntry
 from profiler.tables.lookup import manifest
-from twin.console import console
+from twin.commands.console import console
 
 
 def gpu_rows() -> list[dict[str, str]]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from twin import cli_options as opt
-from twin.console import console, friendly_errors, progress_bar, summary_table
+from twin.commands import options as opt
+from twin.commands.console import console, friendly_errors, progress_bar, summary_table
 from twin.errors import TwinError
 from twin.experiment import SimConfig, prepare_out, simulate, write_run
 from twin.sim import EngineConfig

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from twin.console import console, friendly_errors, progress_bar
+from twin.commands.console import console, friendly_errors, progress_bar
 from twin.errors import TwinError
 
 DEFAULT_MODEL = "llama-3.1-8b"

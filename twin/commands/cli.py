@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from twin.cmd_compare import compare_command
-from twin.cmd_profile import profile_command
-from twin.cmd_run import run_command
-from twin.cmd_simulate import simulate_command
-from twin.cmd_validate import validate_command
+from twin.commands.compare import compare_command
+from twin.commands.profile import profile_command
+from twin.commands.run import run_command
+from twin.commands.simulate import simulate_command
+from twin.commands.validate import validate_command
 
 app = typer.Typer(
     add_completion=False,
@@ -33,7 +33,7 @@ def policies_command() -> None:
     import dataclasses
 
     import policies
-    from twin.console import console
+    from twin.commands.console import console
 
     for name in policies.names():
         params = dataclasses.fields(policies.params_class(name))
@@ -44,7 +44,7 @@ def policies_command() -> None:
 @app.command("gpus")
 def gpus_command() -> None:
     """List the GPUs --gpu knows, their SM split, and where their operator times come from."""
-    from twin.cmd_gpus import print_gpus
+    from twin.commands.gpus import print_gpus
 
     print_gpus()
 

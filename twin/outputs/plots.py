@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from policies import Slo  # noqa: E402
-from twin.metrics import all_gaps, request_metrics  # noqa: E402
+from twin.outputs.metrics import all_gaps, request_metrics  # noqa: E402
 
 
 def latency_cdfs(records: pd.DataFrame, slo: Slo, title: str, path: Path) -> Path:

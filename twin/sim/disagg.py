@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections import deque
 
 from policies import Batch, EngineView, KVCache, Lane, Partition, Request, Status
+from twin.core import Run
 from twin.errors import SimulationError
-from twin.sim import Run, Simulator
+from twin.sim.simulator import SimRun, Simulator
 
 
 class DisaggSimulator(Simulator):
@@ -32,8 +33,8 @@ class DisaggSimulator(Simulator):
         self.link_free_s = 0.0
         self.kv_transferred_bytes = 0.0
 
-    def _view(self, lane: Lane | None = None) -> EngineView:
-        view = super()._view(lane)
+    def view(self, lane: Lane | None = None) -> EngineView:
+        view = super().view(lane)
         if lane is Lane.DECODE:
             view.running = [r for r in self.running if r.id in self.on_decode_gpu]
             view.waiting = []
@@ -66,7 +67,7 @@ class DisaggSimulator(Simulator):
     def _horizon(self, lane: Lane, co: Run | None, batch: Batch) -> float:
         """The decode GPU's work changes when a transfer lands, so a run stops at the next
         possible landing: the running transfer's end, or the prefill GPU's batch end."""
-        horizon = self._next_arrival()
+        horizon = min(self._next_arrival(), self._next_abort())
         prefill = self.in_flight.get(Lane.PREFILL)
         if prefill is not None:
             horizon = min(horizon, prefill.end)
@@ -79,7 +80,7 @@ class DisaggSimulator(Simulator):
         self.transfers.append(req)
         self._start_transfer()
 
-    def _complete(self, run: Run) -> None:
+    def _complete(self, run: SimRun) -> None:
         super()._complete(run)
         if run.lane is Lane.DECODE:
             self._start_transfer()  # decode may have freed KV for a waiting transfer

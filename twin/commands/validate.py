@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from twin.console import console, friendly_errors
+from twin.commands.console import console, friendly_errors
 from twin.errors import TwinError
 from twin.experiment import prepare_out
 
@@ -42,7 +42,7 @@ def validate_command(
     quiet: bool = typer.Option(False, help="No tables."),
 ) -> None:
     """Replay the real runs in the simulator and report how far apart they are."""
-    from twin import plots as figures
+    from twin.outputs import plots as figures
     from twin.validate import summary_rows, validate
 
     if (out / "validation.json").exists() and not force:

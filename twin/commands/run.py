@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from twin import cli_options as opt
-from twin.cmd_simulate import default_out, resolve_policy
-from twin.console import console, friendly_errors, summary_table
+from twin.commands import options as opt
+from twin.commands.console import console, friendly_errors, summary_table
+from twin.commands.simulate import default_out, resolve_policy
 from twin.errors import TwinError
 from twin.experiment import SimConfig, load_workload, prepare_out
 

@@ -1,0 +1,372 @@
+"""The scheduling core both engines run: serving state, and the policy's decisions applied to it.
+
+The core owns the queues (``waiting``, ``running``), the KV cache accounting, the partition
+and the lanes' running batches. It is where requests arrive (``arrive``: admitted, or
+rejected by ``rejection``), where the policy is asked for the partition and for each free
+lane's batch (``_dispatch``; a switch between aggregated and split mode waits until the lanes
+drain), where a batch's preemptions and KV are committed (``_launch``), where a finished batch
+is applied (``_apply``: tokens, finishes, aborts) and where every batch and state change is
+recorded. It imports neither simpy nor torch.
+
+An engine is the core plus an executor. It subclasses ``SchedulingCore`` and supplies the
+clock (``now``), how a batch will run (``_plan``: its SMs, iterations and predicted time) and
+how it starts (``_execute``); it calls ``_apply`` when a batch ends and ``_dispatch`` after.
+The simulator (``twin.sim``) does this on a SimPy clock with the latency model's times; the
+runtime (``gpu_runtime.engine``) on the device, on a wall or virtual clock. The remaining
+hooks (``_scheduled``, ``_emit``, ``_request_done``, ``_prefill_done``, ``_kv_for``,
+``_free_kv``, ``_co_runner``, ``_check_partition``, ``view``) default to one GPU with nothing
+to stream.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from policies import Batch, BatchShape, EngineView, KVCache, Lane, Policy, Request, Slo, Status
+from policies.view import LatencyModel
+from twin.core.records import Run, iteration_table, timeline_table
+from twin.errors import SchedulingError
+
+DONE = (Status.FINISHED, Status.REJECTED, Status.ABORTED)
+
+
+@dataclass
+class EngineStats:
+    """Counters a server exposes; updated on the engine's thread, read anywhere."""
+
+    finished: int = 0
+    aborted: int = 0
+    rejected: int = 0
+    prompt_tokens: int = 0  # of finished requests
+    generated_tokens: int = 0  # streamed to clients (the runtime counts them)
+    iterations: int = 0  # batches executed (a steady run of k decode steps counts once)
+    preemptions: int = 0
+    partition_changes: int = 0
+    by_lane: dict[str, int] = field(default_factory=dict)
+
+
+class SchedulingCore:
+    def __init__(
+        self,
+        policy: Policy,
+        model: LatencyModel,
+        kv: KVCache,
+        slo: Slo = Slo(),
+        max_model_len: int | None = None,
+        record_decisions: bool = False,
+    ) -> None:
+        self.policy = policy
+        self.model = model
+        self.gpu = model.gpu
+        self.kv = kv
+        self.slo = slo
+        self.max_model_len = max_model_len
+        self.record_decisions = record_decisions
+        self.partition = self.gpu.aggregated()
+        self.requests: list[Request] = []  # every arrived request, in arrival order
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []
+        self.in_flight: dict[Lane, Run] = {}
+        self.decisions: list[tuple] = []
+        self.stats = EngineStats()
+        self._by_id: dict[int, Request] = {}
+        self._aborting: set[int] = set()
+        self._arrived = 0
+        self._dispatching = False
+        self._again = False
+        self._iters: list[tuple[Run, np.ndarray]] = []
+        self._timeline: list[tuple] = []
+
+    # ----------------------------------------------------------------- the executor's part
+    def now(self) -> float:
+        raise NotImplementedError
+
+    def _plan(
+        self, lane: Lane, batch: Batch, shape: BatchShape, sms: int, co: Run | None, now: float
+    ) -> Run:
+        """How ``batch`` will run on ``lane`` with ``sms`` SMs beside ``co``: its iterations
+        (``steps``, for which its decode requests' KV is then committed) and predicted times."""
+        raise NotImplementedError
+
+    def _execute(self, run: Run, kv: KVCache) -> None:
+        """Start ``run`` (now in ``in_flight``); the executor calls ``_apply`` when it ends."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- arrivals
+    def arrive(self, requests: Iterable[Request]) -> None:
+        """Requests arriving now, in arrival order: each is admitted or rejected, then every
+        free lane is offered to the policy. Workloads of any kind (a trace, a closed-loop
+        client sending its next request when one is done) enter the engine here."""
+        for req in requests:
+            if req.id in self._by_id:
+                raise SchedulingError(f"request id {req.id} is already in the engine")
+            self._by_id[req.id] = req
+            self.requests.append(req)
+            self._arrived += 1
+            reason = self.rejection(req.prompt_tokens, req.output_tokens)
+            if reason is None:
+                self.waiting.append(req)
+            else:
+                self._reject(req, reason)
+        self._dispatch()
+
+    def rejection(self, prompt_tokens: int, output_tokens: int) -> str | None:
+        """Why a request of this size can never run here, or None when it can."""
+        if prompt_tokens + output_tokens - 1 > self.kv.capacity_tokens:
+            return "kv_capacity"  # its KV alone would not fit in the whole cache
+        if self.max_model_len is not None and prompt_tokens + output_tokens > self.max_model_len:
+            return "max_model_len"
+        return None
+
+    def fits(self, prompt_tokens: int, output_tokens: int) -> bool:
+        return self.rejection(prompt_tokens, output_tokens) is None
+
+    def _reject(self, req: Request, reason: str) -> None:
+        req.status = Status.REJECTED
+        self.stats.rejected += 1
+        self._request_done(req)
+
+    def abort(self, request_id: int) -> None:
+        """Drop a request (its client went away); its KV is freed now or when its batch ends."""
+        req = self._by_id.get(request_id)
+        if req is None or req.status in DONE:
+            return
+        self._aborting.add(req.id)
+        if req.in_flight:
+            return  # dropped when its batch completes
+        if req in self.waiting:
+            self.waiting.remove(req)
+        self._finish(req, self.now())
+        self._dispatch()
+
+    # ----------------------------------------------------------------- asking the policy
+    def view(self, lane: Lane | None = None) -> EngineView:
+        """What the policy sees; ``lane`` is the lane it is asked to fill (None: the split)."""
+        return EngineView(
+            now=self.now(),
+            waiting=self.waiting,
+            running=self.running,
+            kv=self.kv,
+            partition=self.partition,
+            in_flight={lane: run.batch for lane, run in self.in_flight.items()},
+            slo=self.slo,
+            model=self.model,
+            gpu=self.gpu,
+            arrived=self._arrived,
+        )
+
+    def _dispatch(self) -> None:
+        """Offer every free lane to the policy; re-entrant calls are folded into one more pass."""
+        if self._dispatching:
+            self._again = True
+            return
+        self._dispatching = True
+        try:
+            self._again = True
+            while self._again:
+                self._again = False
+                self._dispatch_once()
+        finally:
+            self._dispatching = False
+
+    def _dispatch_once(self) -> None:
+        if all(lane in self.in_flight for lane in self.partition.lanes):
+            return
+        part = self.policy.partition(self.view())
+        if part != self.partition:
+            self._check_partition(part)
+            if part.is_split != self.partition.is_split and self.in_flight:
+                return  # a mode switch waits for the running batches to drain
+            self.partition = part
+            self.stats.partition_changes += 1
+            self._sample()
+        for lane in self.partition.lanes:
+            if lane in self.in_flight:
+                continue
+            batch = self.policy.next_batch(self.view(lane), lane)
+            if batch is not None:
+                self._launch(lane, batch)
+
+    def _check_partition(self, part) -> None:
+        if not self.gpu.is_valid(part):
+            raise SchedulingError(
+                f"policy {self.policy.name!r} chose {part}, not a valid partition of "
+                f"{self.gpu.name} ({self.gpu.num_sms} SMs, in steps of {self.gpu.sm_granularity})"
+            )
+
+    # ----------------------------------------------------------------- launching
+    def _launch(self, lane: Lane, batch: Batch) -> None:
+        now = self.now()
+        for victim in batch.preempt:
+            self._preempt(victim)
+        if batch.is_empty:
+            self._again = True
+            return
+        kv = self._kv_for(lane)
+        for chunk in batch.prefill:
+            req = chunk.request
+            if req.status is Status.WAITING:
+                self.waiting.remove(req)
+                self.running.append(req)
+                req.status = Status.RUNNING
+                if math.isnan(req.scheduled_s):
+                    req.scheduled_s = now
+                    self._scheduled(req)
+            kv.grow(req.id, chunk.start + chunk.length)
+            req.in_flight = True
+        shape = batch.shape()
+        co = self._co_runner(lane)
+        sms = self.partition.sms_beside(lane, co.sms if co else 0, self.gpu.num_sms)
+        run = self._plan(lane, batch, shape, sms, co, now)
+        steps = run.steps
+        for req in batch.decode:
+            kv.grow(req.id, req.kv_tokens + steps)
+            req.in_flight = True
+        self.in_flight[lane] = run
+        if self.record_decisions:
+            self.decisions.append((lane.value, str(self.partition), batch.describe(), steps))
+        self._execute(run, kv)
+
+    def _preempt(self, req: Request) -> None:
+        if req.in_flight:
+            raise SchedulingError(
+                f"policy {self.policy.name!r} preempted request {req.id} while another lane runs it"
+            )
+        self._free_kv(req)
+        if req.status is Status.RUNNING:
+            self.running.remove(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+        req.reset_for_recompute()
+        self.waiting.insert(0, req)
+        self.stats.preemptions += 1
+
+    def _co_runner(self, lane: Lane) -> Run | None:
+        """The batch running beside ``lane`` on the other lane, sharing its HBM."""
+        for other, run in self.in_flight.items():
+            if other is not lane:
+                return run
+        return None
+
+    def _kv_for(self, lane: Lane) -> KVCache:
+        """The KV cache a lane's batches allocate from (one GPU: the same for both lanes)."""
+        return self.kv
+
+    def _free_kv(self, req: Request) -> None:
+        self.kv.free(req.id)
+
+    # ----------------------------------------------------------------- completing
+    def _apply(
+        self, run: Run, now: float, step_ends: np.ndarray, tokens: Iterator[int] | None = None
+    ) -> None:
+        """``run`` ended at ``now`` (its iterations at ``step_ends``): apply its tokens, finish
+        and drop requests, record it. ``tokens`` are the sampled ids, when there are any."""
+        del self.in_flight[run.lane]
+        batch = run.batch
+        emit = None if tokens is None else self._emit
+        finished: list[Request] = []
+        prefilled: list[Request] = []
+        for chunk in batch.prefill:
+            req = chunk.request
+            req.in_flight = False
+            req.kv_tokens = chunk.start + chunk.length
+            if req.kv_tokens >= req.prefill_target:
+                if req.generated == 0:
+                    req.first_token_s = now
+                req.generated += 1
+                req.token_times.append(now)
+                if emit is not None:
+                    emit(req, next(tokens))
+                if req.generated >= req.output_tokens:
+                    finished.append(req)
+                else:
+                    prefilled.append(req)
+        k = run.steps
+        for req in batch.decode:
+            req.in_flight = False
+            req.kv_tokens += k
+            req.generated += k
+            req.token_times.append(step_ends if k > 1 else now)
+            if emit is not None:
+                emit(req, next(tokens))
+            if req.generated >= req.output_tokens:
+                finished.append(req)
+        if self._aborting:
+            ran = [c.request for c in batch.prefill] + batch.decode
+            finished += [r for r in ran if r.id in self._aborting and r not in finished]
+            prefilled = [r for r in prefilled if r.id not in self._aborting]
+        for req in finished:
+            self._finish(req, now)
+        for req in prefilled:
+            self._prefill_done(req)
+        self._record(run, step_ends)
+        self._sample()
+
+    def _finish(self, req: Request, now: float) -> None:
+        req.finish_s = now
+        was_running = req.status is Status.RUNNING
+        if req.id in self._aborting:
+            self._aborting.discard(req.id)
+            req.status = Status.ABORTED
+            self.stats.aborted += 1
+        else:
+            req.status = Status.FINISHED
+            self.stats.finished += 1
+            self.stats.prompt_tokens += req.prompt_tokens
+        self._free_kv(req)
+        if was_running:
+            self.running.remove(req)
+        self._request_done(req)
+
+    def _scheduled(self, req: Request) -> None:
+        """``req`` got its first batch."""
+
+    def _emit(self, req: Request, token: int) -> None:
+        """``req`` produced ``token`` (engines that sample real tokens stream it here)."""
+
+    def _request_done(self, req: Request) -> None:
+        """``req`` left the engine: finished, aborted or rejected (its ``status`` says which)."""
+
+    def _prefill_done(self, req: Request) -> None:
+        """``req`` finished its prefill and goes on decoding (a hook for two-GPU engines)."""
+
+    # ----------------------------------------------------------------- recording
+    def _record(self, run: Run, step_ends: np.ndarray) -> None:
+        self._iters.append((run, step_ends))
+        stats = self.stats
+        stats.iterations += 1
+        lane = run.lane.value
+        stats.by_lane[lane] = stats.by_lane.get(lane, 0) + 1
+
+    def _sample(self) -> None:
+        p = self.partition
+        state = (self.now(), len(self.waiting), len(self.running), self.kv.usage)
+        self._timeline.append((*state, p.mixed_sms, p.prefill_sms, p.decode_sms))
+
+    def iteration_table(self) -> dict[str, np.ndarray]:
+        return iteration_table(self._iters)
+
+    def timeline_table(self) -> dict[str, np.ndarray]:
+        return timeline_table(self._timeline)
+
+    # ----------------------------------------------------------------- state
+    @property
+    def idle(self) -> bool:
+        return not self.in_flight and not self.waiting and not self.running
+
+    def unfinished(self) -> list[Request]:
+        return [r for r in self.requests if r.status not in DONE]
+
+    def check_all_done(self) -> None:
+        """Raise if the run ended with requests the policy never finished."""
+        left = self.unfinished()
+        if left:
+            raise SchedulingError(
+                f"policy {self.policy.name!r} stopped scheduling with {len(left)} requests "
+                f"unfinished (first: request {left[0].id}, {left[0].status}); it returned no "
+                "batch while work was waiting"
+            )

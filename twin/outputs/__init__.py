@@ -1,0 +1,1 @@
+"""What a run writes, the same for both engines: records, metrics, plots and the run files."""

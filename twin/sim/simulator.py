@@ -1,0 +1,279 @@
+"""The simulator: the scheduling core executed on a SimPy clock with the latency model's times.
+
+An arrival process hands the workload's requests to the core (``twin.core``) as they arrive;
+each batch the core launches ends with an event at its predicted time, when the core applies
+it and asks the policy again. In split mode the two lanes share HBM: whenever either lane
+starts or finishes a batch, the other's remaining time is re-rated with its new co-runner
+(``twin.core.contention``), not frozen at launch. Decode-only batches the policy marks steady
+are advanced several iterations per event (``twin.sim.fast_forward``), so the result equals
+stepping one iteration at a time.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+
+from policies import Batch, BatchShape, KVCache, Lane, Policy, Request, Slo
+from profiler.model import LatencyModel
+from traces import Workload
+from twin.core import Run, SchedulingCore, run_label
+from twin.core.aborts import abort_schedule
+from twin.core.contention import rerate
+from twin.errors import SimulationError
+from twin.sim.fast_forward import steady_steps
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    gpu_memory_utilization: float = 0.9
+    activation_reserve_bytes: int = 4 * 10**9
+    block_size: int = 16
+    fast_forward: bool = True
+    max_steps_per_event: int = 1 << 16
+    num_kv_blocks: int | None = None  # overrides the count derived from GPU memory
+
+    def kv_blocks(self, model: LatencyModel) -> int:
+        if self.num_kv_blocks is not None:
+            return self.num_kv_blocks
+        cfg = model.config
+        budget = model.gpu.memory_bytes * self.gpu_memory_utilization
+        free = budget - cfg.weight_bytes - self.activation_reserve_bytes
+        blocks = int(free // (cfg.kv_bytes_per_token * self.block_size))
+        if blocks <= 0:
+            raise SimulationError(
+                f"{cfg.name} ({cfg.weight_bytes / 1e9:.1f} GB of weights) leaves no KV cache on "
+                f"{model.gpu.name}; raise gpu_memory_utilization or pick a smaller model"
+            )
+        return blocks
+
+
+@dataclass(slots=True)
+class SimRun(Run):
+    """A run under the fluid model: its progress re-rated whenever its co-runner changes."""
+
+    step_fraction: np.ndarray = None  # cumulative share of the run's work done after each step
+    duration: float = 0.0  # total duration under the current co-runner
+    remaining: float = 1.0  # fraction of the work left at ``last``
+    last: float = 0.0
+    end: float = 0.0
+    breaks: list = field(default_factory=list)  # (time, fraction done) where the rate changed
+    version: int = 0  # bumped on every re-rate; an end event of an older version is stale
+
+
+@dataclass
+class SimResult:
+    requests: list[Request]
+    iterations: dict[str, np.ndarray]
+    timeline: dict[str, np.ndarray]
+    decisions: list[tuple]
+    partition_changes: int
+    end_s: float
+
+
+class Simulator(SchedulingCore):
+    """One GPU. ``make_simulator`` picks the two-GPU engine for policies that need it."""
+
+    def __init__(
+        self,
+        workload: Workload,
+        policy: Policy,
+        model: LatencyModel,
+        slo: Slo = Slo(),
+        config: EngineConfig = EngineConfig(),
+        progress: Callable[[int, int], None] | None = None,
+        record_decisions: bool = False,
+        aborts: Mapping[int, float] | None = None,
+    ) -> None:
+        """``aborts``: request id -> seconds at which its client goes away (none by default)."""
+        kv = KVCache(config.kv_blocks(model), config.block_size)
+        super().__init__(policy, model, kv, slo, record_decisions=record_decisions)
+        self.workload = workload
+        self.config = config
+        self.progress = progress
+        self.env = simpy.Environment()
+        self._pending = [
+            Request(i, float(t), int(p), int(o))
+            for i, (t, p, o) in enumerate(
+                zip(workload.arrival_s, workload.prompt_tokens, workload.output_tokens, strict=True)
+            )
+        ]
+        self._aborts = abort_schedule(aborts, workload.arrival_s)
+        self._aborted = 0  # how many of ``_aborts`` have happened
+
+    def now(self) -> float:
+        return self.env.now
+
+    # ----------------------------------------------------------------- driving
+    def run(self) -> SimResult:
+        self.env.process(self._arrivals())
+        if self._aborts:
+            self.env.process(self._cancellations())
+        with _fewer_collections():
+            self.env.run()
+        self.check_all_done()
+        return SimResult(
+            requests=self.requests,
+            iterations=self.iteration_table(),
+            timeline=self.timeline_table(),
+            decisions=self.decisions,
+            partition_changes=self.stats.partition_changes,
+            end_s=self.env.now,
+        )
+
+    def _arrivals(self):
+        arrivals = self.workload.arrival_s
+        n = len(arrivals)
+        i = 0
+        while i < n:
+            t = float(arrivals[i])
+            if t > self.env.now:
+                yield self.env.timeout(t - self.env.now)
+            first = i
+            while i < n and arrivals[i] <= self.env.now:
+                i += 1
+            if self.progress is not None:
+                self.progress(i, n)
+            self.arrive(self._pending[first:i])
+
+    def _cancellations(self):
+        aborts = self._aborts
+        while self._aborted < len(aborts):
+            t = aborts[self._aborted][0]
+            if t > self.env.now:
+                yield self.env.timeout(t - self.env.now)
+            first = self._aborted
+            while self._aborted < len(aborts) and aborts[self._aborted][0] <= self.env.now:
+                self._aborted += 1
+            for _, rid in aborts[first : self._aborted]:
+                self.abort(rid)
+
+    def _next_abort(self) -> float:
+        if self._aborted < len(self._aborts):
+            return self._aborts[self._aborted][0]
+        return math.inf
+
+    def _next_arrival(self) -> float:
+        if self._arrived < len(self._pending):
+            return float(self.workload.arrival_s[self._arrived])
+        return math.inf
+
+    # ----------------------------------------------------------------- executing
+    def _plan(
+        self, lane: Lane, batch: Batch, shape: BatchShape, sms: int, co: Run | None, now: float
+    ) -> SimRun:
+        co_shape, co_sms = (co.shape, co.sms) if co else (None, 0)
+        steps, durations = (
+            steady_steps(self, batch, lane, sms, co) if batch.steady_steps > 1 else (1, None)
+        )
+        if durations is not None:
+            durations = durations[:steps]
+        elif steps > 1:
+            durations = self.model.predict_decode_run(
+                shape.n_decode, shape.decode_ctx_sum, steps, sms, co_shape, co_sms
+            )
+        else:
+            durations = np.array([self.model.predict(shape, sms, co_shape, co_sms)])
+        cum = np.cumsum(durations)
+        total = float(cum[-1])
+        run = SimRun(
+            lane,
+            batch,
+            shape,
+            sms,
+            steps,
+            now,
+            durations,
+            co_label=run_label(co),
+            step_fraction=cum / total,
+            duration=total,
+            last=now,
+            end=now + total,
+        )
+        run.breaks.append((now, 0.0))
+        return run
+
+    def _execute(self, run: SimRun, kv: KVCache) -> None:
+        co = self._co_runner(run.lane)
+        if co is not None:
+            self._rerate(co)
+        self._schedule_end(run)
+
+    def _horizon(self, lane: Lane, co: Run | None, batch: Batch) -> float:
+        """The next moment something outside a steady run could change its lane's decision."""
+        if co is None:
+            horizon = self._next_arrival()
+        elif batch.through_arrivals and co.lane is Lane.PREFILL:
+            horizon = co.end  # arrivals only queue behind the running prefill batch
+        else:
+            horizon = min(self._next_arrival(), co.end)
+        return min(horizon, self._next_abort())
+
+    def _rerate(self, run: SimRun) -> None:
+        """The co-runner of ``run`` changed: recompute its remaining time at the new rate."""
+        now = self.env.now
+        co = self._co_runner(run.lane)
+        co_shape, co_sms = (co.shape, co.sms) if co else (None, 0)
+        rerate(run, now, self.model, co_shape, co_sms)
+        run.breaks.append((now, 1.0 - run.remaining))
+        if co is not None:
+            run.co_label = run_label(co)
+        self._schedule_end(run)
+
+    def _schedule_end(self, run: SimRun) -> None:
+        run.version += 1
+        version = run.version
+
+        def done(_event: simpy.Event) -> None:
+            if run.version == version:
+                self._complete(run)
+
+        self.env.timeout(max(0.0, run.end - self.env.now)).callbacks.append(done)
+
+    def _complete(self, run: SimRun) -> None:
+        now = self.env.now
+        if run.steps > 1:
+            run.breaks.append((now, 1.0))
+            bt, bf = zip(*run.breaks, strict=True)
+            step_ends = np.interp(run.step_fraction, bf, bt)
+            step_ends[-1] = now
+        else:
+            step_ends = np.array([now])
+        self._apply(run, now, step_ends)
+        co = self._co_runner(run.lane)
+        if co is not None:
+            self._rerate(co)
+        self._dispatch()
+
+
+def make_simulator(workload: Workload, policy: Policy, model: LatencyModel, *args, **kwargs):
+    """The engine a policy runs on: one GPU, or two for policies with ``gpus = 2``."""
+    gpus = getattr(policy, "gpus", 1)
+    if gpus == 1:
+        return Simulator(workload, policy, model, *args, **kwargs)
+    if gpus == 2:
+        from twin.sim.disagg import DisaggSimulator
+
+        return DisaggSimulator(workload, policy, model, *args, **kwargs)
+    raise SimulationError(f"policy {policy.name!r} asks for {gpus} GPUs; the simulator has 1 or 2")
+
+
+@contextmanager
+def _fewer_collections(gen0: int = 10_000):
+    """Run the cyclic garbage collector less often while simulating.
+
+    A run allocates many short-lived objects (views, batches, events) and few cycles; with the
+    default threshold the collector rescans the growing request table again and again.
+    """
+    old = gc.get_threshold()
+    gc.set_threshold(max(old[0], gen0), *old[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
