@@ -9,10 +9,12 @@ For every GPU and stack with tables, per operator class at all SMs:
   * whole prefill and decode iterations of a Llama-like model whose GEMM shapes the data
     holds (hidden 4096, 32/8 heads of 128, FFN 8192, vocab 65536), each predicted with its
     own M and length left out, against the sum of the measured operators of that iteration;
-  * the spread between stacks: Llama-3.1-8B operator times per stack on the same GPU.
+  * the spread between stacks: Llama-3.1-8B operator times per stack on the same GPU;
+  * end to end: the published closed-loop runs of Llama-3.1-8B the data holds (bf16, one
+    GPU), replayed with ``--concurrency``, TTFT and TPOT against the published ones.
 Writes bench/results/fidelity.json and plots under docs/img/.
 
-    python bench/fidelity.py [--gpus h100,h200] [--plots]
+    python bench/fidelity.py [--gpus h100,h200] [--e2e-only]
 """
 
 from __future__ import annotations
@@ -213,6 +215,53 @@ def stack_spread(entry: GpuEntry, stacks) -> dict:
     return out
 
 
+E2E_RUNS = Path("profiler/tables/aiconfigurator/e2e_llama31_8b.csv")
+E2E_GPUS = {e.tables: k for k, e in GPUS.items() if e.tables}
+
+
+def e2e_replays(requests_per_client: int = 4, min_requests: int = 40) -> list[dict]:
+    """Replay every published bf16 one-GPU run of Llama-3.1-8B on its GPU and stack."""
+    from twin.experiment import SimConfig, simulate
+
+    runs = pd.read_csv(E2E_RUNS)
+    runs = runs[runs.precision.isna() | (runs.precision == "bf16")]
+    out = []
+    for r in runs.itertuples(index=False):
+        gpu = E2E_GPUS.get(r.system)
+        if gpu is None:
+            continue
+        c, isl, osl = int(r.batch_size), int(r.isl), int(r.osl)
+        n = max(min_requests, requests_per_client * c)
+        trace = f"synthetic:n={n},rate=1,prompt=fixed({isl}),output=fixed({osl})"
+        row = {"id": r.id, "gpu": gpu, "stack": r.backend, "published_version": r.backend_version,
+               "isl": isl, "osl": osl, "concurrency": c,
+               "published_ttft_ms": float(r.silicon_ttft_ms),
+               "published_tpot_ms": float(r.silicon_tpot_ms)}
+        for latency in ("measured", "datasheet"):
+            cfg = SimConfig(trace=trace, concurrency=c, gpu=gpu, stack=r.backend, latency=latency)
+            s = simulate(cfg).summary
+            row[f"{latency}_ttft_ms"] = s["ttft_mean_s"] * 1e3
+            row[f"{latency}_tpot_ms"] = s["tpot_mean_s"] * 1e3
+            row[f"{latency}_label"] = s["latency_model"]
+        out.append(row)
+        print(f"e2e {r.system} {r.backend} isl {isl} osl {osl} c {c}: TTFT "
+              f"{row['measured_ttft_ms']:.0f} ms (published {row['published_ttft_ms']:.0f}), TPOT "
+              f"{row['measured_tpot_ms']:.2f} ms (published {row['published_tpot_ms']:.2f})")
+    return out
+
+
+def e2e_summary(rows: list[dict]) -> dict:
+    df = pd.DataFrame(rows)
+    out = {"runs": len(df)}
+    for latency in ("measured", "datasheet"):
+        for metric in ("ttft", "tpot"):
+            err = (df[f"{latency}_{metric}_ms"] / df[f"published_{metric}_ms"] - 1) * 100
+            out[f"{latency}_{metric}"] = {"median_abs_error_pct": float(err.abs().median()),
+                                          "median_error_pct": float(err.median()),
+                                          "mean_abs_error_pct": float(err.abs().mean())}
+    return out
+
+
 def plots(points: pd.DataFrame, title: str, label: str) -> list[Path]:
     import matplotlib
 
@@ -260,8 +309,19 @@ def main() -> None:
     parser.add_argument("--gpus", default=",".join(covered))
     parser.add_argument("--plot-gpu", default="h100")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--e2e-only", action="store_true",
+                        help="only the end-to-end replays, added to an existing --out")
     args = parser.parse_args()
+    out = Path(args.out)
     report: dict = {"source": f"{manifest()['source']} {manifest()['version']}", "gpus": {}}
+    if args.e2e_only:
+        report = json.loads(out.read_text())
+        rows = e2e_replays()
+        report["e2e"] = {"summary": e2e_summary(rows), "runs": rows}
+        print(json.dumps(report["e2e"]["summary"], indent=1))
+        out.write_text(json.dumps(report, indent=1, default=float) + "\n")
+        print(f"saved {out}")
+        return
     for key in args.gpus.split(","):
         entry = GPUS[key]
         stacks = list(manifest()["gpus"][entry.tables])
@@ -309,7 +369,8 @@ def main() -> None:
         for shape, row in gpu_report["stack_spread"].items():
             spread = ", ".join(f"{op} {v['max_over_min']:.2f}x" for op, v in row.items())
             print(f"{key} stack spread, Llama-3.1-8B {shape}: {spread}")
-    out = Path(args.out)
+    rows = e2e_replays()
+    report["e2e"] = {"summary": e2e_summary(rows), "runs": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=float) + "\n")
     print(f"saved {out}")

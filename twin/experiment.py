@@ -40,6 +40,7 @@ class SimConfig:
     gpu: str = "h100"
     stack: str = "vllm"
     latency: str = "measured"
+    concurrency: int | None = None  # closed loop of N clients instead of the trace's arrivals
     profile: str | None = None
     slo: Slo = field(default_factory=Slo)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -82,7 +83,10 @@ def simulate(
     )
     model_cfg = model.config
     policy = policies.get(cfg.policy, **cfg.policy_args)
-    sim = make_simulator(wl, policy, model, cfg.slo, cfg.engine, progress, record_decisions)
+    sim = make_simulator(
+        wl, policy, model, cfg.slo, cfg.engine, progress, record_decisions,
+        concurrency=cfg.concurrency,
+    )
     wall = time.perf_counter()
     result = sim.run()
     wall = time.perf_counter() - wall

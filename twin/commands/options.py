@@ -24,6 +24,11 @@ RateScale = Annotated[float, typer.Option(help="Multiply the trace's request rat
 WindowStart = Annotated[float, typer.Option(help="Start of the trace window (s).")]
 WindowLength = Annotated[float | None, typer.Option(help="Length of the trace window (s).")]
 MaxRequests = Annotated[int | None, typer.Option(help="Keep only the first N requests.")]
+Concurrency = Annotated[
+    int | None,
+    typer.Option(help="Closed loop: N clients, each sending the trace's next request (its "
+                 "lengths; arrival times ignored) when its last one finishes."),
+]
 
 PolicyName = Annotated[
     str | None, typer.Option(help="Policy name (see `twin policies`; vllm when not given).")
