@@ -164,8 +164,18 @@ def side_by_side(args, modes: list[bool]) -> dict:
                         walls[name].append(run["wall_s"])
                         cpus[name].append(run["cpu_s"])
                         first.setdefault(name, run)
-                if first["baseline"]["iterations"] != first["current"]["iterations"]:
+                same_run = first["baseline"]["iterations"] == first["current"]["iterations"]
+                if not same_run and first["baseline"]["latency_model"] == first["current"].get(
+                    "latency_model"
+                ):
                     raise SystemExit(f"scale {scale:g}x: the two trees simulated different runs")
+                if not same_run:
+                    # A new default latency model changes the run itself: compare whole runs.
+                    print(
+                        f"scale {scale:g}x: the trees' default latency models differ, so their "
+                        f"runs do ({first['baseline']['iterations']} vs "
+                        f"{first['current']['iterations']} iterations); ratios are per whole run"
+                    )
                 med = {name: statistics.median(w) for name, w in walls.items()}
                 cpu = {name: statistics.median(c) for name, c in cpus.items()}
                 row = {
@@ -173,6 +183,9 @@ def side_by_side(args, modes: list[bool]) -> dict:
                     "fast_forward": ff,
                     "requests": first["current"]["requests"],
                     "iterations": first["current"]["iterations"],
+                    "baseline_iterations": first["baseline"]["iterations"],
+                    "baseline_latency_model": first["baseline"].get("latency_model"),
+                    "current_latency_model": first["current"].get("latency_model"),
                     "events": first["current"]["events"],
                     "baseline_walls_s": walls["baseline"],
                     "current_walls_s": walls["current"],
