@@ -4,7 +4,8 @@ Most published serving benchmarks run this way (vLLM's and guidellm's concurrenc
 MLPerf's offline-like runs, the end-to-end runs aiconfigurator ships). The workload supplies
 only the lengths, in order (fixed lengths from a ``synthetic:...fixed(...)`` spec, or a
 trace's sampled ones); its arrival times are ignored. All clients start at time 0; a client
-whose request finished, was aborted or rejected sends the next one at once.
+whose request finished, was aborted or rejected sends the next one at once, so it is in the
+queue when the engine forms its next batch (no client or network delay is modelled).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class ClosedLoopSimulator(Simulator):
             raise SimulationError(f"--concurrency must be at least 1, got {concurrency}")
         self.concurrency = concurrency
         self._sent = 0
+        self._owed = 0  # requests finished whose clients' next request is not yet sent
 
     def _arrivals(self):
         self._send(min(self.concurrency, len(self._pending)))
@@ -41,10 +43,19 @@ class ClosedLoopSimulator(Simulator):
 
     def _request_done(self, req: Request) -> None:
         super()._request_done(req)
-        if self._sent < len(self._pending):
-            # Sent from its own event: the engine is in the middle of applying a batch here.
-            event = self.env.timeout(0)
-            event.callbacks.append(lambda _: self._send(1))
+        # The client sends at once; the engine sees the request when it forms its next batch
+        # (the core is in the middle of applying a batch here, so it is admitted just before).
+        self._owed += 1
+
+    def _dispatch(self) -> None:
+        if not self._owed or self._dispatching or self._sent >= len(self._pending):
+            self._owed = 0 if self._sent >= len(self._pending) else self._owed
+            super()._dispatch()
+            return
+        while self._owed and self._sent < len(self._pending):
+            n, self._owed = self._owed, 0
+            self._send(n)  # arrive() dispatches; rejections it makes are owed again
+        self._owed = 0
 
     def _next_arrival(self) -> float:
         # A client only sends when one of its requests ends, which ends the batch holding it.
