@@ -79,6 +79,8 @@ def build_runtime(
     virtual_clock: bool = False,
     record_decisions: bool = False,
     random_weights: bool = False,
+    stack: str = "vllm",
+    latency_kind: str = "measured",
 ) -> Runtime:
     cfg = model if isinstance(model, ModelConfig) else load_model_config(model)
     check_servable(cfg)
@@ -87,7 +89,7 @@ def build_runtime(
     if device.type == "cpu":
         set_cpu_threads(cfg, settings.cpu_threads)
     dtype = _dtype(settings.dtype, device)
-    latency = load_latency_model(cfg, gpu, profile)
+    latency = load_latency_model(cfg, gpu, profile, stack, latency_kind)
     pol = policies.get(policy, **(policy_args or {}))
     if getattr(pol, "gpus", 1) != 1:
         raise TwinError(

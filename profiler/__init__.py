@@ -1,4 +1,5 @@
-"""Latency models: the interface, a datasheet roofline, and (on a GPU) sweeps that fit one."""
+"""Latency models: the interface, measured operator tables (``profiler.measured``), a datasheet
+roofline, and (on a GPU) sweeps that fit one."""
 
 from profiler.config import ConfigError, ModelConfig, load_model_config
 from profiler.datasheet import H100_SXM, Datasheet, DatasheetModel

@@ -78,6 +78,9 @@ class Calibration:
     source: str = ""
     base_gpu: str = "h100"  # the datasheet model calibrated, when no base profile
     base_profile: str | None = None  # the measured profile calibrated (relative to this file)
+    # Calibrations written before measured tables existed scaled the datasheet roofline.
+    base_latency: str = "datasheet"
+    base_stack: str = "vllm"
     error: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -95,6 +98,8 @@ class Calibration:
                 source=str(data.get("source", "")),
                 base_gpu=str(data.get("base_gpu", "h100")),
                 base_profile=data.get("base_profile"),
+                base_latency=str(data.get("base_latency", "datasheet")),
+                base_stack=str(data.get("base_stack", "vllm")),
                 error=dict(data.get("error", {})),
             )
         except FileNotFoundError:

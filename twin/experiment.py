@@ -42,6 +42,9 @@ class SimConfig:
     policy_args: dict[str, Any] = field(default_factory=dict)
     model: str = "llama-3.1-8b"
     gpu: str = "h100"
+    stack: str = "vllm"
+    latency: str = "measured"
+    concurrency: int | None = None  # closed loop of N clients instead of the trace's arrivals
     profile: str | None = None
     slo: Slo = field(default_factory=Slo)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -92,10 +95,15 @@ def simulate(
 ) -> RunResult:
     """Run one simulation; ``workload`` and ``latency_model`` skip loading them again."""
     wl = workload if workload is not None else load_workload(cfg)
-    model = latency_model or load_latency_model(load_model_config(cfg.model), cfg.gpu, cfg.profile)
+    model = latency_model or load_latency_model(
+        load_model_config(cfg.model), cfg.gpu, cfg.profile, cfg.stack, cfg.latency
+    )
     model_cfg = model.config
     policy = policies.get(cfg.policy, **cfg.policy_args)
-    sim = make_simulator(wl, policy, model, cfg.slo, cfg.engine, progress, record_decisions)
+    sim = make_simulator(
+        wl, policy, model, cfg.slo, cfg.engine, progress, record_decisions,
+        concurrency=cfg.concurrency,
+    )
     wall = time.perf_counter()
     result = sim.run()
     wall = time.perf_counter() - wall

@@ -76,11 +76,11 @@ def cached_model(cfg: SimConfig):
     from profiler.config import load_model_config
     from twin.latency import load_latency_model
 
-    key = (cfg.model, cfg.gpu, cfg.profile)
+    key = (cfg.model, cfg.gpu, cfg.profile, cfg.stack, cfg.latency)
     model = _models.get(key)
     if model is None:
         model = _models[key] = load_latency_model(
-            load_model_config(cfg.model), cfg.gpu, cfg.profile
+            load_model_config(cfg.model), cfg.gpu, cfg.profile, cfg.stack, cfg.latency
         )
     return model
 

@@ -105,6 +105,8 @@ class RealRun:
                 policy_args=dict(c.get("policy_params", {})),
                 model=c["model"],
                 gpu=c.get("gpu", "h100"),
+                stack=c.get("stack", "vllm"),
+                latency=c.get("latency", "measured"),
                 profile=profile if profile is not None else c.get("profile"),
                 slo=Slo(**c["slo"]),
                 engine=EngineConfig(

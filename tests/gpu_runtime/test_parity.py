@@ -126,6 +126,7 @@ def test_simulator_and_runtime_make_the_same_decisions(case):
         args,
         virtual_clock=True,
         record_decisions=True,
+        latency_kind="datasheet",  # the simulator side's model, which these cases were tuned on
     )
     ran = replay(rt, workload(source), aborts=abort_times(case))
     assert any(k > 1 for *_, k in simulated.decisions)  # fast-forward was really on

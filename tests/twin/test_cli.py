@@ -32,8 +32,12 @@ def test_simulate_writes_records_summary_config_and_plots(tmp_path):
     assert [len(t) for t in records["token_times_s"]] == records["output_tokens"].tolist()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished"] == 150 and summary["throughput_rps"] > 0
-    assert "datasheet estimate" in summary["latency_model"]
+    label = summary["latency_model"]
+    assert label.startswith("operator times: measured (aiconfigurator-core") and "H100" in label
+    assert label.endswith("SM scaling and contention: modelled")
     config = json.loads((out / "config.json").read_text())
+    assert config["latency_model"]["kind"] == "MeasuredModel"
+    assert config["latency_model"]["tables"]["stack"] == "vllm"
     assert config["policy"] == "vllm" and config["policy_params"]["max_num_batched_tokens"] == 8192
     assert config["model_config"]["num_layers"] == 32
 
@@ -55,7 +59,9 @@ def test_simulate_refuses_to_overwrite_a_run(tmp_path):
         (["--policy-arg", "max_num_seqs"], "key=value"),
         (["--policy-arg", "bogus=1"], "no parameter 'bogus'"),
         (["--model", "no-such-model"], "neither a bundled config"),
-        (["--gpu", "tpu"], "no datasheet model"),
+        (["--gpu", "tpu"], "is not known; choose one of"),
+        (["--stack", "tgi"], "--stack"),
+        (["--latency", "guess"], "--latency"),
         (["--rate-scale", "-1"], "--rate-scale"),
         (["--tbt-stat", "median"], "--tbt-stat"),
         (["--slo-tbt", "0"], "must be positive"),
@@ -128,3 +134,26 @@ def test_bad_policy_config_is_one_line(tmp_path, content, extra, message):
     )
     assert result.exit_code == 2 and message in result.output
     assert "Traceback" not in result.output
+
+
+def test_gpus_lists_every_gpu_with_its_source():
+    from profiler.gpus import GPUS
+
+    result = CliRunner().invoke(app, ["gpus"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for key in GPUS:
+        assert key in result.output
+    assert "measured: vllm 0.24.0" in result.output and "datasheet roofline" in result.output
+    assert "aiconfigurator-core 0.12.0" in result.output
+
+
+def test_simulate_on_another_gpu_and_stack_and_on_the_datasheet(tmp_path):
+    for args, expect in (
+        (["--gpu", "a100", "--stack", "trtllm"], "A100 SXM, TRT-LLM 1.0.0"),
+        (["--gpu", "l20"], "L20 48GB roofline (datasheet estimate"),
+        (["--latency", "datasheet"], "H100-SXM5-80GB roofline (datasheet estimate"),
+    ):
+        out = tmp_path / args[-1]
+        result = simulate("--max-requests", "30", "--out", str(out), "--no-plots", *args)
+        assert result.exit_code == 0, result.output
+        assert expect in json.loads((out / "summary.json").read_text())["latency_model"]

@@ -110,6 +110,14 @@ def policies_command() -> None:
     print_policies()
 
 
+@app.command("gpus")
+def gpus_command() -> None:
+    """List the GPUs --gpu knows, their SM split, and where their operator times come from."""
+    from twin.commands.gpus import print_gpus
+
+    print_gpus()
+
+
 def main(argv: Any = None) -> None:
     app(argv)
 

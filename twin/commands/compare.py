@@ -35,6 +35,8 @@ def compare_command(
     ),
     model: str = typer.Option("llama-3.1-8b", help="Bundled model name or HF config.json path."),
     gpu: opt.DatasheetGpu = "h100",
+    stack: opt.Stack = "vllm",
+    latency: opt.Latency = "measured",
     profile: opt.Profile = None,
     slo_ttft: opt.SloTtft = opt.DEFAULT_SLO.ttft_s,
     slo_tbt: opt.SloTbt = opt.DEFAULT_SLO.tbt_s,
@@ -98,6 +100,8 @@ def compare_command(
         seed=seed,
         model=model,
         gpu=gpu,
+        stack=stack,
+        latency=latency,
         profile=profile,
         slo=slo,
     )

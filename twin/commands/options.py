@@ -32,6 +32,11 @@ RateScale = Annotated[float, typer.Option(help="Multiply the trace's request rat
 WindowStart = Annotated[float, typer.Option(help="Start of the trace window (s).")]
 WindowLength = Annotated[float | None, typer.Option(help="Length of the trace window (s).")]
 MaxRequests = Annotated[int | None, typer.Option(help="Keep only the first N requests.")]
+Concurrency = Annotated[
+    int | None,
+    typer.Option(help="Closed loop: N clients, each sending the trace's next request (its "
+                 "lengths; arrival times ignored) when its last one finishes."),
+]
 
 PolicyName = Annotated[
     str | None, typer.Option(help="Policy name (see `twin policies`; vllm when not given).")
@@ -45,7 +50,15 @@ PolicyConfig = Annotated[
 ]
 
 DatasheetGpu = Annotated[
-    str, typer.Option(help="Datasheet GPU model, used when no --profile is given.")
+    str, typer.Option(help="GPU to simulate (see `twin gpus`), used when no --profile is given.")
+]
+Stack = Annotated[
+    str, typer.Option(help="Serving stack whose measured kernels time the operators: vllm, "
+                      "sglang or trtllm.")
+]
+Latency = Annotated[
+    str, typer.Option(help="Operator times: measured (published tables; a datasheet roofline "
+                      "for GPUs they lack) or datasheet (the roofline everywhere).")
 ]
 Profile = Annotated[
     str | None, typer.Option(help="Measured or calibrated profile directory (`twin profile`).")

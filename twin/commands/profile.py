@@ -104,7 +104,8 @@ def refine(
     first = reals[0].config
     profile = base_profile if base_profile is not None else first.get("profile")
     gpu = first.get("gpu", "h100")
-    base = load_latency_model(load_model_config(first["model"]), gpu, profile)
+    stack, latency = first.get("stack", "vllm"), first.get("latency", "datasheet")
+    base = load_latency_model(load_model_config(first["model"]), gpu, profile, stack, latency)
     if held:
         train = pd.concat([r.iterations for r in reals], ignore_index=True)
         test = pd.concat([r.iterations for r in held], ignore_index=True)
@@ -121,7 +122,7 @@ def refine(
     except CalibrationError as exc:
         raise TwinError(f"--refine-from: {exc}") from None
     cal = calibrated.calibration
-    cal.base_gpu = gpu
+    cal.base_gpu, cal.base_stack, cal.base_latency = gpu, stack, latency
     if profile:
         out.mkdir(parents=True, exist_ok=True)
         cal.base_profile = os.path.relpath(Path(profile).resolve(), out.resolve())

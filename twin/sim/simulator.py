@@ -262,9 +262,26 @@ class Simulator(SchedulingCore):
         self._dispatch()
 
 
-def make_simulator(workload: Workload, policy: Policy, model: LatencyModel, *args, **kwargs):
-    """The engine a policy runs on: one GPU, or two for policies with ``gpus = 2``."""
+def make_simulator(
+    workload: Workload,
+    policy: Policy,
+    model: LatencyModel,
+    *args,
+    concurrency: int | None = None,
+    **kwargs,
+):
+    """The engine a policy runs on: one GPU, or two for policies with ``gpus = 2``; with
+    ``concurrency`` a closed loop of that many clients instead of the workload's arrivals."""
     gpus = getattr(policy, "gpus", 1)
+    if concurrency is not None:
+        if gpus != 1:
+            msg = f"--concurrency runs on one GPU; policy {policy.name!r} needs {gpus}"
+            raise SimulationError(msg)
+        from twin.sim.closed_loop import ClosedLoopSimulator
+
+        return ClosedLoopSimulator(
+            workload, policy, model, *args, concurrency=concurrency, **kwargs
+        )
     if gpus == 1:
         return Simulator(workload, policy, model, *args, **kwargs)
     if gpus == 2:

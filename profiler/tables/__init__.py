@@ -1,0 +1,1 @@
+"""Operator latencies measured on real GPUs (from aiconfigurator-core) and lookups in them."""
