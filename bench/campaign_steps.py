@@ -1,0 +1,489 @@
+"""The measuring steps of ``bench/gpu_campaign.py``, in the order the campaign runs them.
+
+Each step takes the campaign (its settings, the state earlier steps left, the output
+directory) and its deadline, writes its own results file as soon as it has them and returns
+the figures the summary reports. A step that cannot run on this machine raises ``Skipped``
+with the reason; long steps check the deadline between samples and keep what they measured.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import platform
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from profiler.grid import CORUN, ITERATION, SweepGrid, plan
+from profiler.mixed import MixedGrid, measure_mixed, mixed_summary, with_mixed_columns
+from profiler.partition import DeviceInfo, PartitionError
+
+# Sweep rows by importance, so a sweep cut short by its budget has whole classes: device
+# ceilings first (every fit leans on them), then whole iterations, then operators.
+CLASS_ORDER = ("peak", "copy", ITERATION, "attn_decode", "attn_prefill", "gemm", "other")
+SHAPE_KEY = ("op_name", "tokens", "batch", "context", "chunk", "prefix", "sms")
+FLUSH_EVERY_S = 10.0
+CPU_UNITS = 8
+
+
+class Skipped(Exception):
+    """This step cannot run here (the message says why); the campaign goes on."""
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=_plain) + "\n")
+    return path
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.integer | np.floating):
+        return value.item()
+    if isinstance(value, tuple | set | Path):
+        return list(value) if not isinstance(value, Path) else str(value)
+    raise TypeError(f"cannot store {type(value).__name__}")
+
+
+def bench_runtime() -> Any:
+    """``bench/runtime.py`` as a module: its decode, prefill and switch measurements."""
+    path = Path(__file__).with_name("runtime.py")
+    spec = importlib.util.spec_from_file_location("bench_runtime", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- metadata and ceilings -------------------------------------------------------------------
+
+
+def step_meta(c: Any, deadline: float) -> dict[str, Any]:
+    import torch
+
+    meta: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "dry_run": c.dry_run,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "model": c.model_cfg.name,
+        "versions": {d: _version(d) for d in ("triton", "cuda-python", "cuda-bindings", "simpy")},
+    }
+    if c.cuda:
+        props = torch.cuda.get_device_properties(0)
+        meta.update(
+            device=str(props.name),
+            num_sms=int(props.multi_processor_count),
+            memory_bytes=int(props.total_memory),
+            l2_bytes=int(getattr(props, "L2_cache_size", 0)),
+            compute_capability=f"{props.major}.{props.minor}",
+            nvidia_smi=_nvidia_smi(),
+        )
+        meta["driver"] = meta["nvidia_smi"].get("driver_version")
+        c.info = DeviceInfo(
+            index=0,
+            name=meta["device"],
+            num_sms=meta["num_sms"],
+            min_sms=8 if props.major >= 9 else 4,
+            granularity=8 if props.major >= 9 else 2,
+            memory_bytes=meta["memory_bytes"],
+            l2_bytes=meta["l2_bytes"] or 50 << 20,
+            compute_capability=(props.major, props.minor),
+            driver_version=None,
+            backend="none",
+        )
+    else:
+        meta.update(device="cpu", processor=platform.processor() or platform.machine())
+        # The whole CPU counts as CPU_UNITS "SMs": one partition, but a range for the fit.
+        meta.update(threads=torch.get_num_threads(), num_sms=CPU_UNITS, driver=None)
+        c.info = DeviceInfo(
+            0, "cpu", CPU_UNITS, CPU_UNITS, CPU_UNITS, 1 << 30, 1 << 20, (0, 0), None, "none"
+        )
+    c.meta = meta
+    write_json(c.out / "meta.json", meta)
+    return {k: meta.get(k) for k in ("device", "driver", "cuda", "torch", "num_sms")}
+
+
+def _nvidia_smi() -> dict[str, str]:
+    fields = "name,driver_version,memory.total,clocks.max.sm,clocks.max.mem,power.limit"
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {"error": str(exc)}
+    values = done.stdout.strip().splitlines()[0].split(", ") if done.returncode == 0 else []
+    return dict(zip(fields.split(","), values, strict=False))
+
+
+def _version(dist: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def step_peaks(c: Any, deadline: float) -> dict[str, Any]:
+    import torch
+
+    sizes = {"n": 16 << 20, "m": 256} if c.dry_run else {}
+    peaks = bench_runtime().peaks(torch, c.device.type, **sizes)
+    c.peaks = peaks
+    write_json(c.out / "peaks.json", peaks)
+    return {
+        "copy_TB_per_s": peaks["copy_bytes_per_s"] / 1e12,
+        "gemm_TFLOP_per_s": peaks["gemm_flops_per_s"] / 1e12,
+    }
+
+
+# -- partitions ------------------------------------------------------------------------------
+
+
+def step_partitions(c: Any, deadline: float) -> dict[str, Any]:
+    """The green-context pool: the first backend that builds it, SM counts read back, and a
+    check that a partition confines a GEMM to its SMs."""
+    if not c.cuda:
+        raise Skipped("no CUDA GPU: a CPU has no SM partitions")
+    from profiler.partition import PartitionPool
+
+    grid = c.sweep_grid()
+    sizes = {s for s in grid.sms if s < c.info.num_sms} | set(grid.corun_decode_sms)
+    tried: dict[str, str] = {}
+    for backend in ("cuda-python", "torch"):
+        try:
+            c.pool = PartitionPool(0, sizes=sizes, backend=backend)
+            break
+        except PartitionError as exc:
+            tried[backend] = str(exc)
+        except Exception as exc:  # a driver binding that exists but breaks
+            tried[backend] = f"{type(exc).__name__}: {exc}"
+    else:
+        write_json(c.out / "partitions.json", {"tried": tried})
+        raise RuntimeError(f"no green-context backend works: {tried}")
+    c.info = c.pool.info
+    result: dict[str, Any] = {**c.pool.describe(), "tried_before": tried}
+    result["confinement"] = _confinement(c)
+    write_json(c.out / "partitions.json", result)
+    return {
+        "backend": result["backend"],
+        "splits": len(result["splits"]),
+        "sm_counts": result["sm_counts"],
+        "confinement": result["confinement"].get("speedup_over_smallest"),
+    }
+
+
+def _confinement(c: Any) -> dict[str, Any]:
+    """A 4096^3 bf16 GEMM on the smallest partition and on the whole GPU: a partition that
+    confines runs it about full/smallest times slower."""
+    kernels, clock = c.measurement()
+    small = min(s for s in c.pool.sm_counts())
+    full = c.info.num_sms
+    gemm = kernels.peak(4096)
+    times = {}
+    for sms in (small, full):
+        clock.ready()
+        times[sms] = float(np.median(clock.time([gemm], [1.0], c.pool.stream(sms))))
+    return {
+        "smallest_sms": small,
+        "full_sms": full,
+        "seconds": {str(k): v for k, v in times.items()},
+        "speedup_over_smallest": times[small] / times[full],
+        "ideal_speedup": full / small,
+    }
+
+
+# -- sweeps ----------------------------------------------------------------------------------
+
+
+def measure_rows(c: Any, rows: list[dict], deadline: float, measure: Any) -> dict[str, Any]:
+    """Time ``rows`` in order until the deadline, saving the samples every few seconds."""
+    done = failed = 0
+    flushed = time.monotonic()
+    for row in rows:
+        if time.monotonic() >= deadline:
+            break
+        try:
+            c.samples.append({**row, **measure(row)})
+            done += 1
+        except PartitionError:
+            raise
+        except Exception as exc:  # one failing sample must not lose a step
+            failed += 1
+            c.errors.append(f"{row['op_class']}/{row['op_name']} on {row['sms']} SMs: {exc}")
+            c.clock.recover()
+        if time.monotonic() - flushed > FLUSH_EVERY_S:
+            c.save_samples()
+            flushed = time.monotonic()
+    c.save_samples()
+    cut_short = done + failed < len(rows)
+    return {"planned": len(rows), "measured": done, "failed": failed, "cut_short": cut_short}
+
+
+def step_sweep(c: Any, deadline: float) -> dict[str, Any]:
+    from profiler.sweep import summarise
+
+    grid = c.sweep_grid()
+    rows = [r for r in plan(c.model_cfg, grid, c.info.num_sms) if r["op_class"] != CORUN]
+    rows = [r for r in rows if r["sms"] in grid.sms]
+    rank = {k: i for i, k in enumerate(CLASS_ORDER)}
+    rows.sort(key=lambda r: (rank.get(r["op_class"], len(rank)), *(r[k] for k in SHAPE_KEY)))
+    sweep = c.sweep()
+    return {
+        "sm_counts": list(grid.sms),
+        "attention": c.kernels.attention_backend,
+        **measure_rows(c, rows, deadline, lambda r: summarise(sweep.measure(r))),
+    }
+
+
+def step_corun(c: Any, deadline: float) -> dict[str, Any]:
+    from profiler.sweep import summarise
+
+    if not c.cuda:
+        raise Skipped("no CUDA GPU: co-runs need two SM partitions")
+    if c.pool is None or c.info.backend != "cuda-python":
+        raise Skipped("co-runs need two disjoint partitions (cuda-python green contexts)")
+    grid = c.sweep_grid()
+    rows = [
+        r
+        for r in plan(c.model_cfg, grid, c.info.num_sms)
+        if r["op_class"] == CORUN or r["sms"] not in grid.sms
+    ]
+    sweep, pairs = c.sweep(), {}
+
+    def measure(row: dict) -> dict:
+        if row["op_class"] != CORUN:
+            return summarise(sweep.measure(row))
+        key = tuple(row[k] for k in ("chunk", "prefix", "batch", "context"))
+        key = (min(row["sms"], row["co_sms"]), max(row["sms"], row["co_sms"]), *key)
+        if key not in pairs:
+            pairs[key] = sweep.measure_corun(row)
+        return summarise(pairs[key][row["op_name"]])
+
+    result = measure_rows(c, rows, deadline, measure)
+    result["slowdowns"] = corun_slowdowns(pd.DataFrame(c.samples))
+    write_json(c.out / "corun.json", result)
+    return result
+
+
+def corun_slowdowns(samples: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each co-run lane's time over the same lane alone on the same partition."""
+    if samples.empty or CORUN not in set(samples["op_class"]):
+        return []
+    alone = samples[samples["op_class"] == ITERATION]
+    out = []
+    for _, r in samples[samples["op_class"] == CORUN].iterrows():
+        own = ("chunk", "prefix") if r["op_name"] == "prefill" else ("batch", "context")
+        match = alone[(alone["op_name"] == r["op_name"]) & (alone["sms"] == r["sms"])]
+        for k in own:
+            match = match[match[k] == r[k]]
+        if len(match):
+            out.append(
+                {
+                    "lane": r["op_name"],
+                    "sms": int(r["sms"]),
+                    "co_sms": int(r["co_sms"]),
+                    "shape": [int(r[k]) for k in ("chunk", "prefix", "batch", "context")],
+                    "slowdown": float(r["median_s"] / match["median_s"].iloc[0]),
+                }
+            )
+    return out
+
+
+def step_mixed(c: Any, deadline: float) -> dict[str, Any]:
+    kernels, clock = c.measurement()
+    grid = MixedGrid(((16, 0, 2, 16), (8, 8, 4, 24))) if c.dry_run else MixedGrid.quick()
+    full = c.info.num_sms
+    stream = c.pool.stream(full) if c.pool is not None else None
+    rows = [
+        {"op_class": "mixed", "op_name": "mixed", "sms": full, "shape": shape}
+        for shape in grid.shapes
+    ]
+
+    def measure(row: dict) -> dict:  # the row's "shape" key is not a samples column
+        return measure_mixed(c.model_cfg, kernels, clock, stream, full, row["shape"])
+
+    result = measure_rows(c, rows, deadline, measure)
+    result.update(mixed_summary(with_mixed_columns(pd.DataFrame(c.samples))))
+    result["grid"] = grid.to_dict()
+    write_json(c.out / "mixed.json", result)
+    return result
+
+
+# -- the profile -----------------------------------------------------------------------------
+
+
+def step_profile(c: Any, deadline: float) -> dict[str, Any]:
+    from profiler.fit import fit_profile
+    from profiler.mixed import write_mixed_plot
+    from profiler.plots import write_plots
+    from profiler.profile_io import read_meta, read_samples, write_fit
+
+    if not c.samples:
+        raise Skipped("no samples were measured in this run")
+    directory = c.save_samples()
+    samples, meta = read_samples(directory), read_meta(directory)
+    fit = fit_profile(samples, meta)
+    write_fit(directory, fit)
+    plots = [p.name for p in write_plots(directory, samples, fit, meta)]
+    mixed = write_mixed_plot(directory / "mixed_vs_parts.png", samples, meta)
+    plots += [mixed.name] if mixed else []
+    c.profile_dir = directory
+    summary = fit.get("summary", {})
+    return {
+        "samples": int(len(samples)),
+        "cv_mape": {op: e.get("cv_mape") for op, e in fit["ops"].items()},
+        "fit_mape": {op: v["mape"] for op, v in summary.get("mape", {}).items()},
+        "decode_bandwidth_saturates_at_sms": summary.get("saturation", {}).get(
+            "attn_decode_bandwidth_sms"
+        ),
+        "corun_scale": fit.get("corun", {}).get("scale"),
+        "overhead_ms": {k: 1e3 * v for k, v in fit["overhead"].items() if k.endswith("_s")},
+        "plots": plots,
+    }
+
+
+# -- the runtime -----------------------------------------------------------------------------
+
+
+def _runtime_args(c: Any) -> SimpleNamespace:
+    return SimpleNamespace(model=c.model_arg, weights=None, device=c.device.type)
+
+
+def step_runtime(c: Any, deadline: float) -> dict[str, Any]:
+    """bench/runtime.py's decode share of the HBM roofline and prefill share of the GEMM peak."""
+    c.release_measurement()
+    if c.peaks is None:
+        raise Skipped("needs the peaks step's copy bandwidth and GEMM peak")
+    bench = bench_runtime()
+    if c.dry_run:
+        batches, contexts, sizes = [1, 4], [32], [16, 64]
+    else:
+        batches, contexts, sizes = [1, 32, 64, 128], [1024, 4096], [512, 2048, 8192]
+    results = {"peaks": c.peaks}
+    out: dict[str, Any] = {"decode": [], "prefill": []}
+    try:
+        out["decode"] = bench.measure_decode(_runtime_args(c), batches, contexts, results)
+        out["prefill"] = bench.measure_prefill(_runtime_args(c), sizes, results)
+    finally:
+        write_json(c.out / "runtime.json", out)
+    decode = [r for r in out["decode"] if "step_s" in r]
+    big = [r["fraction_of_roofline"] for r in decode if r["batch"] >= (4 if c.dry_run else 32)]
+    long = [r["fraction_of_gemm_peak"] for r in out["prefill"] if r["tokens"] >= max(sizes) / 4]
+    return {
+        "decode_fraction_of_roofline_min_at_large_batch": min(big) if big else None,
+        "prefill_fraction_of_gemm_peak_min_at_long_prompts": min(long) if long else None,
+        "decode_rows": len(decode),
+        "prefill_rows": len(out["prefill"]),
+    }
+
+
+def step_switch(c: Any, deadline: float) -> dict[str, Any]:
+    import torch
+
+    if not c.cuda:
+        raise Skipped("no CUDA GPU: no partitions to switch between")
+    if c.info.backend == "none":
+        raise Skipped("no green-context backend worked (see the partitions step)")
+    c.release_measurement()
+    result = bench_runtime().measure_switch(torch)
+    write_json(c.out / "switch.json", result)
+    if "skipped" in result:
+        raise Skipped(result["skipped"])
+    return {"switch_cost_us": 1e6 * result["switch_cost_s"], "pool_setup_s": result["setup_s"]}
+
+
+def step_replay(c: Any, deadline: float) -> dict[str, Any]:
+    """``twin run --trace`` with each policy, on the fitted profile when this run made one."""
+    c.release_measurement()
+    runs, results = c.out / "runs", {}
+    for policy in c.policies:
+        if time.monotonic() >= deadline:
+            results[policy] = {"status": "out of time"}
+            continue
+        args = ["run", "--quiet", "--device", c.device.type, "--model", c.model_arg]
+        args += ["--trace", c.trace, "--max-requests", str(c.max_requests)]
+        args += ["--rate-scale", str(c.rate_scale), "--policy", policy]
+        args += ["--out", str(runs / policy)]
+        if c.profile_dir is not None and not c.dry_run:
+            args += ["--profile", str(c.profile_dir)]
+        c.twin(args)
+        s = json.loads((runs / policy / "summary.json").read_text())
+        results[policy] = {
+            k: s.get(k)
+            for k in (
+                "goodput_rps",
+                "output_tokens_per_s",
+                "ttft_p50_s",
+                "ttft_p99_s",
+                "tbt_p50_s",
+                "tbt_p99_s",
+                "iterations",
+                "latency_model",
+            )
+        }
+    base = results.get("vllm", {}).get("goodput_rps")
+    for r in results.values():
+        if base and r.get("goodput_rps") is not None:
+            r["goodput_vs_vllm"] = r["goodput_rps"] / base
+    c.replays = [p for p, r in results.items() if "goodput_rps" in r]
+    write_json(c.out / "replay.json", results)
+    return results
+
+
+def step_validate(c: Any, deadline: float) -> dict[str, Any]:
+    if not c.replays:
+        raise Skipped("no replay finished in this run")
+    args = ["validate", "--quiet", "--out", str(c.out / "validation")]
+    for policy in c.replays:
+        args += ["--real-records", str(c.out / "runs" / policy)]
+    c.twin(args)
+    report = json.loads((c.out / "validation" / "validation.json").read_text())
+    out: dict[str, Any] = {"ranking_agrees": report.get("ranking", {}).get("agree")}
+    for run in report["runs"]:
+        metrics = run.get("metrics", {})
+        out[run["policy"]] = {
+            "iteration_mape": run.get("iteration_error", {}).get("mape"),
+            "latency_model": run.get("latency_model"),
+            **{
+                f"{m}_error": metrics.get(m, {}).get("error")
+                for m in ("ttft_p50_s", "ttft_p99_s", "tbt_p50_s", "tbt_p99_s")
+            },
+        }
+    return out
+
+
+def dry_grid() -> SweepGrid:
+    """The tiny model's grid on one whole device: at least six samples of every class."""
+    return SweepGrid(
+        sms=(CPU_UNITS,),
+        gemm_tokens=(1, 16),
+        head_rows=(1, 4),
+        prefill=((16, 0), (8, 8), (32, 0), (16, 16), (24, 0), (8, 24)),
+        decode=((1, 16), (2, 16), (4, 8), (2, 32), (8, 8), (1, 64)),
+        other_tokens=(4, 16),
+        iter_prefill=((16, 0), (32, 0)),
+        iter_decode=((2, 16), (4, 8)),
+        corun_decode_sms=(),
+        corun_shapes=(),
+        peak_n=64,
+        copy_bytes=1 << 16,
+        repeats=3,
+        name="dry-run",
+    )
+
+
+def whole_device_grid(grid: SweepGrid, num_sms: int) -> SweepGrid:
+    """``grid`` on the whole device alone, for a GPU whose partitions do not work."""
+    return replace(grid, sms=(num_sms,), corun_decode_sms=())

@@ -1,0 +1,349 @@
+"""One GPU run that measures everything the twin assumes, each step saved as it finishes.
+
+On one CUDA GPU, in one process, in this order, each step within its own time budget:
+device metadata; copy bandwidth and bf16 GEMM peak; the green-context partition pool (SM
+counts read back, confinement checked); the quick SM sweep across splits; co-runs of a
+prefill and a decode iteration on complementary partitions against each alone; the
+mixed-batch sweep (a prefill chunk plus N decodes against each part alone); the profile's
+fit and plots (fitted here, before the replay, so the replay's policies and the validation
+use the measured profile); bench/runtime.py's decode share of the HBM roofline and prefill
+share of the GEMM peak; the partition switch cost; a short ``twin run --trace`` replay with
+each policy and ``twin validate`` on it. Then ``summary.json`` and a table of the figures.
+
+A step that fails or runs out of time is recorded and the campaign goes on; every step
+writes into ``--out`` when it ends, and ``--pack`` re-packs the directory after each step,
+so a run cut off anywhere leaves everything measured so far. ``--dry-run`` runs the same
+steps on a CPU with a tiny model (the partition steps report skipped; times mean nothing).
+
+    python bench/gpu_campaign.py --out runs/campaign --pack runs/campaign.tar.gz
+    python bench/gpu_campaign.py --dry-run --out runs/campaign-dry
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import tarfile
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # the step modules beside it, the repository
+
+import campaign_steps as steps  # noqa: E402  (beside this file)
+from campaign_report import figures, print_table  # noqa: E402
+
+STEPS = {
+    "meta": (steps.step_meta, 15),
+    "peaks": (steps.step_peaks, 15),
+    "partitions": (steps.step_partitions, 30),
+    "sweep": (steps.step_sweep, 120),
+    "corun": (steps.step_corun, 40),
+    "mixed": (steps.step_mixed, 35),
+    "profile": (steps.step_profile, 40),
+    "runtime": (steps.step_runtime, 50),
+    "switch": (steps.step_switch, 15),
+    "replay": (steps.step_replay, 70),
+    "validate": (steps.step_validate, 20),
+}
+# Steps that later ones need, run whenever a later one is asked for: each costs seconds.
+PREREQUISITES = ("meta", "peaks", "partitions")
+GRACE_S = 10.0  # past its budget a step is interrupted, not merely asked to stop
+TINY_MODEL = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "vocab_size": 512,
+    "max_position_embeddings": 8192,
+    "tie_word_embeddings": False,
+}
+
+
+class CampaignError(Exception):
+    """Bad flags or an output directory that must not be overwritten (one line)."""
+
+
+class StepTimeout(Exception):
+    pass
+
+
+class Campaign:
+    """Settings and the state one step leaves for the next (device, pool, samples)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        import torch
+
+        from profiler.config import load_model_config
+
+        self.args, self.dry_run, self.out = args, args.dry_run, args.out
+        self.cuda = torch.cuda.is_available() and not args.dry_run
+        self.device = torch.device("cuda", 0) if self.cuda else torch.device("cpu")
+        if self.dry_run:
+            model_dir = self.out / "model"
+            model_dir.mkdir(parents=True, exist_ok=True)
+            (model_dir / "config.json").write_text(json.dumps(TINY_MODEL, indent=2) + "\n")
+            self.model_arg = str(model_dir)
+            self.trace = args.trace or str(write_dry_trace(self.out / "trace.csv"))
+        else:
+            self.model_arg, self.trace = args.model, args.trace or "azure-conv"
+        self.model_cfg = load_model_config(self.model_arg)
+        self.policies = args.policies
+        self.max_requests = args.max_requests or (6 if self.dry_run else 60)
+        self.rate_scale = args.rate_scale or (1.0 if self.dry_run else 3.0)
+        self.meta: dict[str, Any] = {}
+        self.info: Any = None
+        self.peaks: dict[str, Any] | None = None
+        self.pool: Any = None
+        self.kernels: Any = None
+        self.clock: Any = None
+        self._sweep: Any = None
+        self._profile_meta: dict[str, Any] | None = None
+        self.samples: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+        self.started = time.time()
+        self.profile_dir: Path | None = None
+        self.replays: list[str] = []
+
+    # -- shared measurement state ------------------------------------------------------------
+
+    def sweep_grid(self) -> Any:
+        from profiler.grid import SweepGrid
+
+        if self.dry_run:
+            return steps.dry_grid()
+        g = max(self.info.min_sms, self.info.granularity)
+        grid = SweepGrid.quick(self.info.num_sms, g)
+        if self.pool is None:
+            return steps.whole_device_grid(grid, self.info.num_sms)
+        return grid
+
+    def measurement(self) -> tuple[Any, Any]:
+        """The kernels and clock every sweep shares, built on first use."""
+        if self.kernels is None:
+            from profiler.kernels import Kernels
+
+            grid = self.sweep_grid()
+            self.kernels = Kernels(self.model_cfg, self.device, grid.layers)
+            if self.cuda:
+                from profiler.sweep import CudaClock
+
+                self.clock = CudaClock(
+                    self.device,
+                    self.info.l2_bytes,
+                    grid.warmup,
+                    grid.min_repeats,
+                    grid.repeats,
+                    grid.budget_s,
+                )
+            else:
+                from profiler.host import HostClock
+
+                self.clock = HostClock(repeats=grid.repeats)
+        return self.kernels, self.clock
+
+    def sweep(self) -> Any:
+        if self._sweep is None:
+            from profiler.host import WholeDevice
+            from profiler.sweep import Sweep
+
+            kernels, clock = self.measurement()
+            pool = self.pool or WholeDevice(self.info.num_sms)
+            self._sweep = Sweep(self.model_cfg, self.sweep_grid(), pool, kernels, clock)
+        return self._sweep
+
+    def release_measurement(self) -> None:
+        """Free the sweep's tensors and partitions before the runtime takes the GPU."""
+        self.kernels = self.clock = self._sweep = None
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+
+    def save_samples(self) -> Path:
+        """Write the profile directory's meta.json and samples.parquet as they stand."""
+        import pandas as pd
+
+        from profiler.mixed import MixedGrid, with_mixed_columns
+        from profiler.profile_io import write_meta, write_samples
+        from profiler.sweep import profile_meta
+
+        directory = self.out / "profile"
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.kernels is not None or self._profile_meta is None:
+            kernels, clock = self.measurement()
+            partitions = self.pool.describe() if self.pool is not None else {"backend": "none"}
+            self._profile_meta = profile_meta(
+                self.info, self.model_cfg, self.sweep_grid(), kernels, clock, partitions,
+                self.started, self.errors,
+            )  # fmt: skip
+        meta = dict(self._profile_meta)
+        meta.update(
+            driver=self.meta.get("driver") or meta["driver"],
+            dry_run=self.dry_run,
+            measured_by="bench/gpu_campaign.py",
+            mixed_grid=MixedGrid.quick().to_dict(),
+        )
+        write_meta(directory, meta)
+        write_samples(directory, with_mixed_columns(pd.DataFrame(self.samples)))
+        return directory
+
+    def twin(self, argv: list[str]) -> None:
+        """Run a ``twin`` command in this process; a non-zero exit is an error."""
+        import click
+
+        from twin.cli import app
+
+        try:
+            code = app(argv, standalone_mode=False, prog_name="twin")
+        except SystemExit as exc:
+            code = exc.code
+        except click.exceptions.Exit as exc:
+            code = exc.exit_code
+        except click.ClickException as exc:
+            raise RuntimeError(f"twin {argv[0]}: {exc.format_message()}") from None
+        if code not in (None, 0):
+            raise RuntimeError(f"twin {argv[0]} exited with status {code}")
+
+
+def write_dry_trace(path: Path) -> Path:
+    """Six short requests arriving within 0.3 s: a replay of seconds on a CPU."""
+    rows = [(0.05 * i, 16 + 8 * i, 4 + i % 3) for i in range(6)]
+    lines = ["arrival_s,prompt_tokens,output_tokens"] + [f"{a:.2f},{p},{o}" for a, p, o in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@contextmanager
+def time_limit(seconds: float):
+    """Interrupt the block with StepTimeout after ``seconds`` (main thread, POSIX)."""
+
+    def expire(signum: int, frame: Any) -> None:
+        raise StepTimeout(f"interrupted after {seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every step asked for, in order, within the overall budget; returns the summary."""
+    c = Campaign(args)
+    overall = time.monotonic() + args.total_s
+    summary: dict[str, Any] = {"dry_run": c.dry_run, "steps": {}, "budget_s": args.total_s}
+    for name in args.steps:
+        fn, default = STEPS[name]
+        left = overall - time.monotonic()
+        budget = min(args.budgets.get(name, default), left)
+        record: dict[str, Any] = {"budget_s": round(budget, 1)}
+        started = time.monotonic()
+        if left <= 1:
+            record.update(status="skipped", reason="the campaign's time is used up")
+        else:
+            try:
+                with time_limit(budget + GRACE_S):
+                    record.update(status="ok", result=fn(c, started + budget))
+            except steps.Skipped as exc:
+                record.update(status="skipped", reason=str(exc))
+            except StepTimeout as exc:
+                record.update(status="timed out", reason=str(exc))
+            except Exception as exc:  # a failing step must not lose the others
+                record.update(status="failed", reason=f"{type(exc).__name__}: {exc}"[:500])
+                (c.out / "errors.log").open("a").write(f"[{name}]\n{traceback.format_exc()}\n")
+        record["seconds"] = round(time.monotonic() - started, 2)
+        summary["steps"][name] = record
+        print(f"[{name}] {record['status']} in {record['seconds']:.1f} s"
+              + (f": {record['reason']}" if "reason" in record else ""), flush=True)  # fmt: skip
+        finish(c, summary, args)
+    return summary
+
+
+def finish(c: Campaign, summary: dict[str, Any], args: argparse.Namespace) -> None:
+    summary["meta"] = c.meta
+    summary["figures"] = figures(summary)
+    summary["skipped_samples"] = c.errors[:50]
+    steps.write_json(c.out / "summary.json", summary)
+    if args.pack is not None:
+        pack(c.out, args.pack)
+
+
+def pack(directory: Path, target: Path) -> None:
+    """``directory`` as one tar.gz, replaced whole so a cut-off run never leaves half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    with tarfile.open(partial, "w:gz") as tar:
+        tar.add(directory, arcname=directory.name)
+    partial.replace(target)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dry-run", action="store_true", help="CPU, tiny model: proves the code path")
+    p.add_argument("--out", type=Path, default=Path("runs/gpu-campaign"))
+    p.add_argument("--force", action="store_true", help="overwrite an earlier campaign in --out")
+    p.add_argument("--pack", type=Path, default=None, help="tar.gz of --out after every step")
+    p.add_argument("--steps", default=",".join(STEPS), help="comma list, in campaign order")
+    p.add_argument("--total-s", type=float, default=450.0, help="budget of the whole run")
+    p.add_argument("--budget", action="append", default=[], metavar="STEP=SECONDS")
+    p.add_argument("--model", default="llama-3.1-8b")
+    p.add_argument("--trace", default=None, help="[azure-conv; dry run: six short requests]")
+    p.add_argument("--policies", default="vllm,static-split,nexus")
+    p.add_argument("--max-requests", type=int, default=None, help="[60; dry run 6]")
+    p.add_argument("--rate-scale", type=float, default=None, help="[3; dry run 1]")
+    args = p.parse_args(argv)
+    asked = [s for s in args.steps.split(",") if s]
+    unknown = [s for s in asked if s not in STEPS]
+    if unknown or not asked:
+        known = ", ".join(STEPS)
+        raise CampaignError(f"--steps: unknown {unknown or 'none given'}; known: {known}")
+    wanted = set(asked) | set(PREREQUISITES)
+    args.steps = [s for s in STEPS if s in wanted]
+    args.budgets = {}
+    for item in args.budget:
+        name, _, value = item.partition("=")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = float("nan")
+        if name not in STEPS or not seconds > 0 or seconds == float("inf"):
+            raise CampaignError(f"--budget {item}: expected STEP=SECONDS with a known step")
+        args.budgets[name] = seconds
+    if not 0 < args.total_s < float("inf"):
+        raise CampaignError(f"--total-s {args.total_s}: must be a positive number of seconds")
+    args.policies = [x for x in args.policies.split(",") if x]
+    if args.out.exists() and any(args.out.iterdir()) and not args.force:
+        raise CampaignError(f"--out {args.out} is not empty; choose a new one or pass --force")
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse(argv)
+    except CampaignError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = run(args)
+    print_table(summary)
+    print(f"wrote {args.out / 'summary.json'}" + (f" and {args.pack}" if args.pack else ""))
+    return 0 if all(s["status"] in ("ok", "skipped") for s in summary["steps"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
