@@ -202,18 +202,19 @@ class Campaign:
 
     def twin(self, argv: list[str]) -> None:
         """Run a ``twin`` command in this process; a non-zero exit is an error."""
-        import click
-
         from twin.cli import app
 
         try:
             code = app(argv, standalone_mode=False, prog_name="twin")
         except SystemExit as exc:
             code = exc.code
-        except click.exceptions.Exit as exc:
+        except Exception as exc:
+            # Typer's (vendored) click raises these; matched by shape, not by import path.
+            if hasattr(exc, "format_message"):  # a usage error
+                raise RuntimeError(f"twin {argv[0]}: {exc.format_message()}") from None
+            if not hasattr(exc, "exit_code"):
+                raise
             code = exc.exit_code
-        except click.ClickException as exc:
-            raise RuntimeError(f"twin {argv[0]}: {exc.format_message()}") from None
         if code not in (None, 0):
             raise RuntimeError(f"twin {argv[0]} exited with status {code}")
 
