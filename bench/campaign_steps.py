@@ -158,7 +158,7 @@ def step_partitions(c: Any, deadline: float) -> dict[str, Any]:
         raise Skipped("no CUDA GPU: a CPU has no SM partitions")
     from profiler.partition import PartitionPool
 
-    grid = c.sweep_grid()
+    grid = c.quick_grid()
     sizes = {s for s in grid.sms if s < c.info.num_sms} | set(grid.corun_decode_sms)
     tried: dict[str, str] = {}
     for backend in ("cuda-python", "torch"):
@@ -235,8 +235,7 @@ def step_sweep(c: Any, deadline: float) -> dict[str, Any]:
     from profiler.sweep import summarise
 
     grid = c.sweep_grid()
-    rows = [r for r in plan(c.model_cfg, grid, c.info.num_sms) if r["op_class"] != CORUN]
-    rows = [r for r in rows if r["sms"] in grid.sms]
+    rows = plan(c.model_cfg, replace(grid, corun_decode_sms=()), c.info.num_sms)
     rank = {k: i for i, k in enumerate(CLASS_ORDER)}
     rows.sort(key=lambda r: (rank.get(r["op_class"], len(rank)), *(r[k] for k in SHAPE_KEY)))
     sweep = c.sweep()
@@ -255,11 +254,9 @@ def step_corun(c: Any, deadline: float) -> dict[str, Any]:
     if c.pool is None or c.info.backend != "cuda-python":
         raise Skipped("co-runs need two disjoint partitions (cuda-python green contexts)")
     grid = c.sweep_grid()
-    rows = [
-        r
-        for r in plan(c.model_cfg, grid, c.info.num_sms)
-        if r["op_class"] == CORUN or r["sms"] not in grid.sms
-    ]
+    # The plan ends with the co-run section: each lane alone on its partition, then together.
+    grid_rows = len(plan(c.model_cfg, replace(grid, corun_decode_sms=()), c.info.num_sms))
+    rows = plan(c.model_cfg, grid, c.info.num_sms)[grid_rows:]
     sweep, pairs = c.sweep(), {}
 
     def measure(row: dict) -> dict:
@@ -305,7 +302,7 @@ def step_mixed(c: Any, deadline: float) -> dict[str, Any]:
     kernels, clock = c.measurement()
     grid = MixedGrid(((16, 0, 2, 16), (8, 8, 4, 24))) if c.dry_run else MixedGrid.quick()
     full = c.info.num_sms
-    stream = c.pool.stream(full) if c.pool is not None else None
+    stream = c.sweep().pool.stream(full)
     rows = [
         {"op_class": "mixed", "op_name": "mixed", "sms": full, "shape": shape}
         for shape in grid.shapes
@@ -418,7 +415,10 @@ def step_replay(c: Any, deadline: float) -> dict[str, Any]:
         args += ["--out", str(runs / policy)]
         if c.profile_dir is not None and not c.dry_run:
             args += ["--profile", str(c.profile_dir)]
-        c.twin(args)
+        try:
+            c.twin(args)
+        finally:
+            c.free_gpu()  # the next policy's runtime sizes its KV cache from free memory
         s = json.loads((runs / policy / "summary.json").read_text())
         results[policy] = {
             k: s.get(k)

@@ -22,6 +22,7 @@ steps on a CPU with a tiny model (the partition steps report skipped; times mean
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import signal
 import sys
@@ -38,17 +39,17 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]  # the step modules beside it, the 
 import campaign_steps as steps  # noqa: E402  (beside this file)
 from campaign_report import figures, print_table  # noqa: E402
 
-STEPS = {
-    "meta": (steps.step_meta, 15),
+STEPS = {  # name: (step, default budget in seconds); the budgets sum to the default total
+    "meta": (steps.step_meta, 10),
     "peaks": (steps.step_peaks, 15),
-    "partitions": (steps.step_partitions, 30),
-    "sweep": (steps.step_sweep, 120),
-    "corun": (steps.step_corun, 40),
-    "mixed": (steps.step_mixed, 35),
-    "profile": (steps.step_profile, 40),
+    "partitions": (steps.step_partitions, 25),
+    "sweep": (steps.step_sweep, 110),
+    "corun": (steps.step_corun, 35),
+    "mixed": (steps.step_mixed, 30),
+    "profile": (steps.step_profile, 35),
     "runtime": (steps.step_runtime, 50),
     "switch": (steps.step_switch, 15),
-    "replay": (steps.step_replay, 70),
+    "replay": (steps.step_replay, 75),
     "validate": (steps.step_validate, 20),
 }
 # Steps that later ones need, run whenever a later one is asked for: each costs seconds.
@@ -115,16 +116,18 @@ class Campaign:
 
     # -- shared measurement state ------------------------------------------------------------
 
-    def sweep_grid(self) -> Any:
+    def quick_grid(self) -> Any:
+        """The grid across every split the partitions allow."""
         from profiler.grid import SweepGrid
 
         if self.dry_run:
             return steps.dry_grid()
-        g = max(self.info.min_sms, self.info.granularity)
-        grid = SweepGrid.quick(self.info.num_sms, g)
-        if self.pool is None:
-            return steps.whole_device_grid(grid, self.info.num_sms)
-        return grid
+        return SweepGrid.quick(self.info.num_sms, max(self.info.min_sms, self.info.granularity))
+
+    def sweep_grid(self) -> Any:
+        """The grid this machine can run: the whole device alone without partitions."""
+        grid = self.quick_grid()
+        return grid if self.pool is not None else steps.whole_device_grid(grid, self.info.num_sms)
 
     def measurement(self) -> tuple[Any, Any]:
         """The kernels and clock every sweep shares, built on first use."""
@@ -156,7 +159,12 @@ class Campaign:
             from profiler.sweep import Sweep
 
             kernels, clock = self.measurement()
-            pool = self.pool or WholeDevice(self.info.num_sms)
+            pool = self.pool
+            if pool is None:
+                import torch
+
+                stream = torch.cuda.Stream(self.device) if self.cuda else None
+                pool = WholeDevice(self.info.num_sms, stream)
             self._sweep = Sweep(self.model_cfg, self.sweep_grid(), pool, kernels, clock)
         return self._sweep
 
@@ -166,6 +174,10 @@ class Campaign:
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+        self.free_gpu()
+
+    def free_gpu(self) -> None:
+        gc.collect()
         if self.cuda:
             import torch
 
@@ -300,7 +312,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--force", action="store_true", help="overwrite an earlier campaign in --out")
     p.add_argument("--pack", type=Path, default=None, help="tar.gz of --out after every step")
     p.add_argument("--steps", default=",".join(STEPS), help="comma list, in campaign order")
-    p.add_argument("--total-s", type=float, default=450.0, help="budget of the whole run")
+    p.add_argument("--total-s", type=float, default=420.0, help="budget of the whole run")
     p.add_argument("--budget", action="append", default=[], metavar="STEP=SECONDS")
     p.add_argument("--model", default="llama-3.1-8b")
     p.add_argument("--trace", default=None, help="[azure-conv; dry run: six short requests]")

@@ -19,13 +19,16 @@ Launch = Callable[[], Any]
 
 @dataclass
 class WholeDevice:
-    """A partition pool with one partition: the whole device, counted as ``num_sms`` units."""
+    """A partition pool with one partition: the whole device, counted as ``num_sms`` units,
+    on ``full_stream`` (a CUDA stream on a GPU whose partitions do not work, None on a CPU)."""
 
     num_sms: int = 1
+    full_stream: Any = None
 
-    def stream(self, sms: int) -> None:
+    def stream(self, sms: int) -> Any:
         if sms != self.num_sms:
             raise PartitionError(f"no partition of {sms} SMs: this device has no SM partitions")
+        return self.full_stream
 
     def streams(self, prefill_sms: int, decode_sms: int) -> tuple[Any, Any]:
         raise PartitionError("two SM partitions need a CUDA GPU with green contexts")
