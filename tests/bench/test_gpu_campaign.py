@@ -86,8 +86,11 @@ def test_replays_and_validation_of_each_policy(dry_run):
     out, _, _ = dry_run
     replay = json.loads((out / "replay.json").read_text())
     assert list(replay) == ["vllm", "static-split", "nexus"]
-    assert replay["vllm"]["goodput_vs_vllm"] == 1.0
+    # Goodput on a loaded CPU may be 0 (SLOs missed); the ratio exists only against a base.
+    if replay["vllm"]["goodput_rps"] > 0:
+        assert replay["vllm"]["goodput_vs_vllm"] == 1.0
     for policy in replay:
+        assert replay[policy]["output_tokens_per_s"] > 0
         records = pd.read_parquet(out / "runs" / policy / "records.parquet")
         assert len(records) == 6 and (records["status"] == "finished").all()
     report = json.loads((out / "validation" / "validation.json").read_text())
