@@ -30,7 +30,7 @@ from profiler.partition import DeviceInfo, PartitionError
 CLASS_ORDER = ("peak", "copy", ITERATION, "attn_decode", "attn_prefill", "gemm", "other")
 SHAPE_KEY = ("op_name", "tokens", "batch", "context", "chunk", "prefix", "sms")
 FLUSH_EVERY_S = 10.0
-CPU_UNITS = 8
+CPU_UNITS = 132
 
 
 class Skipped(Exception):
@@ -101,11 +101,10 @@ def step_meta(c: Any, deadline: float) -> dict[str, Any]:
         )
     else:
         meta.update(device="cpu", processor=platform.processor() or platform.machine())
-        # The whole CPU counts as CPU_UNITS "SMs": one partition, but a range for the fit.
+        # The whole CPU counts as an H100's or H200's 132 SMs in groups of 8: one partition,
+        # but a range for the fit and the splits the policies know in the replay.
         meta.update(threads=torch.get_num_threads(), num_sms=CPU_UNITS, driver=None)
-        c.info = DeviceInfo(
-            0, "cpu", CPU_UNITS, CPU_UNITS, CPU_UNITS, 1 << 30, 1 << 20, (0, 0), None, "none"
-        )
+        c.info = DeviceInfo(0, "cpu", CPU_UNITS, 8, 8, 1 << 30, 1 << 20, (0, 0), None, "none")
     c.meta = meta
     write_json(c.out / "meta.json", meta)
     return {k: meta.get(k) for k in ("device", "driver", "cuda", "torch", "num_sms")}
@@ -413,7 +412,7 @@ def step_replay(c: Any, deadline: float) -> dict[str, Any]:
         args += ["--trace", c.trace, "--max-requests", str(c.max_requests)]
         args += ["--rate-scale", str(c.rate_scale), "--policy", policy]
         args += ["--out", str(runs / policy)]
-        if c.profile_dir is not None and not c.dry_run:
+        if c.profile_dir is not None:
             args += ["--profile", str(c.profile_dir)]
         try:
             c.twin(args)
