@@ -85,7 +85,7 @@ class Campaign:
 
         from profiler.config import load_model_config
 
-        self.args, self.dry_run, self.out = args, args.dry_run, args.out
+        self.args, self.dry_run, self.out = args, args.dry_run, args.out.resolve()
         self.cuda = torch.cuda.is_available() and not args.dry_run
         self.device = torch.device("cuda", 0) if self.cuda else torch.device("cpu")
         if self.dry_run:
@@ -260,6 +260,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     c = Campaign(args)
     overall = time.monotonic() + args.total_s
     summary: dict[str, Any] = {"dry_run": c.dry_run, "steps": {}, "budget_s": args.total_s}
+    summary["out"] = str(c.out.resolve())
     for name in args.steps:
         fn, default = STEPS[name]
         left = overall - time.monotonic()

@@ -153,3 +153,22 @@ def test_an_earlier_campaign_is_never_overwritten(tmp_path, capsys):
     assert campaign_module().main(["--dry-run", "--out", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
     assert (out / "summary.json").read_text() == "{}"
+
+
+def test_the_pack_installs_once_where_the_repository_keeps_it(dry_run, tmp_path, capsys):
+    _, pack, _ = dry_run
+    spec = importlib.util.spec_from_file_location("install", ROOT / "bench/install_campaign.py")
+    install = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(install)
+    assert install.main([str(pack), "--root", str(tmp_path)]) == 1
+    assert "dry run" in capsys.readouterr().err and not any(tmp_path.iterdir())
+    assert install.main([str(pack), "--root", str(tmp_path), "--allow-dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "Measured on cpu" in printed and "corun skipped" in printed
+    profile = next((tmp_path / "profiler" / "profiles" / "cpu").iterdir())
+    assert read_fit(profile)["ops"] and len(read_samples(profile)) > 0
+    results = next((tmp_path / "bench" / "results").iterdir())
+    validation = (results / "validation" / "validation.json").read_text()
+    assert '"real_run": "runs/vllm"' in validation and str(tmp_path.parent) not in validation
+    assert install.main([str(pack), "--root", str(tmp_path), "--allow-dry-run"]) == 1
+    assert "nothing is overwritten" in capsys.readouterr().err
