@@ -43,13 +43,13 @@ STEPS = {  # name: (step, default budget in seconds); the budgets sum to the def
     "meta": (steps.step_meta, 10),
     "peaks": (steps.step_peaks, 15),
     "partitions": (steps.step_partitions, 25),
-    "sweep": (steps.step_sweep, 110),
-    "corun": (steps.step_corun, 35),
+    "sweep": (steps.step_sweep, 100),
+    "corun": (steps.step_corun, 30),
     "mixed": (steps.step_mixed, 30),
     "profile": (steps.step_profile, 35),
     "runtime": (steps.step_runtime, 50),
     "switch": (steps.step_switch, 15),
-    "replay": (steps.step_replay, 75),
+    "replay": (steps.step_replay, 90),
     "validate": (steps.step_validate, 20),
 }
 # Steps that later ones need, run whenever a later one is asked for: each costs seconds.
@@ -98,7 +98,7 @@ class Campaign:
             self.model_arg, self.trace = args.model, args.trace or "azure-conv"
         self.model_cfg = load_model_config(self.model_arg)
         self.policies = args.policies
-        self.max_requests = args.max_requests or (6 if self.dry_run else 60)
+        self.max_requests = args.max_requests or (6 if self.dry_run else 50)
         self.rate_scale = args.rate_scale or (1.0 if self.dry_run else 3.0)
         self.meta: dict[str, Any] = {}
         self.info: Any = None
@@ -111,7 +111,7 @@ class Campaign:
         self.samples: list[dict[str, Any]] = []
         self.errors: list[str] = []
         self.started = time.time()
-        self.profile_dir: Path | None = None
+        self.profile_dir: Path | None = args.use_profile
         self.replays: list[str] = []
 
     # -- shared measurement state ------------------------------------------------------------
@@ -317,8 +317,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", action="append", default=[], metavar="STEP=SECONDS")
     p.add_argument("--model", default="llama-3.1-8b")
     p.add_argument("--trace", default=None, help="[azure-conv; dry run: six short requests]")
-    p.add_argument("--policies", default="vllm,static-split,nexus")
-    p.add_argument("--max-requests", type=int, default=None, help="[60; dry run 6]")
+    p.add_argument("--policies", default="vllm,static-split,nexus,duetserve")
+    p.add_argument("--max-requests", type=int, default=None, help="[50; dry run 6]")
+    p.add_argument(
+        "--use-profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="profile for the replay when this run fits none (a rerun without the sweeps)",
+    )
     p.add_argument("--rate-scale", type=float, default=None, help="[3; dry run 1]")
     args = p.parse_args(argv)
     asked = [s for s in args.steps.split(",") if s]
@@ -341,6 +348,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0 < args.total_s < float("inf"):
         raise CampaignError(f"--total-s {args.total_s}: must be a positive number of seconds")
     args.policies = [x for x in args.policies.split(",") if x]
+    if args.use_profile is not None and not (args.use_profile / "fit.json").is_file():
+        raise CampaignError(f"--use-profile {args.use_profile}: no fit.json there")
     if args.out.exists() and any(args.out.iterdir()) and not args.force:
         raise CampaignError(f"--out {args.out} is not empty; choose a new one or pass --force")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -85,7 +85,7 @@ def test_the_profile_holds_sweep_and_mixed_samples_and_fits(dry_run):
 def test_replays_and_validation_of_each_policy(dry_run):
     out, _, _ = dry_run
     replay = json.loads((out / "replay.json").read_text())
-    assert list(replay) == ["vllm", "static-split", "nexus"]
+    assert list(replay) == ["vllm", "static-split", "nexus", "duetserve"]
     # Goodput on a loaded CPU may be 0 (SLOs missed); the ratio exists only against a base.
     if replay["vllm"]["goodput_rps"] > 0:
         assert replay["vllm"]["goodput_vs_vllm"] == 1.0
