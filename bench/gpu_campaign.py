@@ -36,7 +36,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # the step modules beside it, the repository
 
-import campaign_steps as steps  # noqa: E402  (beside this file)
+import campaign_runtime as runtime_steps  # noqa: E402  (beside this file)
+import campaign_steps as steps  # noqa: E402
 from campaign_report import figures, print_table  # noqa: E402
 
 STEPS = {  # name: (step, default budget in seconds); the budgets sum to the default total
@@ -47,10 +48,10 @@ STEPS = {  # name: (step, default budget in seconds); the budgets sum to the def
     "corun": (steps.step_corun, 30),
     "mixed": (steps.step_mixed, 30),
     "profile": (steps.step_profile, 35),
-    "runtime": (steps.step_runtime, 50),
-    "switch": (steps.step_switch, 15),
-    "replay": (steps.step_replay, 90),
-    "validate": (steps.step_validate, 20),
+    "runtime": (runtime_steps.step_runtime, 50),
+    "switch": (runtime_steps.step_switch, 15),
+    "replay": (runtime_steps.step_replay, 90),
+    "validate": (runtime_steps.step_validate, 20),
 }
 # Steps that later ones need, run whenever a later one is asked for: each costs seconds.
 PREREQUISITES = ("meta", "peaks", "partitions")
@@ -203,7 +204,8 @@ class Campaign:
             )  # fmt: skip
         meta = dict(self._profile_meta)
         meta.update(
-            driver=self.meta.get("driver") or meta["driver"],
+            driver=self.meta.get("driver") or meta["driver"],  # nvidia-smi's, e.g. 580.159.04
+            driver_cuda_api=meta["driver"],  # the CUDA version the driver supports, e.g. 13.0
             dry_run=self.dry_run,
             measured_by="bench/gpu_campaign.py",
             mixed_grid=MixedGrid.quick().to_dict(),
