@@ -31,7 +31,8 @@ def figures(summary: dict[str, Any]) -> list[dict[str, Any]]:
         conf = r.get("confinement")
         add("partitions", "green-context backend", f"{r['backend']} ({r['splits']} splits)")
         if conf is not None:
-            add("partitions", "GEMM speed-up, whole GPU over smallest partition", f"{conf:.1f}x")
+            add("partitions", "GEMM speed-up, whole GPU over smallest partition",
+                f"{conf:.1f}x", f"about {r['confinement_ideal']:.1f}x (SM ratio)")  # fmt: skip
     if r := _result(summary, "profile"):
         for op, cv in r["cv_mape"].items():
             add("profile", f"SM-curve fit CV MAPE: {op}", _pct(cv))

@@ -179,7 +179,8 @@ def step_partitions(c: Any, deadline: float) -> dict[str, Any]:
         "backend": result["backend"],
         "splits": len(result["splits"]),
         "sm_counts": result["sm_counts"],
-        "confinement": result["confinement"].get("speedup_over_smallest"),
+        "confinement": result["confinement"]["speedup_over_smallest"],
+        "confinement_ideal": result["confinement"]["ideal_speedup"],
     }
 
 

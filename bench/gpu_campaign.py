@@ -292,7 +292,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def finish(c: Campaign, summary: dict[str, Any], args: argparse.Namespace) -> None:
     summary["meta"] = c.meta
-    summary["figures"] = figures(summary)
+    try:
+        summary["figures"] = figures(summary)
+    except Exception as exc:  # the report must never stop the measuring
+        summary["figures"] = []
+        summary["report_error"] = f"{type(exc).__name__}: {exc}"
     summary["skipped_samples"] = c.errors[:50]
     steps.write_json(c.out / "summary.json", summary)
     if args.pack is not None:
