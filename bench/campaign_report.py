@@ -107,3 +107,5 @@ def print_table(summary: dict[str, Any]) -> None:
     for name, record in summary["steps"].items():
         if record["status"] != "ok":
             print(f"{name}: {record['status']} ({record.get('reason', '')})")
+    if "terminated" in summary:
+        print(f"stopped after {list(summary['steps'])[-1]}: {summary['terminated']}")

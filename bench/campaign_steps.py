@@ -211,22 +211,24 @@ def measure_rows(c: Any, rows: list[dict], deadline: float, measure: Any) -> dic
     """Time ``rows`` in order until the deadline, saving the samples every few seconds."""
     done = failed = 0
     flushed = time.monotonic()
-    for row in rows:
-        if time.monotonic() >= deadline:
-            break
-        try:
-            c.samples.append({**row, **measure(row)})
-            done += 1
-        except PartitionError:
-            raise
-        except Exception as exc:  # one failing sample must not lose a step
-            failed += 1
-            c.errors.append(f"{row['op_class']}/{row['op_name']} on {row['sms']} SMs: {exc}")
-            c.clock.recover()
-        if time.monotonic() - flushed > FLUSH_EVERY_S:
-            c.save_samples()
-            flushed = time.monotonic()
-    c.save_samples()
+    try:
+        for row in rows:
+            if time.monotonic() >= deadline:
+                break
+            try:
+                c.samples.append({**row, **measure(row)})
+                done += 1
+            except PartitionError:
+                raise
+            except Exception as exc:  # one failing sample must not lose a step
+                failed += 1
+                c.errors.append(f"{row['op_class']}/{row['op_name']} on {row['sms']} SMs: {exc}")
+                c.clock.recover()
+            if time.monotonic() - flushed > FLUSH_EVERY_S:
+                c.save_samples()
+                flushed = time.monotonic()
+    finally:  # interrupted or not, what was measured is on disk
+        c.save_samples()
     cut_short = done + failed < len(rows)
     return {"planned": len(rows), "measured": done, "failed": failed, "cut_short": cut_short}
 

@@ -78,6 +78,15 @@ class StepTimeout(Exception):
     pass
 
 
+class Terminated(BaseException):
+    """SIGTERM (an outer ``timeout``): pack what there is and stop. Not an Exception, so no
+    step's own error handling swallows it."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated(f"terminated by signal {signum}")
+
+
 class Campaign:
     """Settings and the state one step leaves for the next (device, pool, samples)."""
 
@@ -186,7 +195,8 @@ class Campaign:
             torch.cuda.empty_cache()
 
     def save_samples(self) -> Path:
-        """Write the profile directory's meta.json and samples.parquet as they stand."""
+        """Write the profile directory's meta.json and samples.parquet as they stand (nothing
+        before the first sample)."""
         import pandas as pd
 
         from profiler.mixed import MixedGrid, with_mixed_columns
@@ -194,6 +204,8 @@ class Campaign:
         from profiler.sweep import profile_meta
 
         directory = self.out / "profile"
+        if not self.samples:
+            return directory
         directory.mkdir(parents=True, exist_ok=True)
         if self.kernels is not None or self._profile_meta is None:
             kernels, clock = self.measurement()
@@ -263,31 +275,50 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     overall = time.monotonic() + args.total_s
     summary: dict[str, Any] = {"dry_run": c.dry_run, "steps": {}, "budget_s": args.total_s}
     summary["out"] = str(c.out.resolve())
-    for name in args.steps:
-        fn, default = STEPS[name]
-        left = overall - time.monotonic()
-        budget = min(args.budgets.get(name, default), left)
-        record: dict[str, Any] = {"budget_s": round(budget, 1)}
-        started = time.monotonic()
-        if left <= 1:
-            record.update(status="skipped", reason="the campaign's time is used up")
-        else:
-            try:
-                with time_limit(budget + GRACE_S):
-                    record.update(status="ok", result=fn(c, started + budget))
-            except steps.Skipped as exc:
-                record.update(status="skipped", reason=str(exc))
-            except StepTimeout as exc:
-                record.update(status="timed out", reason=str(exc))
-            except Exception as exc:  # a failing step must not lose the others
-                record.update(status="failed", reason=f"{type(exc).__name__}: {exc}"[:500])
-                (c.out / "errors.log").open("a").write(f"[{name}]\n{traceback.format_exc()}\n")
-        record["seconds"] = round(time.monotonic() - started, 2)
-        summary["steps"][name] = record
-        print(f"[{name}] {record['status']} in {record['seconds']:.1f} s"
-              + (f": {record['reason']}" if "reason" in record else ""), flush=True)  # fmt: skip
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        for name in args.steps:
+            if not run_step(c, name, args, overall, summary):
+                break
+    except Terminated as exc:  # between steps: the last one is saved, save the stop too
+        summary["terminated"] = str(exc)
         finish(c, summary, args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return summary
+
+
+def run_step(
+    c: Campaign, name: str, args: argparse.Namespace, overall: float, summary: dict[str, Any]
+) -> bool:
+    """Run one step and save the summary; False when the campaign must stop (terminated)."""
+    fn, default = STEPS[name]
+    left = overall - time.monotonic()
+    budget = min(args.budgets.get(name, default), left)
+    record: dict[str, Any] = {"budget_s": round(budget, 1)}
+    started = time.monotonic()
+    if left <= 1:
+        record.update(status="skipped", reason="the campaign's time is used up")
+    else:
+        try:
+            with time_limit(budget + GRACE_S):
+                record.update(status="ok", result=fn(c, started + budget))
+        except steps.Skipped as exc:
+            record.update(status="skipped", reason=str(exc))
+        except StepTimeout as exc:
+            record.update(status="timed out", reason=str(exc))
+        except Exception as exc:  # a failing step must not lose the others
+            record.update(status="failed", reason=f"{type(exc).__name__}: {exc}"[:500])
+            with (c.out / "errors.log").open("a") as log:
+                log.write(f"[{name}]\n{traceback.format_exc()}\n")
+        except Terminated as exc:
+            record.update(status="terminated", reason=str(exc))
+    record["seconds"] = round(time.monotonic() - started, 2)
+    summary["steps"][name] = record
+    print(f"[{name}] {record['status']} in {record['seconds']:.1f} s"
+          + (f": {record['reason']}" if "reason" in record else ""), flush=True)  # fmt: skip
+    finish(c, summary, args)
+    return record["status"] != "terminated"
 
 
 def finish(c: Campaign, summary: dict[str, Any], args: argparse.Namespace) -> None:
@@ -371,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = run(args)
     print_table(summary)
     print(f"wrote {args.out / 'summary.json'}" + (f" and {args.pack}" if args.pack else ""))
-    return 0 if all(s["status"] in ("ok", "skipped") for s in summary["steps"].values()) else 1
+    whole = "terminated" not in summary and len(summary["steps"]) == len(args.steps)
+    fine = all(s["status"] in ("ok", "skipped") for s in summary["steps"].values())
+    return 0 if whole and fine else 1
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ check what each step leaves behind."""
 
 import importlib.util
 import json
+import signal
 import subprocess
 import sys
 import tarfile
@@ -172,3 +173,30 @@ def test_the_pack_installs_once_where_the_repository_keeps_it(dry_run, tmp_path,
     assert '"real_run": "runs/vllm"' in validation and str(tmp_path.parent) not in validation
     assert install.main([str(pack), "--root", str(tmp_path), "--allow-dry-run"]) == 1
     assert "nothing is overwritten" in capsys.readouterr().err
+
+
+def test_a_terminated_run_packs_what_it_measured(tmp_path):
+    out, pack = tmp_path / "term", tmp_path / "term.tar.gz"
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--dry-run", "--out", str(out), "--pack", str(pack)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    for line in proc.stdout:  # the sweep starts now: stop the run inside it
+        if line.startswith("[partitions]"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, rest
+    summary = json.loads((out / "summary.json").read_text())
+    statuses = [s["status"] for s in summary["steps"].values()]
+    # Stopped inside a step or between two: either way no step ran after it.
+    assert statuses[-1] == "terminated" or "terminated" in summary
+    assert len(statuses) <= 4
+    with tarfile.open(pack) as tar:
+        packed = json.load(tar.extractfile("term/summary.json"))
+    assert packed["steps"] == summary["steps"]
+    if (out / "profile" / "samples.parquet").exists():  # the sweep's rows up to the stop
+        assert len(read_samples(out / "profile")) > 0
