@@ -69,6 +69,7 @@ def figures(summary: dict[str, Any]) -> list[dict[str, Any]]:
     if r := _result(summary, "replay"):
         for policy, s in r.items():
             if s.get("goodput_rps") is None:
+                add("replay", f"replay of {policy}", str(s.get("status", "no summary")))
                 continue
             rel = s.get("goodput_vs_vllm")
             text = f"{s['goodput_rps']:.2f} req/s" + (f" ({rel:.2f}x vllm)" if rel else "")

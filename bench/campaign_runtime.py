@@ -78,6 +78,9 @@ def step_replay(c: Any, deadline: float) -> dict[str, Any]:
             args += ["--profile", str(c.profile_dir)]
         try:
             c.twin(args)
+        except Exception as exc:  # one policy failing must not cost the others their run
+            results[policy] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+            continue
         finally:
             c.free_gpu()  # the next policy's runtime sizes its KV cache from free memory
         s = json.loads((runs / policy / "summary.json").read_text())
@@ -100,6 +103,9 @@ def step_replay(c: Any, deadline: float) -> dict[str, Any]:
             r["goodput_vs_vllm"] = r["goodput_rps"] / base
     c.replays = [p for p, r in results.items() if "goodput_rps" in r]
     write_json(c.out / "replay.json", results)
+    if not c.replays:
+        reasons = "; ".join(f"{p}: {r.get('reason', r.get('status'))}" for p, r in results.items())
+        raise RuntimeError(f"no replay finished ({reasons})"[:500])
     return results
 
 

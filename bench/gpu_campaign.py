@@ -108,7 +108,7 @@ class Campaign:
             self.model_arg, self.trace = args.model, args.trace or "azure-conv"
         self.model_cfg = load_model_config(self.model_arg)
         self.policies = args.policies
-        self.max_requests = args.max_requests or (6 if self.dry_run else 50)
+        self.max_requests = args.max_requests or (6 if self.dry_run else 40)
         self.rate_scale = args.rate_scale or (1.0 if self.dry_run else 3.0)
         self.meta: dict[str, Any] = {}
         self.info: Any = None
@@ -355,7 +355,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="llama-3.1-8b")
     p.add_argument("--trace", default=None, help="[azure-conv; dry run: six short requests]")
     p.add_argument("--policies", default="vllm,static-split,nexus,duetserve")
-    p.add_argument("--max-requests", type=int, default=None, help="[50; dry run 6]")
+    p.add_argument("--max-requests", type=int, default=None, help="[40; dry run 6]")
     p.add_argument(
         "--use-profile",
         type=Path,
