@@ -200,3 +200,16 @@ def test_a_terminated_run_packs_what_it_measured(tmp_path):
     assert packed["steps"] == summary["steps"]
     if (out / "profile" / "samples.parquet").exists():  # the sweep's rows up to the stop
         assert len(read_samples(out / "profile")) > 0
+
+
+def test_a_failing_policy_is_recorded_and_the_others_still_replay(tmp_path, capsys):
+    out = tmp_path / "replay"
+    argv = ["--dry-run", "--out", str(out), "--steps", "replay", "--policies", "nope,vllm"]
+    assert campaign_module().main(argv) == 0
+    replay = json.loads((out / "replay.json").read_text())
+    assert replay["nope"]["status"] == "failed" and "twin run" in replay["nope"]["reason"]
+    assert replay["vllm"]["output_tokens_per_s"] > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"step": "replay", "figure": "replay of nope", "value": "failed", "target": ""} in (
+        summary["figures"]
+    )
