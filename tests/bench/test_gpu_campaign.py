@@ -139,6 +139,7 @@ def test_a_block_past_its_time_limit_is_interrupted():
         (["--budget", "sweep=-1"], "--budget sweep=-1"),
         (["--budget", "sweep=nan"], "--budget sweep=nan"),
         (["--total-s", "inf"], "--total-s inf"),
+        (["--use-profile", "no-such-dir"], "--use-profile no-such-dir: no fit.json there"),
     ],
 )
 def test_bad_flags_are_one_line_errors(tmp_path, capsys, flags, message):
