@@ -387,10 +387,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args.policies = [x for x in args.policies.split(",") if x]
     if args.use_profile is not None and not (args.use_profile / "fit.json").is_file():
         raise CampaignError(f"--use-profile {args.use_profile}: no fit.json there")
+    if not args.dry_run and not _cuda_visible():
+        raise CampaignError("no CUDA GPU is visible: on a CPU, --dry-run runs the same steps")
     if args.out.exists() and any(args.out.iterdir()) and not args.force:
         raise CampaignError(f"--out {args.out} is not empty; choose a new one or pass --force")
     args.out.mkdir(parents=True, exist_ok=True)
     return args
+
+
+def _cuda_visible() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -148,6 +148,13 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys, flags, message):
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
+def test_without_a_gpu_only_the_dry_run_runs(tmp_path, capsys):
+    if campaign_module()._cuda_visible():
+        pytest.skip("a CUDA GPU is visible")
+    assert campaign_module().main(["--out", str(tmp_path / "real")]) == 2
+    assert "--dry-run" in capsys.readouterr().err and not (tmp_path / "real").exists()
+
+
 def test_an_earlier_campaign_is_never_overwritten(tmp_path, capsys):
     out = tmp_path / "earlier"
     out.mkdir()
