@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from campaign_dry import CPU_UNITS
 
 from profiler.grid import CORUN, ITERATION, SweepGrid, plan
 from profiler.mixed import MixedGrid, measure_mixed, mixed_summary, with_mixed_columns
@@ -30,7 +31,6 @@ from profiler.partition import DeviceInfo, PartitionError
 CLASS_ORDER = ("peak", "copy", ITERATION, "attn_decode", "attn_prefill", "gemm", "other")
 SHAPE_KEY = ("op_name", "tokens", "batch", "context", "chunk", "prefix", "sms")
 FLUSH_EVERY_S = 10.0
-CPU_UNITS = 132
 
 
 class Skipped(Exception):
@@ -101,8 +101,7 @@ def step_meta(c: Any, deadline: float) -> dict[str, Any]:
         )
     else:
         meta.update(device="cpu", processor=platform.processor() or platform.machine())
-        # The whole CPU counts as an H100's or H200's 132 SMs in groups of 8: one partition,
-        # but a range for the fit and the splits the policies know in the replay.
+        # The whole CPU as 132 SMs in groups of 8 (campaign_dry.CPU_UNITS says why).
         meta.update(threads=torch.get_num_threads(), num_sms=CPU_UNITS, driver=None)
         c.info = DeviceInfo(0, "cpu", CPU_UNITS, 8, 8, 1 << 30, 1 << 20, (0, 0), None, "none")
     c.meta = meta
@@ -351,26 +350,6 @@ def step_profile(c: Any, deadline: float) -> dict[str, Any]:
         "overhead_ms": {k: 1e3 * v for k, v in fit["overhead"].items() if k.endswith("_s")},
         "plots": plots,
     }
-
-
-def dry_grid() -> SweepGrid:
-    """The tiny model's grid on one whole device: at least six samples of every class."""
-    return SweepGrid(
-        sms=(CPU_UNITS,),
-        gemm_tokens=(1, 16),
-        head_rows=(1, 4),
-        prefill=((16, 0), (8, 8), (32, 0), (16, 16), (24, 0), (8, 24)),
-        decode=((1, 16), (2, 16), (4, 8), (2, 32), (8, 8), (1, 64)),
-        other_tokens=(4, 16),
-        iter_prefill=((16, 0), (32, 0)),
-        iter_decode=((2, 16), (4, 8)),
-        corun_decode_sms=(),
-        corun_shapes=(),
-        peak_n=64,
-        copy_bytes=1 << 16,
-        repeats=3,
-        name="dry-run",
-    )
 
 
 def whole_device_grid(grid: SweepGrid, num_sms: int) -> SweepGrid:

@@ -38,6 +38,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]  # the step modules beside it, the 
 
 import campaign_runtime as runtime_steps  # noqa: E402  (beside this file)
 import campaign_steps as steps  # noqa: E402
+from campaign_dry import TINY_MODEL, dry_grid, write_dry_trace  # noqa: E402
 from campaign_report import figures, print_table  # noqa: E402
 
 STEPS = {  # name: (step, default budget in seconds); the budgets sum to the default total
@@ -56,18 +57,6 @@ STEPS = {  # name: (step, default budget in seconds); the budgets sum to the def
 # Steps that later ones need, run whenever a later one is asked for: each costs seconds.
 PREREQUISITES = ("meta", "peaks", "partitions")
 GRACE_S = 10.0  # past its budget a step is interrupted, not merely asked to stop
-TINY_MODEL = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-    "vocab_size": 512,
-    "max_position_embeddings": 8192,
-    "tie_word_embeddings": False,
-}
 
 
 class CampaignError(Exception):
@@ -131,7 +120,7 @@ class Campaign:
         from profiler.grid import SweepGrid
 
         if self.dry_run:
-            return steps.dry_grid()
+            return dry_grid()
         return SweepGrid.quick(self.info.num_sms, max(self.info.min_sms, self.info.granularity))
 
     def sweep_grid(self) -> Any:
@@ -243,14 +232,6 @@ class Campaign:
             code = exc.exit_code
         if code not in (None, 0):
             raise RuntimeError(f"twin {argv[0]} exited with status {code}")
-
-
-def write_dry_trace(path: Path) -> Path:
-    """Six short requests arriving within 0.3 s: a replay of seconds on a CPU."""
-    rows = [(0.05 * i, 16 + 8 * i, 4 + i % 3) for i in range(6)]
-    lines = ["arrival_s,prompt_tokens,output_tokens"] + [f"{a:.2f},{p},{o}" for a, p, o in rows]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 @contextmanager
