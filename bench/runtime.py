@@ -41,6 +41,7 @@ def main() -> None:
     )
     parser.add_argument("--out", default="bench/results/runtime.json")
     args = parser.parse_args()
+    args.device = "cuda"
     try:
         import torch
     except ImportError:
@@ -103,16 +104,15 @@ def _driver() -> str:
         return "unknown"
 
 
-def peaks(torch) -> dict:
-    """Measured device-to-device copy bandwidth and dense bf16 GEMM throughput."""
-    n = 2**30
-    src = torch.empty(n, dtype=torch.uint8, device="cuda")
+def peaks(torch, device: str = "cuda", n: int = 2**30, m: int = 8192) -> dict:
+    """Measured device-to-device copy bandwidth and dense bf16 GEMM throughput (random data:
+    zeros run faster)."""
+    src = torch.randint(0, 255, (n,), dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    copy_s = _time(torch, lambda: dst.copy_(src), reps=20)
-    m = 8192
-    a = torch.randn(m, m, dtype=torch.bfloat16, device="cuda")
-    b = torch.randn(m, m, dtype=torch.bfloat16, device="cuda")
-    gemm_s = _time(torch, lambda: a @ b, reps=20)
+    copy_s = _time(torch, lambda: dst.copy_(src), reps=20, device=device)
+    a = torch.randn(m, m, dtype=torch.bfloat16, device=device)
+    b = torch.randn(m, m, dtype=torch.bfloat16, device=device)
+    gemm_s = _time(torch, lambda: a @ b, reps=20, device=device)
     return {
         "copy_bytes_per_s": 2 * n / copy_s,
         "gemm_flops_per_s": 2 * m**3 / gemm_s,
@@ -121,11 +121,17 @@ def peaks(torch) -> dict:
     }
 
 
-def _time(torch, fn, reps: int = 10, warmup: int = 3) -> float:
-    """Median seconds of ``fn`` on the GPU, by CUDA events."""
+def _time(torch, fn, reps: int = 10, warmup: int = 3, device: str = "cuda") -> float:
+    """Median seconds of ``fn`` on the GPU, by CUDA events (by the host's clock on a CPU)."""
     for _ in range(warmup):
         fn()
     times = []
+    if device == "cpu":
+        for _ in range(reps):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return sorted(times)[len(times) // 2]
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -140,7 +146,8 @@ def _runtime(args, policy: str = "vllm", max_len: int = 16400, **policy_args):
     from gpu_runtime.build import build_runtime
     from gpu_runtime.config import RuntimeConfig
 
-    settings = RuntimeConfig(device="cuda", weights=args.weights, max_model_len=max_len)
+    device = getattr(args, "device", "cuda")
+    settings = RuntimeConfig(device=device, weights=args.weights, max_model_len=max_len)
     return build_runtime(args.model, settings, policy, policy_args)
 
 
@@ -185,11 +192,11 @@ def measure_decode(args, batches: list[int], contexts: list[int], results: dict)
 
             for _ in range(3):
                 step()
-            torch.cuda.synchronize()
+            _sync(torch)
             t0 = time.perf_counter()
             reps = 20
             for _ in range(reps):
-                step()
+                step()  # each step reads its sampled tokens back, so it ends on the host
             step_s = (time.perf_counter() - t0) / reps
             roofline_s = (weights + n * (ctx + 1) * per_token) / bandwidth
             rows.append(
@@ -208,7 +215,7 @@ def measure_decode(args, batches: list[int], contexts: list[int], results: dict)
             for r in reqs:
                 cache.free(r.id)
     del rt
-    torch.cuda.empty_cache()
+    _sync(torch)
     return rows
 
 
@@ -230,7 +237,12 @@ def measure_prefill(args, sizes: list[int], results: dict) -> list[dict]:
         job = Job(req, ignore_eos=True)
         cache.grow(0, n)
         batch = Batch(prefill=[PrefillChunk(req, 0, n)])
-        seconds = _time(torch, lambda b=batch, j=job: runner.run(b, cache, lambda r: j, sms), 5)
+        seconds = _time(
+            torch,
+            lambda b=batch, j=job: runner.run(b, cache, lambda r: j, sms),
+            5,
+            device=rt.device.type,
+        )
         cache.free(0)
         flops = sum(costs.costs(BatchShape.prefill(n)).flops.values())
         rows.append(
@@ -248,8 +260,15 @@ def measure_prefill(args, sizes: list[int], results: dict) -> list[dict]:
             f"TFLOP/s -> {100 * flops / seconds / peak:5.1f}% of the GEMM peak"
         )
     del rt
-    torch.cuda.empty_cache()
+    _sync(torch)
     return rows
+
+
+def _sync(torch) -> None:
+    """Wait for the GPU and return its cached memory; nothing to wait for on a CPU."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
 
 
 def measure_switch(torch) -> dict:

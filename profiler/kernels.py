@@ -276,3 +276,53 @@ class Kernels:
             out.copy_(h)
 
         return layers, lambda: self._head(out)
+
+    def mixed_iteration(
+        self, chunk: int, prefix: int, n_decode: int, context: int
+    ) -> tuple[Launch, Launch]:
+        """(all layers, final norm + lm_head) of one chunked-prefill batch: a prefill chunk
+        and ``n_decode`` decode requests in one forward pass, as aggregated serving runs them.
+
+        The GEMMs and elementwise operators run once over all ``chunk + n_decode`` rows; the
+        attention runs the prefill kernel on the chunk's rows and the decode kernel on the
+        rest (a fused varlen kernel would read the same bytes in one launch). The lm_head
+        samples the chunk's last row and every decode row.
+        """
+        torch, cfg = self.torch, self.cfg
+        x = self._rand(chunk + n_decode, cfg.hidden_size)
+        positions = torch.cat(
+            (
+                torch.arange(prefix, prefix + chunk, device=self.device),
+                torch.full((n_decode,), context - 1, device=self.device),
+            )
+        )
+        cos, sin = self._rope_tables(positions)
+        kv = cfg.num_kv_heads, cfg.head_dim
+        prefix_cache = [
+            (self._rand(prefix, *kv), self._rand(prefix, *kv)) for _ in range(self.layers)
+        ]
+        decode_cache = [
+            (self._decode_cache(n_decode, context), self._decode_cache(n_decode, context))
+            for _ in range(self.layers)
+        ]
+        sampled = torch.empty(n_decode + 1, cfg.hidden_size, device=self.device, dtype=self.dtype)
+
+        def attend(i: int, q: Any, k: Any, v: Any) -> Any:
+            pk, pv = k[:chunk], v[:chunk]
+            if prefix:
+                pk, pv = torch.cat((prefix_cache[i][0], pk)), torch.cat((prefix_cache[i][1], pv))
+            out = [self._prefill_attention(q[:chunk], pk, pv, prefix)]
+            if n_decode:
+                kc, vc = decode_cache[i]
+                self._last_slot(kc).copy_(k[chunk:])
+                self._last_slot(vc).copy_(v[chunk:])
+                out.append(self._decode_attention(q[chunk:], kc, vc))
+            return torch.cat(out)
+
+        def layers() -> None:
+            h = x
+            for i in range(self.layers):
+                h = self._layer(i, h, cos, sin, attend)
+            sampled.copy_(h[chunk - 1 :])
+
+        return layers, lambda: self._head(sampled)

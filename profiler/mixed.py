@@ -30,17 +30,8 @@ import pandas as pd
 
 from policies.batch import BatchShape
 from policies.shapes import merge
-from profiler.profile_io import ProfileError
+from profiler.profile_io import MIXED_COLUMNS, ProfileError
 
-MIXED_COLUMNS = (
-    "prefill_tokens",
-    "prefix_tokens",
-    "n_decode",
-    "decode_context",
-    "seconds_mixed",
-    "seconds_prefill_alone",
-    "seconds_decode_alone",
-)
 MIXED_SAMPLES = "mixed_samples.parquet"
 
 

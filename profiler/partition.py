@@ -98,8 +98,11 @@ def _check(driver: Any, name: str, *args: Any) -> Any:
     return rest[0] if len(rest) == 1 else rest
 
 
-def probe(device: int = 0) -> DeviceInfo:
-    """Describe the GPU and pick a backend, or raise one PartitionError line saying why not."""
+def probe(device: int = 0, backend: str | None = None) -> DeviceInfo:
+    """Describe the GPU and pick a backend (``backend`` forces "cuda-python" or "torch"), or
+    raise one PartitionError line saying why not."""
+    if backend not in (None, "cuda-python", "torch"):
+        raise PartitionError(f"unknown green-context backend {backend!r}: cuda-python or torch")
     torch = _torch()
     if not torch.cuda.is_available():
         raise PartitionError("no CUDA GPU is visible")
@@ -109,8 +112,10 @@ def probe(device: int = 0) -> DeviceInfo:
     props = torch.cuda.get_device_properties(device)
     major, minor = props.major, props.minor
     min_sms, step = sm_rules(major)
-    driver = _driver_module()
+    driver = _driver_module() if backend != "torch" else None
     version = None
+    if backend == "cuda-python" and driver is None:
+        raise PartitionError("cuda-python's driver bindings are not installed")
     if driver is not None:
         version = int(_check(driver, "cuDriverGetVersion"))
         if version < GREEN_CONTEXT_DRIVER:
@@ -156,10 +161,11 @@ class PartitionPool:
     ``sizes`` limits which group sizes are built (a sweep needs only a few); by default every
     valid group size is. ``streams(p, d)`` returns a (prefill, decode) pair on disjoint SMs;
     ``stream(s)`` returns one stream on ``s`` SMs (the whole GPU when ``s`` is its SM count).
+    ``backend`` forces one green-context backend instead of the first available.
     """
 
-    def __init__(self, device: int = 0, sizes: Any = None) -> None:
-        self.info = probe(device)
+    def __init__(self, device: int = 0, sizes: Any = None, backend: str | None = None) -> None:
+        self.info = probe(device, backend)
         torch = _torch()
         self._device = torch.device("cuda", device)
         self._full = torch.cuda.Stream(self._device)

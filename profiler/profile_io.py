@@ -44,6 +44,19 @@ SAMPLE_COLUMNS: dict[str, str] = {
     "bytes": "f",
 }
 
+# Columns of mixed-batch rows only (``op_class`` "mixed": one batch of a prefill chunk plus
+# decodes, timed beside each part alone); 0 in every other row. Optional: a table measured
+# without a mixed-batch sweep has none of them, and none is invented on reading it.
+MIXED_COLUMNS: dict[str, str] = {
+    "prefill_tokens": "i",
+    "prefix_tokens": "i",
+    "n_decode": "i",
+    "decode_context": "i",
+    "seconds_mixed": "f",
+    "seconds_prefill_alone": "f",
+    "seconds_decode_alone": "f",
+}
+
 # Fields that decide the shapes of every operator; two configs equal on these profile alike.
 SHAPE_FIELDS = (
     "hidden_size",
@@ -69,10 +82,15 @@ def empty_samples() -> pd.DataFrame:
 
 
 def normalise_samples(df: pd.DataFrame) -> pd.DataFrame:
-    """Cast to the sample schema's dtypes, in the schema's column order."""
+    """Cast to the sample schema's dtypes, in the schema's column order (mixed-batch last)."""
     cast = {"s": str, "i": np.int64, "f": np.float64}
-    out = pd.DataFrame({c: df[c].astype(cast[k]) for c, k in SAMPLE_COLUMNS.items()})
+    columns = {**SAMPLE_COLUMNS, **_mixed_columns(df)}
+    out = pd.DataFrame({c: df[c].astype(cast[k]) for c, k in columns.items()})
     return out.reset_index(drop=True)
+
+
+def _mixed_columns(df: pd.DataFrame) -> dict[str, str]:
+    return {c: k for c, k in MIXED_COLUMNS.items() if c in df.columns}
 
 
 def check_samples(df: pd.DataFrame, path: Path) -> pd.DataFrame:
@@ -82,7 +100,7 @@ def check_samples(df: pd.DataFrame, path: Path) -> pd.DataFrame:
             f"{path}: missing column(s) {', '.join(missing)}; "
             "re-run `twin profile` to write a complete samples table"
         )
-    for col, kind in SAMPLE_COLUMNS.items():
+    for col, kind in {**SAMPLE_COLUMNS, **_mixed_columns(df)}.items():
         series = df[col]
         if kind == "s":
             continue

@@ -306,7 +306,25 @@ def gpu_sweep(
         samples = sweep.run(progress)
     finally:
         pool.close()
-    meta = {
+    meta = profile_meta(info, cfg, grid, kernels, clock, partitions, started, sweep.errors)
+    return samples, meta
+
+
+def profile_meta(
+    info: Any,
+    cfg: ModelConfig,
+    grid: Any,
+    kernels: Any,
+    clock: Any,
+    partitions: dict[str, Any],
+    started: float,
+    skipped: list[str],
+) -> dict[str, Any]:
+    """A measured profile's ``meta.json``: device, driver, CUDA, torch, model, grid, date."""
+    import torch
+
+    g = max(info.min_sms, info.granularity)
+    return {
         "device": info.name,
         "num_sms": info.num_sms,
         "sm_granularity": g,
@@ -328,9 +346,8 @@ def gpu_sweep(
         "started_at": datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "duration_s": round(time.time() - started, 1),
         "grid": grid.to_dict(),
-        "skipped": sweep.errors,
+        "skipped": skipped,
     }
-    return samples, meta
 
 
 def _version(dist: str) -> str | None:
