@@ -38,3 +38,20 @@ def test_each_run_kind_names_what_timed_it():
     assert wall.startswith("none for the times: measured on cuda:0") and model in wall
     virtual = plot_label({"latency_model": model, "clock": "virtual"})
     assert virtual.startswith(model) and "virtual clock" in virtual
+
+
+def test_cdf_points_keep_the_extremes_and_the_ranks_of_a_large_sample():
+    import numpy as np
+
+    from twin.outputs.plots import cdf_points
+
+    values = np.random.default_rng(0).exponential(size=1_000_003)
+    xs, fractions = cdf_points(values, points=1000)
+    assert xs.size <= 1000
+    assert xs[0] == values.min() and xs[-1] == values.max() and fractions[-1] == 1.0
+    # each drawn point is the sample's own quantile at its fraction
+    exact = np.sort(values)[(fractions * values.size).round().astype(int) - 1]
+    np.testing.assert_array_equal(xs, exact)
+    small_x, small_f = cdf_points(np.array([3.0, 1.0, 2.0]))
+    np.testing.assert_array_equal(small_x, [1.0, 2.0, 3.0])
+    np.testing.assert_allclose(small_f, [1 / 3, 2 / 3, 1.0])
