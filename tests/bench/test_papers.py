@@ -156,3 +156,20 @@ def test_one_run_returns_the_metrics_the_report_reads():
     assert row["finished"] == 30 and row["label"] == "nexus" and row["variant"] == "base"
     assert 0 < row["normalized_latency_s"] < 1 and 0 < row["mean_decode_sms"] < 92
     assert "L20" in row["latency_model"]
+
+
+def test_the_report_says_which_latency_model_timed_each_paper():
+    from papers_text import latency_kind, latency_paragraph
+
+    rows = [
+        papers.run_one(
+            papers.Run("nexus", "l20", "qwen2.5-3b", "sharegpt-synthetic", "vllm", 4, 20)
+        ),
+        papers.run_one(papers.Run("duetserve", "h100", "qwen3-8b", "azure-conv", "vllm", 4, 20)),
+    ]
+    rep = {"results": rows}
+    assert latency_kind(rep, "nexus") == "datasheet estimate"
+    assert latency_kind(rep, "duetserve") == "measured operator tables"
+    text = latency_paragraph(rep)
+    assert "L20 runs (nexus) are datasheet estimates" in text
+    assert "H100 runs (duetserve) take each operator's time at all SMs from measured" in text
