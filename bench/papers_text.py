@@ -146,7 +146,8 @@ def render(
         f"{rep['requests_per_run']} requests per run (the paper's trace is longer) |",
         f"| DuetServe: Mooncake peak, Qwen3-8B | 2.72 vs 2.14 req/s (vLLM) | "
         f"{moon.get('duetserve', math.nan):.2f} vs {moon.get('vllm', math.nan):.2f} req/s | "
-        "bundled 600-request slice of Mooncake's lengths, Poisson arrivals |",
+        f"the first {rep['requests_per_run']} requests of the bundled Mooncake slice's "
+        "lengths, Poisson arrivals |",
     ]
     limits = ", ".join(f"{x:g}" for x in rep["norm_limits_s"])
     setups = [
