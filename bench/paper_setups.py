@@ -1,15 +1,15 @@
 """The Nexus and DuetServe papers' setups as the twin can express them: GPUs, models, workloads.
 
-GPUs. Nexus ran on an NVIDIA L20 48 GB (Ada, sm_89); DuetServe on an H100 80 GB. Both are
-datasheet rooflines here (no measured operator tables for the L20 exist in the project), so
-every number they give is a datasheet estimate. ``gpu_model`` asks the project's GPU registry
-(``profiler.datasheet.GPUS``) first, so an L20 entry there replaces the one below unchanged.
+GPUs and latency models. Nexus ran on an NVIDIA L20 48 GB (Ada, sm_89); DuetServe on an
+H100 80 GB. ``gpu_model`` takes each from the project's GPU registry (``profiler.gpus``):
 
-- L20: 92 SMs, 48 GB GDDR6 at 864 GB/s, 119.5 dense bf16 tensor TFLOP/s (NVIDIA L20
-  datasheet). Green contexts on compute capability 8.x split SMs in multiples of 2 with at
-  least 4 per group, so the split options are 2 SMs apart.
-- H100 SXM: the bundled datasheet (132 SMs; green contexts in 8-SM groups). ``h100-tpc`` is
-  the same GPU described with DuetServe's 2-SM TPC masks.
+- H100 SXM: the default latency model, operator times measured (aiconfigurator-core tables,
+  vLLM stack) with SM scaling and co-run contention modelled on top (``profiler.measured``).
+  ``h100-tpc`` is the same GPU described with DuetServe's 2-SM TPC masks.
+- L20: the registry's datasheet-only entry (92 SMs, 48 GB at 864 GB/s, 119.5 dense bf16
+  TFLOP/s), a roofline estimate, as no measured tables cover it. Green contexts on compute
+  capability 8.x split SMs in multiples of 2 with at least 4 per group, so the split options
+  are 2 SMs apart.
 
 Models: the bundled Hugging Face configs (Qwen2.5-3B, Llama-3.1-8B, Qwen2.5-14B for Nexus;
 Qwen3-8B and Qwen3-14B for DuetServe).
@@ -31,25 +31,17 @@ import numpy as np
 import traces
 from policies.batch import BatchShape
 from profiler.config import load_model_config
-from profiler.datasheet import GPUS, H100_SXM, Datasheet, DatasheetModel
+from profiler.datasheet import Datasheet, DatasheetModel
+from profiler.gpus import gpu_entry
+from profiler.measured import MeasuredModel, ModelledParts
 from profiler.mixed import MixedBatchCost
 from traces.arrivals import arrival_times
 from traces.workload import Workload
+from twin.latency import datasheet_for
 
-L20 = Datasheet(
-    name="L20-48GB",
-    num_sms=92,
-    sm_granularity=2,
-    memory_bytes=48 * 10**9,
-    peak_flops=119.5e12,
-    hbm_bytes_per_s=864e9,
-)
 ADA_MIN_SPLIT_SMS = 4
-LOCAL_GPUS = {
-    "l20": L20,
-    "h100": H100_SXM,
-    "h100-tpc": dataclasses.replace(H100_SXM, sm_granularity=2),
-}
+TPC_SMS = 2  # DuetServe partitions by TPC masks: 2 SMs per step
+MEASURED_STACK = "vllm"
 
 
 # ----------------------------------------------------------------------------- models
@@ -103,20 +95,77 @@ class PaperModel(DatasheetModel):
 
     @property
     def label(self) -> str:
-        v = self.variant
         return (
             f"{self.sheet.name} roofline (datasheet estimate, not a measurement); modelled: "
-            f"compute saturates at {v.compute_saturation:.0%} of SMs, HBM at "
-            f"{v.bandwidth_saturation:.0%}, co-run contention {'on' if v.contention else 'off'}, "
-            f"mixed-batch decode-attention slowdown {v.mixed_slowdown:g}"
+            f"{_modelled(self.variant)}"
         )
 
 
-def gpu_model(gpu: str, model: str, variant: Variant = Variant()) -> PaperModel:
-    """The latency model of ``model`` on ``gpu``: the registry's datasheet, else the one here."""
-    entry = GPUS.get(gpu) if gpu != "h100-tpc" else None
-    sheet = entry if isinstance(entry, Datasheet) else LOCAL_GPUS[gpu]
-    return PaperModel(load_model_config(model), sheet, variant)
+class MeasuredPaperModel(MeasuredModel):
+    """The measured-table model whose SM curves, contention and mixed cost follow a ``Variant``.
+
+    At all SMs with no co-runner it is the measured operators unchanged; only the modelled
+    parts move: the compute curve's knee, where HBM saturates, co-run sharing, the mixed cost.
+    """
+
+    def __init__(self, config, entry, variant: Variant, sm_granularity: int | None = None):
+        parts = ModelledParts(bandwidth_saturation=variant.bandwidth_saturation)
+        super().__init__(config, entry, MEASURED_STACK, parts)
+        self.variant = variant
+        if sm_granularity:
+            self.gpu = dataclasses.replace(self.gpu, sm_granularity=sm_granularity)
+        if variant.mixed_slowdown:
+            self.mixed = MixedBatchCost(variant.mixed_slowdown, f"assumed ({variant.name})")
+
+    def compute_rate(self, op: str, sms: int) -> float:
+        if self.variant.compute_saturation == 1.0:
+            return super().compute_rate(op, sms)
+        return self.entry.bf16_flops / self.compute_scale(sms)
+
+    def compute_scale(self, sms: int) -> float:
+        knee = self.variant.compute_saturation * self.gpu.num_sms
+        if self.variant.compute_saturation == 1.0:
+            return super().compute_scale(sms)
+        return 1.0 / min(1.0, min(sms, self.gpu.num_sms) / knee)
+
+    def share(self, shape, sms, co_runner, co_sms) -> float:
+        return super().share(shape, sms, co_runner, co_sms) if self.variant.contention else 1.0
+
+    def predict_decode_run(self, n_decode, ctx_sum, steps, sms, co_runner=None, co_sms=0):
+        if not self.variant.contention:
+            co_runner = None
+        return super().predict_decode_run(n_decode, ctx_sum, steps, sms, co_runner, co_sms)
+
+    @property
+    def label(self) -> str:
+        return (
+            f"operator times: measured ({self.provenance}; elementwise ops and iteration "
+            f"overhead modelled); modelled: {_modelled(self.variant)}"
+        )
+
+
+def _modelled(v: Variant) -> str:
+    return (
+        f"compute saturates at {v.compute_saturation:.0%} of SMs, HBM at "
+        f"{v.bandwidth_saturation:.0%}, co-run contention {'on' if v.contention else 'off'}, "
+        f"mixed-batch decode-attention slowdown {v.mixed_slowdown:g}"
+    )
+
+
+def gpu_model(gpu: str, model: str, variant: Variant = Variant()) -> PaperModel | MeasuredModel:
+    """``model`` on ``gpu``: its measured tables where the registry has them, else its datasheet.
+
+    ``h100-tpc`` is the H100 with 2-SM split steps (DuetServe's TPC masks).
+    """
+    config = load_model_config(model)
+    entry = gpu_entry("h100" if gpu == "h100-tpc" else gpu)
+    granularity = TPC_SMS if gpu == "h100-tpc" else None
+    if entry.tables is not None:
+        return MeasuredPaperModel(config, entry, variant, granularity)
+    sheet = datasheet_for(entry)
+    if granularity:
+        sheet = dataclasses.replace(sheet, sm_granularity=granularity)
+    return PaperModel(config, sheet, variant)
 
 
 def mixed_fig4a_slowdown(model: PaperModel) -> dict[str, float]:

@@ -1,10 +1,11 @@
 """Each paper's headline experiment as closely as the twin can run it; writes docs/papers.md.
 
-Nexus (arXiv 2507.06608): L20, Qwen2.5-3B and Llama-3.1-8B, its four workloads (synthetic
-lengths matched to its means), Poisson rates; throughput = the highest rate whose normalized
-latency (E2E / output tokens) stays under a limit, at several limits as the paper gives none.
-DuetServe (arXiv 2511.04791): H100, Qwen3-8B and Qwen3-14B, Azure Code / Conversation and
-Mooncake lengths with Poisson arrivals; completed throughput, and throughput under its TBT SLO.
+Nexus (arXiv 2507.06608): L20 (datasheet roofline: no tables cover it), Qwen2.5-3B and
+Llama-3.1-8B, its four workloads (synthetic lengths matched to its means), Poisson rates;
+throughput = the highest rate whose normalized latency (E2E / output tokens) stays under a
+limit, at several limits as the paper gives none. DuetServe (arXiv 2511.04791): H100
+(measured operator tables), Qwen3-8B and Qwen3-14B, Azure Code / Conversation and Mooncake
+lengths with Poisson arrivals; completed throughput, and throughput under its TBT SLO.
 Then how each answer moves with each modelled part: SM-curve shape, co-run contention and the
 mixed-batch cost (``profiler.mixed``).
 

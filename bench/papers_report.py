@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from papers_text import latency_kind  # noqa: E402
 
 BASE = "base"
 
@@ -164,7 +165,8 @@ def duet_tables(rep) -> tuple[list[str], dict]:
 def sensitivity(rep) -> list[str]:
     res, limit, att = rep["results"], rep["norm_limits_s"][1], rep["attainment"]
     lines = [
-        f"Nexus, Qwen2.5-3B on the L20: throughput at normalized latency <= {limit:g} s/token.",
+        f"Nexus, Qwen2.5-3B on the L20 ({latency_kind(rep, 'nexus')}): throughput at "
+        f"normalized latency <= {limit:g} s/token.",
         "",
         "| modelled part | workload | vllm | sglang | nexus | nexus/vllm | nexus/sglang |",
         "|---|---|---|---|---|---|---|",
@@ -189,8 +191,8 @@ def sensitivity(rep) -> list[str]:
             )
     lines += [
         "",
-        f"DuetServe, Qwen3-8B on the H100: req/s with >= {att:.0%} of requests meeting the TBT SLO,"
-        " and peak completed req/s.",
+        f"DuetServe, Qwen3-8B on the H100 ({latency_kind(rep, 'duetserve')}): req/s with "
+        f">= {att:.0%} of requests meeting the TBT SLO, and peak completed req/s.",
         "",
         "| modelled part | trace | vllm | sglang | duetserve | duetserve/sglang "
         "| peak duetserve/sglang |",
@@ -258,7 +260,8 @@ def plots(rep, img: Path) -> list[Path]:
     axes[0].set_ylabel("E2E / output tokens (s)")
     axes[0].legend()
     fig.suptitle(
-        "Nexus setup: Qwen2.5-3B, L20 datasheet estimate (SM scaling, contention: modelled)",
+        f"Nexus setup: Qwen2.5-3B, L20 {latency_kind(rep, 'nexus')} "
+        "(SM scaling, contention: modelled)",
         fontsize=9,
     )
     fig.tight_layout()
@@ -284,7 +287,8 @@ def plots(rep, img: Path) -> list[Path]:
     axes[0].set_ylabel("completed req/s")
     axes[0].legend(fontsize=7)
     fig.suptitle(
-        "DuetServe setup: Qwen3-8B, H100 datasheet estimate (SM scaling, contention: modelled)",
+        f"DuetServe setup: Qwen3-8B, H100 {latency_kind(rep, 'duetserve')} "
+        "(SM scaling, contention: modelled)",
         fontsize=9,
     )
     fig.tight_layout()

@@ -15,6 +15,43 @@ def _verdict(lo: float, hi: float, paper_lo: float, paper_hi: float) -> str:
     return "overlaps the paper's range"
 
 
+MEASURED_PREFIX = "operator times: measured"
+
+
+def latency_kind(rep, paper: str) -> str:
+    """How the paper's base runs were timed, from the labels they carry."""
+    labels = {r["latency_model"] for r in rep["results"] if r["paper"] == paper}
+    if labels and all(label.startswith(MEASURED_PREFIX) for label in labels):
+        return "measured operator tables"
+    if labels and not any(label.startswith(MEASURED_PREFIX) for label in labels):
+        return "datasheet estimate"
+    return "measured tables and datasheet estimates"
+
+
+def latency_paragraph(rep) -> str:
+    gpus = {"nexus": "L20", "duetserve": "H100"}
+    kinds = {paper: latency_kind(rep, paper) for paper in gpus}
+    parts = []
+    for paper, gpu in gpus.items():
+        if kinds[paper] == "measured operator tables":
+            parts.append(
+                f"the {gpu} runs ({paper}) take each operator's time at all SMs from measured "
+                "tables (aiconfigurator-core, vLLM kernels; elementwise ops and the iteration "
+                "overhead modelled)"
+            )
+        else:
+            parts.append(
+                f"the {gpu} runs ({paper}) are datasheet estimates, not measurements: operator "
+                "times from the GPU's published peaks"
+            )
+    return (
+        f"**Latency model.** Two kinds: {parts[0]}; {parts[1]}. In both, SM scaling below all "
+        "SMs (compute linear in SMs, HBM bandwidth saturating at 50% of the SMs), co-run HBM "
+        "contention (proportional sharing) and the mixed-batch cost are modelled. The labels "
+        "the runs carry:"
+    )
+
+
 def contention_note(rep) -> str:
     """Whether turning co-run contention off changed any run (it need not bind)."""
     res = rep["results"]
@@ -30,7 +67,7 @@ def contention_note(rep) -> str:
         return (
             f"Turning co-run contention off changed {len(moved)} of {len(off)} runs, completed "
             f"throughput by at most {change:.1%}: with proportional sharing, a decode lane on "
-            "part of the SMs draws less than the HBM's bandwidth (the datasheet's bandwidth "
+            "part of the SMs draws less than the HBM's bandwidth (the model's bandwidth "
             "grows with SMs up to half of them) and a compute-bound prefill lane draws little "
             "on average, so the two demands mostly fit together. Nexus's own cost model (byte "
             "shares, `policies/nexus.py`) still plans for contention."
@@ -39,7 +76,7 @@ def contention_note(rep) -> str:
         f"Turning co-run contention off changed none of its {len(off)} runs' completed "
         "throughput by more than 0.1%: with proportional "
         "sharing, a decode lane on part of the SMs draws less than the HBM's bandwidth (the "
-        "datasheet's bandwidth grows with SMs up to half of them) and a compute-bound prefill "
+        "model's bandwidth grows with SMs up to half of them) and a compute-bound prefill "
         "lane draws little on average, so the two demands fit together. Nexus's own cost model "
         "(byte shares, `policies/nexus.py`) still plans for contention; the simulated GPU does "
         "not charge it."
@@ -82,6 +119,9 @@ def render(
         ]
 
     peak, under = gains("peak"), gains("req/s with")
+    nexus_kind, duet_kind = latency_kind(rep, "nexus"), latency_kind(rep, "duetserve")
+    duet_gpu = "measured-table H100" if duet_kind.startswith("measured") else "datasheet H100"
+    nexus_gpu = "measured-table L20" if nexus_kind.startswith("measured") else "datasheet L20"
     claims = [
         "| claim (paper, figure) | paper | twin, closest setup | what differs |",
         "|---|---|---|---|",
@@ -89,7 +129,7 @@ def render(
         f"{nexus_range['min']:.2f}-{nexus_range['max']:.2f}x over models, workloads and limits "
         f"({_verdict(nexus_range['min'], nexus_range['max'], 1.5, 1.9)}); counting only rates "
         f"nexus keeps up with, {nexus_range['kept_min']:.2f}-{nexus_range['kept_max']:.2f}x | "
-        "datasheet L20, "
+        f"{nexus_gpu}, "
         "synthetic lengths, the paper's latency limit unknown, Qwen2.5-14B (TP2) not run |",
         f"| Nexus: TTFT vs vLLM (§6) | 2-20x lower | "
         f"vLLM's p90 TTFT / nexus's: {ttft_range['min']:.2f}-{ttft_range['max']:.2f}x at vLLM's "
@@ -99,22 +139,23 @@ def render(
         "twin models one GPU per engine; `disagg` is a reference, not vLLM-P/D |",
         f"| DuetServe: total throughput (abstract) | up to 1.3x | peak completed req/s "
         f"{min(peak):.2f}-{max(peak):.2f}x vLLM/SGLang; req/s meeting the TBT SLO "
-        f"{min(under, default=math.nan):.2f}-{max(under, default=math.nan):.2f}x | datasheet "
-        "H100; the TBT SLO is this benchmark's (below) |",
+        f"{min(under, default=math.nan):.2f}-{max(under, default=math.nan):.2f}x | {duet_gpu}; "
+        "the TBT SLO is this benchmark's (below) |",
         f"| DuetServe: Azure Code, 16 req/s offered, Qwen3-8B | 13.57 vs 12.43 req/s (SGLang) | "
         f"{code16.get('duetserve', math.nan):.2f} vs {code16.get('sglang', math.nan):.2f} req/s | "
         f"{rep['requests_per_run']} requests per run (the paper's trace is longer) |",
         f"| DuetServe: Mooncake peak, Qwen3-8B | 2.72 vs 2.14 req/s (vLLM) | "
         f"{moon.get('duetserve', math.nan):.2f} vs {moon.get('vllm', math.nan):.2f} req/s | "
-        "bundled 600-request slice of Mooncake's lengths, Poisson arrivals |",
+        f"the first {rep['requests_per_run']} requests of the bundled Mooncake slice's "
+        "lengths, Poisson arrivals |",
     ]
     limits = ", ".join(f"{x:g}" for x in rep["norm_limits_s"])
     setups = [
         "| | Nexus (arXiv 2507.06608) | DuetServe (arXiv 2511.04791) |",
         "|---|---|---|",
-        "| GPU | L20 48 GB: 92 SMs, 864 GB/s, 119.5 TFLOP/s bf16 (datasheet); 2-SM split "
-        "steps (Ada green contexts) | H100 SXM (datasheet); 8-SM green-context groups, and "
-        "DuetServe's 2-SM TPC masks |",
+        "| GPU | L20 48 GB: 92 SMs, 864 GB/s, 119.5 TFLOP/s bf16 "
+        f"({nexus_kind}); 2-SM split steps (Ada green contexts) | H100 SXM ({duet_kind}); "
+        "8-SM green-context groups, and DuetServe's 2-SM TPC masks |",
         "| models | Qwen2.5-3B, Llama-3.1-8B (Qwen2.5-14B ran on TP2 in the paper: not run) "
         "| Qwen3-8B, Qwen3-14B |",
         "| workloads | synthetic lengths matched to the paper's means: "
@@ -135,10 +176,7 @@ Generated by `python bench/papers.py` ({rep["simulations"]} simulations of
 {rep["requests_per_run"]} requests each, {rep["wall_s"]:.0f} s on {rep["workers"]} worker(s),
 {rep["machine"]}, {rep["date"]}); the raw rows are in `bench/results/papers.json`.
 
-**Latency model.** Every number here is a datasheet estimate, not a measurement: operator
-times from each GPU's published peaks, SM scaling (compute linear in SMs, HBM bandwidth
-saturating at 50% of the SMs), co-run HBM contention (proportional sharing) and the
-mixed-batch cost all modelled. The labels the runs carry:
+{latency_paragraph(rep)}
 
 {chr(10).join(f"- {label}" for label in labels)}
 
@@ -186,7 +224,8 @@ so all of the {250 - 1e3 * f4["sum_of_parts_s"]:.0f} ms excess is put on
 (Kamath et al., ASPLOS 2025) finds hybrid batches efficient for the linear layers but not
 for attention, whose kernels are each specialised for one phase, and computes hybrid-batch
 attention up to 59% faster (mean 28%) with a fused kernel; a `twin profile --mixed`
-sweep on the GPU replaces these assumed values with a measured one.
+sweep on the GPU replaces these assumed values with a measured one. The DuetServe rows
+apply the same L20-derived values on the H100 model ({latency_kind(rep, "duetserve")}).
 
 {chr(10).join(sensitivity)}
 
@@ -194,8 +233,10 @@ sweep on the GPU replaces these assumed values with a measured one.
 
 ## What differs from the papers, and what is not done
 
-- No measured operator tables for either GPU: a measured profile (`twin profile`) or the GPU
-  registry's tables replace the datasheet through `bench/paper_setups.py`'s `gpu_model`.
+- The L20 has no measured operator tables (its H100 runs do): `bench/paper_setups.py`'s
+  `gpu_model` takes each GPU from the registry (`twin gpus`), so tables added there, or a
+  measured profile (`twin profile`), replace its datasheet. On both GPUs nothing measures the
+  kernels on part of the SMs or beside a co-runner: those curves stay modelled.
 - Nexus's datasets are not redistributable: lengths are lognormal draws with the published
   means (Long Data Collections' output mean is not in the text we used: 200 assumed).
 - Nexus ran Qwen2.5-14B on two GPUs with tensor parallelism; the twin models one GPU.

@@ -167,6 +167,15 @@ class MeasuredModel(LatencyModel):
         saturating = self.parts.bandwidth_saturation * self.gpu.num_sms
         return self.entry.hbm_bytes_per_s * min(1.0, sms / saturating)
 
+    # The two curves as factors of the full-SM rates, for the vectorised decode run; a model
+    # that reshapes compute_rate or bandwidth reshapes these with them.
+    def compute_scale(self, sms: int) -> float:
+        n = self.gpu.num_sms
+        return n / min(sms, n)
+
+    def bandwidth_fraction(self, sms: int) -> float:
+        return min(1.0, sms / (self.parts.bandwidth_saturation * self.gpu.num_sms))
+
     @property
     def hbm_bandwidth(self) -> float:
         return self.entry.hbm_bytes_per_s * self.parts.achievable_bandwidth_fraction
@@ -200,8 +209,13 @@ class MeasuredModel(LatencyModel):
         if shape.is_empty:
             return 0.0
         if sms >= self.gpu.num_sms and (co_runner is None or co_runner.is_empty):
-            # The whole GPU alone: the measured operators as they are.
-            return sum(self._full(shape)) + self.parts.iteration_overhead_s
+            # The whole GPU alone: the measured operators as they are, plus what a batch
+            # mixing the phases pays beyond them.
+            full = self._full(shape)
+            extra = 0.0
+            if not self.mixed.is_zero:
+                extra = self.mixed.extra_s(shape, dict(zip(OP_CLASSES, full, strict=True)))
+            return sum(full) + self.parts.iteration_overhead_s + extra
         return super().predict(shape, sms, co_runner, co_sms)
 
     def op_roofline(self, shape: BatchShape, sms: int) -> dict[str, tuple[float, float]]:
@@ -242,8 +256,8 @@ class MeasuredModel(LatencyModel):
         peak, bw_peak = self.entry.bf16_flops, self.entry.hbm_bytes_per_s
         c_attn, m_attn = af / peak, ab / bw_peak
         k_attn = t_attn / np.maximum(c_attn, m_attn)
-        compute_scale = n / min(sms, n)
-        bw_frac = min(1.0, sms / (self.parts.bandwidth_saturation * n))
+        compute_scale = self.compute_scale(sms)
+        bw_frac = self.bandwidth_fraction(sms)
 
         def busy(share):
             t = k_attn * np.maximum(c_attn * compute_scale, m_attn / (bw_frac * share))

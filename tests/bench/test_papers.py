@@ -14,6 +14,9 @@ import papers  # noqa: E402
 from policies import BatchShape  # noqa: E402
 from policies.shapes import merge  # noqa: E402
 from profiler import DatasheetModel, load_model_config  # noqa: E402
+from profiler.gpus import gpu_entry  # noqa: E402
+from profiler.measured import MeasuredModel  # noqa: E402
+from twin.latency import datasheet_for  # noqa: E402
 
 SHAPES = (
     BatchShape.prefill(2048, 1000),
@@ -34,11 +37,53 @@ def test_the_l20_is_a_labelled_datasheet_estimate_with_ada_split_steps():
 
 def test_the_base_variant_is_the_datasheet_model_exactly():
     base = ps.gpu_model("l20", "qwen2.5-3b")
-    plain = DatasheetModel(load_model_config("qwen2.5-3b"), ps.L20)
+    plain = DatasheetModel(load_model_config("qwen2.5-3b"), datasheet_for(gpu_entry("l20")))
     for shape in SHAPES:
         for sms in (8, 40, 92):
             assert base.predict(shape, sms) == plain.predict(shape, sms)
         assert base.predict(shape, 40, SHAPES[0], 52) == plain.predict(shape, 40, SHAPES[0], 52)
+
+
+def test_the_h100_runs_on_the_measured_tables_and_says_so():
+    model = ps.gpu_model("h100", "qwen3-8b")
+    assert model.measured and model.label.startswith("operator times: measured")
+    assert "H100" in model.label and "contention on" in model.label
+    tpc = ps.gpu_model("h100-tpc", "qwen3-8b")
+    assert tpc.measured and (tpc.gpu.num_sms, tpc.gpu.sm_granularity) == (132, 2)
+
+
+def test_the_h100_base_variant_is_the_measured_model_exactly():
+    base = ps.gpu_model("h100", "qwen3-8b")
+    plain = MeasuredModel(load_model_config("qwen3-8b"), gpu_entry("h100"))
+    for shape in SHAPES:
+        for sms in (8, 64, 132):
+            assert base.predict(shape, sms) == plain.predict(shape, sms)
+        assert base.predict(shape, 64, SHAPES[0], 68) == plain.predict(shape, 64, SHAPES[0], 68)
+    for sms in (16, 100):
+        runs = base.predict_decode_run(64, 64 * 3000, 4, sms, SHAPES[0], 132 - sms)
+        assert np.array_equal(
+            runs, plain.predict_decode_run(64, 64 * 3000, 4, sms, SHAPES[0], 132 - sms)
+        )
+
+
+def test_h100_variants_move_only_the_modelled_parts():
+    base = ps.gpu_model("h100", "qwen3-8b")
+    knee = ps.gpu_model("h100", "qwen3-8b", ps.Variant("k", compute_saturation=0.6))
+    prefill, decode = SHAPES[0], SHAPES[1]
+    assert knee.predict(prefill, 132) == base.predict(prefill, 132)  # measured, unchanged
+    assert knee.predict(prefill, 80) < base.predict(prefill, 80)
+    # The vectorised decode run follows the reshaped compute curve as predict does.
+    run = knee.predict_decode_run(64, 64 * 3000, 1, 40)
+    assert run[0] == pytest.approx(knee.predict(BatchShape.decode(64, 64 * 3000), 40), rel=1e-6)
+    free = ps.gpu_model("h100", "qwen3-8b", ps.Variant("c", contention=False))
+    big = BatchShape.decode(256, 256 * 8000)
+    assert base.predict(decode, 64, big, 68) > base.predict(decode, 64)
+    assert free.predict(decode, 64, big, 68) == free.predict(decode, 64)
+    costly = ps.gpu_model("h100", "qwen3-8b", ps.Variant("m", mixed_slowdown=3.0))
+    mixed = SHAPES[2]
+    extra = 3.0 * base.op_times(mixed, 132)["attn_decode"]
+    assert costly.predict(mixed, 132) == pytest.approx(base.predict(mixed, 132) + extra)
+    assert costly.predict(prefill, 132) == base.predict(prefill, 132)
 
 
 def test_variants_change_only_what_they_name():
@@ -111,3 +156,20 @@ def test_one_run_returns_the_metrics_the_report_reads():
     assert row["finished"] == 30 and row["label"] == "nexus" and row["variant"] == "base"
     assert 0 < row["normalized_latency_s"] < 1 and 0 < row["mean_decode_sms"] < 92
     assert "L20" in row["latency_model"]
+
+
+def test_the_report_says_which_latency_model_timed_each_paper():
+    from papers_text import latency_kind, latency_paragraph
+
+    rows = [
+        papers.run_one(
+            papers.Run("nexus", "l20", "qwen2.5-3b", "sharegpt-synthetic", "vllm", 4, 20)
+        ),
+        papers.run_one(papers.Run("duetserve", "h100", "qwen3-8b", "azure-conv", "vllm", 4, 20)),
+    ]
+    rep = {"results": rows}
+    assert latency_kind(rep, "nexus") == "datasheet estimate"
+    assert latency_kind(rep, "duetserve") == "measured operator tables"
+    text = latency_paragraph(rep)
+    assert "L20 runs (nexus) are datasheet estimates" in text
+    assert "H100 runs (duetserve) take each operator's time at all SMs from measured" in text

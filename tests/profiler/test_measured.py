@@ -102,6 +102,19 @@ def test_a_decode_run_matches_its_iterations_one_by_one(measured):
     assert run[0] == pytest.approx(measured.predict(BatchShape.decode(32, 32 * 700), 64, co, 64))
 
 
+def test_a_mixed_batch_pays_its_mixed_cost_on_all_sms_too(llama):
+    from profiler.mixed import MixedBatchCost
+
+    plain, costly = MeasuredModel(llama, H100), MeasuredModel(llama, H100)
+    costly.mixed = MixedBatchCost(2.0, "assumed")
+    mixed = BatchShape((512,), (0,), n_decode=16, decode_ctx_sum=16 * 900, sampled=17)
+    for sms in (132, 64):
+        extra = 2.0 * plain.op_times(mixed, sms)["attn_decode"]
+        assert costly.predict(mixed, sms) == pytest.approx(plain.predict(mixed, sms) + extra)
+    prefill = BatchShape(prefill_q=(512,), prefill_ctx=(0,), sampled=1)
+    assert costly.predict(prefill, 132) == plain.predict(prefill, 132)
+
+
 def test_a_chunk_after_a_prefix_costs_more_than_alone_and_less_than_the_whole(measured):
     alone = measured.full_sm_times(BatchShape(prefill_q=(1024,), prefill_ctx=(0,)))
     after = measured.full_sm_times(BatchShape(prefill_q=(1024,), prefill_ctx=(3072,)))
