@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from gpu_runtime.inputs import to_device
-from policies.numbers import check_fields, check_number
+from policies.numbers import check_number
 
 # A 64-bit signed seed, as vLLM takes; torch's generators overflow beyond 2**64.
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
@@ -26,13 +26,11 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        check_fields(self)
+        # Each field with its own bounds: a seed spans int64, beyond check_fields' default cap.
         if self.seed is not None:
             check_number(self.seed, "seed", integer=True, low=SEED_MIN, high=SEED_MAX)
-        if not 0.0 <= self.temperature <= 100.0:
-            raise ValueError(f"temperature must be in [0, 100], got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        check_number(self.temperature, "temperature", low=0.0, high=100.0)
+        check_number(self.top_p, "top_p", low=0.0, low_open=True, high=1.0)
 
     @property
     def greedy(self) -> bool:

@@ -45,8 +45,9 @@ def check_number(
             value = int(value)
         else:
             raise error(f"{name} must be a whole number, got {value!r}")
-        if abs(value) > MAX_COUNT:
-            raise error(f"{name} is too large ({value}); at most {MAX_COUNT}")
+        # MAX_COUNT bounds only the sides the caller left open: a seed may span all of int64.
+        if (high is None and value > MAX_COUNT) or (low is None and value < -MAX_COUNT):
+            raise error(f"{name} is too large ({value}); at most {MAX_COUNT} in size")
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high:

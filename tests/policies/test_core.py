@@ -156,3 +156,14 @@ def test_recompute_preemption_refills_prompt_and_output():
     assert r.prefill_target == 120 and r.kv_tokens == 0 and r.preemptions == 1
     assert r.is_prefilling and not r.is_decoding
     assert np.isnan(r.first_token_s)
+
+
+def test_explicit_bounds_govern_whole_numbers_beyond_float_precision():
+    from policies.numbers import MAX_COUNT, check_number
+
+    seed_max = 2**63 - 1
+    assert check_number(seed_max, "seed", integer=True, low=-(2**63), high=seed_max) == seed_max
+    with pytest.raises(ValueError, match="too large"):
+        check_number(MAX_COUNT + 1, "count", integer=True, low=0)
+    with pytest.raises(ValueError, match="seed must be in"):
+        check_number(seed_max + 1, "seed", integer=True, low=-(2**63), high=seed_max)
