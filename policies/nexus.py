@@ -53,7 +53,7 @@ from policies.base import SchedulingPolicy
 from policies.batch import UNTIL_CHANGE, Batch, BatchShape, PrefillChunk
 from policies.numbers import check_fields
 from policies.partition import Lane, Partition
-from policies.registry import register
+from policies.registry import PolicyError, register
 from policies.request import Request
 from policies.shapes import decode_shape, prefill_shape
 from policies.view import EngineView, LatencyModel
@@ -214,6 +214,11 @@ class NexusPolicy(SchedulingPolicy):
         prefill, decode = self.pending_work(view)
         current = view.partition
         options = gpu.decode_sm_options()
+        if not options:
+            raise PolicyError(
+                f"nexus splits the SMs, but {gpu.name} ({gpu.num_sms} SMs in groups of "
+                f"{gpu.sm_granularity}) has no valid split; use a one-lane policy such as vllm"
+            )
         if prefill.is_empty and decode.is_empty:
             if current.is_split:
                 return current

@@ -233,3 +233,17 @@ def test_the_prefill_costs_are_kept_between_plans_and_answer_the_same(model):
     other = DatasheetModel(load_model_config("qwen3-8b"))
     cache.bind(other)  # another latency model starts afresh
     assert not cache._roofs and not cache._alone
+
+
+def test_a_gpu_with_no_valid_split_is_a_one_line_error(model):
+    import dataclasses
+
+    tiny = GpuSpec("one-group", 8, 8, 80 * 10**9)
+    view = dataclasses.replace(
+        make_view(model, waiting=[Request(0, 0.0, 100, 10)]),
+        gpu=tiny,
+        partition=tiny.aggregated(),
+    )
+    with pytest.raises(policies.PolicyError, match="no valid split") as err:
+        NexusPolicy(policies.params_class("nexus")()).partition(view)
+    assert "\n" not in str(err.value)
