@@ -50,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--no-profile", action="store_true")
     args = ap.parse_args(argv)
-    if args.requests < 1 or not args.scale > 0:
-        raise SystemExit("--requests must be at least 1 and --scale positive")
+    if args.requests < 1:
+        raise SystemExit(f"--requests {args.requests}: give at least 1")
+    if not (args.scale > 0 and args.scale != float("inf")):
+        raise SystemExit(f"--scale {args.scale}: give a positive, finite rate multiplier")
 
     import policies
     from policies import Slo
