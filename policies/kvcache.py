@@ -58,7 +58,10 @@ class KVCache:
 
     def extra_blocks(self, request_id: int, total_tokens: int) -> int:
         """Blocks still to allocate for the request to hold ``total_tokens`` tokens."""
-        return max(0, self.blocks_for(total_tokens) - self.held(request_id))
+        # Inlined ``blocks_for`` and ``held``: called for every request of every batch.
+        table = self._tables.get(request_id)
+        need = -(-total_tokens // self.block_size) - (len(table) if table else 0)
+        return need if need > 0 else 0
 
     def can_grow(self, request_id: int, total_tokens: int) -> bool:
         return self.extra_blocks(request_id, total_tokens) <= len(self._free)
@@ -148,12 +151,19 @@ class KVBudget:
         return max(0, self.cache.blocks_for(total_tokens) - self.held(request_id))
 
     def try_grow(self, request_id: int, total_tokens: int) -> bool:
-        need = self.need(request_id, total_tokens)
+        # ``need`` inlined: a policy asks this for every request of every decision.
+        cache = self.cache
+        table = cache._tables.get(request_id)
+        need = -(-total_tokens // cache.block_size) - (len(table) if table else 0)
+        extra = self._extra.get(request_id, 0)
+        need -= extra
+        if need < 0:
+            need = 0
         if need > self.free:
             return False
-        self.free -= need
         if need:
-            self._extra[request_id] = self._extra.get(request_id, 0) + need
+            self.free -= need
+            self._extra[request_id] = extra + need
         return True
 
     def release(self, request_id: int) -> None:

@@ -57,13 +57,13 @@ def steady_steps(
 
 def kv_steps(kv: KVCache, reqs: list[Request], limit: int) -> int:
     """The most steps (up to ``limit``) every request in ``reqs`` can grow by in ``kv``."""
+    # Plain integers: a batch holds tens of requests, too few for numpy to pay for itself.
     bs = kv.block_size
-    slack = np.fromiter((kv.held(r.id) * bs - r.kv_tokens for r in reqs), np.int64, len(reqs))
+    slack = [kv.held(r.id) * bs - r.kv_tokens for r in reqs]
     free = kv.free_blocks
 
     def blocks(m: int) -> int:
-        over = m - slack
-        return int(np.sum(np.where(over > 0, -(-over // bs), 0)))
+        return sum(-(-(m - s) // bs) for s in slack if m > s)
 
     if blocks(limit) <= free:
         return limit
