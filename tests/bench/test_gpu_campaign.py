@@ -111,9 +111,10 @@ def test_the_pack_holds_the_whole_directory_within_the_transfer_limit(dry_run):
 
 
 def test_a_step_past_its_budget_keeps_what_it_measured(tmp_path):
-    # How much of the sweep fits a budget depends on the machine: widen it until the cut
-    # lands inside the sweep (some rows measured, not all), then check what was kept.
-    for attempt, budget in enumerate((0.4, 0.8, 1.6, 3.2)):
+    # How much of the sweep fits a budget depends on the machine and on how warm torch is:
+    # widen it until the cut lands inside the sweep (some rows measured, not all), then
+    # check what was kept.
+    for attempt, budget in enumerate((0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)):
         out = tmp_path / f"cut{attempt}"
         code = campaign_module().main(
             ["--dry-run", "--out", str(out), "--steps", "sweep", "--budget", f"sweep={budget}"]
@@ -122,7 +123,7 @@ def test_a_step_past_its_budget_keeps_what_it_measured(tmp_path):
         summary = json.loads((out / "summary.json").read_text())
         assert list(summary["steps"]) == ["meta", "peaks", "partitions", "sweep"]
         sweep = summary["steps"]["sweep"]["result"]
-        if sweep["measured"] > 0:
+        if 0 < sweep["measured"] < sweep["planned"]:
             break
     assert sweep["cut_short"] and 0 < sweep["measured"] < sweep["planned"]
     assert len(read_samples(out / "profile")) == sweep["measured"]
