@@ -179,14 +179,7 @@ def _azure(df: pd.DataFrame, path: Path) -> Workload:
     prompt = _tokens(df, "ContextTokens", path)
     output = _tokens(df, "GeneratedTokens", path)
     keep, notes = _keep_served(prompt, output)
-    return Workload(
-        arrival[keep] - arrival[keep][0] if keep.any() else arrival[keep],
-        prompt[keep],
-        output[keep],
-        name=path.stem,
-        source=str(path),
-        notes={"format": "azure", **notes},
-    )
+    return _timed(arrival, prompt, output, keep, path, {"format": "azure", **notes})
 
 
 def _burstgpt(df: pd.DataFrame, path: Path) -> Workload:
@@ -201,15 +194,7 @@ def _burstgpt(df: pd.DataFrame, path: Path) -> Workload:
         "dropped_failed": int(failed.sum()),
         "dropped_zero_prompt": int(((prompt == 0) & ~failed).sum()),
     }
-    kept = arrival[keep]
-    return Workload(
-        kept - kept[0] if kept.size else kept,
-        prompt[keep],
-        output[keep],
-        name=path.stem,
-        source=str(path),
-        notes=notes,
-    )
+    return _timed(arrival, prompt, output, keep, path, notes)
 
 
 def _vidur(df: pd.DataFrame, path: Path) -> Workload:
@@ -218,6 +203,18 @@ def _vidur(df: pd.DataFrame, path: Path) -> Workload:
     prompt = _tokens(df, "num_prefill_tokens", path)
     output = _tokens(df, "num_decode_tokens", path)
     keep, notes = _keep_served(prompt, output)
+    return _timed(arrival, prompt, output, keep, path, {"format": "vidur", **notes})
+
+
+def _timed(
+    arrival: np.ndarray,
+    prompt: np.ndarray,
+    output: np.ndarray,
+    keep: np.ndarray,
+    path: Path,
+    notes: dict,
+) -> Workload:
+    """The kept rows of a trace with its own arrivals, timed from the first kept one."""
     kept = arrival[keep]
     return Workload(
         kept - kept[0] if kept.size else kept,
@@ -225,7 +222,7 @@ def _vidur(df: pd.DataFrame, path: Path) -> Workload:
         output[keep],
         name=path.stem,
         source=str(path),
-        notes={"format": "vidur", **notes},
+        notes=notes,
     )
 
 
