@@ -62,7 +62,21 @@ class Variant:
     mixed_slowdown: float = 0.0
 
 
-class PaperModel(DatasheetModel):
+class VariantContention:
+    """Co-run contention on or off as a ``Variant`` says, for either base latency model."""
+
+    variant: Variant
+
+    def share(self, shape, sms, co_runner, co_sms) -> float:
+        return super().share(shape, sms, co_runner, co_sms) if self.variant.contention else 1.0
+
+    def predict_decode_run(self, n_decode, ctx_sum, steps, sms, co_runner=None, co_sms=0):
+        if not self.variant.contention:
+            co_runner = None
+        return super().predict_decode_run(n_decode, ctx_sum, steps, sms, co_runner, co_sms)
+
+
+class PaperModel(VariantContention, DatasheetModel):
     """A datasheet roofline whose SM curves and contention follow a ``Variant``.
 
     All SMs with no co-runner reproduce the datasheet exactly; only the shape below full SMs,
@@ -85,14 +99,6 @@ class PaperModel(DatasheetModel):
         knee = self.variant.compute_saturation * s.num_sms
         return s.peak_flops * self._efficiency[op] * min(1.0, min(sms, s.num_sms) / knee)
 
-    def share(self, shape, sms, co_runner, co_sms) -> float:
-        return super().share(shape, sms, co_runner, co_sms) if self.variant.contention else 1.0
-
-    def predict_decode_run(self, n_decode, ctx_sum, steps, sms, co_runner=None, co_sms=0):
-        if not self.variant.contention:
-            co_runner = None
-        return super().predict_decode_run(n_decode, ctx_sum, steps, sms, co_runner, co_sms)
-
     @property
     def label(self) -> str:
         return (
@@ -101,7 +107,7 @@ class PaperModel(DatasheetModel):
         )
 
 
-class MeasuredPaperModel(MeasuredModel):
+class MeasuredPaperModel(VariantContention, MeasuredModel):
     """The measured-table model whose SM curves, contention and mixed cost follow a ``Variant``.
 
     At all SMs with no co-runner it is the measured operators unchanged; only the modelled
@@ -127,14 +133,6 @@ class MeasuredPaperModel(MeasuredModel):
         if self.variant.compute_saturation == 1.0:
             return super().compute_scale(sms)
         return 1.0 / min(1.0, min(sms, self.gpu.num_sms) / knee)
-
-    def share(self, shape, sms, co_runner, co_sms) -> float:
-        return super().share(shape, sms, co_runner, co_sms) if self.variant.contention else 1.0
-
-    def predict_decode_run(self, n_decode, ctx_sum, steps, sms, co_runner=None, co_sms=0):
-        if not self.variant.contention:
-            co_runner = None
-        return super().predict_decode_run(n_decode, ctx_sum, steps, sms, co_runner, co_sms)
 
     @property
     def label(self) -> str:
