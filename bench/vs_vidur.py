@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import lzma
+import math
 import os
 import platform
 import shutil
@@ -188,7 +189,7 @@ def attention_profile(max_batch: int) -> pd.DataFrame:
 
 
 def prepare_trace(
-    spec: str, sizes: list[int | None], rate_scale: float = 1.0
+    spec: str, sizes: list[int | None], rate_scale: float = 1.0, tag: str = "t"
 ) -> list[tuple[int, Path]]:
     """One CSV per size, read by both simulators: Vidur's trace_replay columns."""
     import traces
@@ -217,7 +218,7 @@ def prepare_trace(
         n = len(frame) if n is None else min(n, len(frame))
         if any(m == n for m, _ in out):
             continue
-        path = WORK / f"trace_{n}_x{rate_scale:g}.csv"
+        path = WORK / f"trace_{tag}_{n}_x{rate_scale:g}.csv"
         frame.iloc[:n].to_csv(path, index=False)
         out.append((n, path))
     print(
@@ -287,13 +288,16 @@ def twin_child(args: argparse.Namespace) -> None:
         "vllm", max_num_batched_tokens=args.max_tokens, max_num_seqs=args.max_num_seqs
     )
     t_setup = time.perf_counter()
+    c_setup = time.process_time()
     sim = Simulator(wl, policy, model, Slo(), EngineConfig(num_kv_blocks=args.kv_blocks))
     result = sim.run()
     t_run = time.perf_counter()
     records = records_frame(result.requests)
     summary = summarize(records, Slo())
     t_end = time.perf_counter()
+    c_end = time.process_time()
     out = {
+        "simulate_cpu_s": c_end - c_setup,
         "import_s": t_import - t_start,
         "setup_s": t_setup - t_import,
         "simulate_s": t_end - t_setup,
@@ -348,19 +352,22 @@ def run_twin(n: int, trace: Path, args: argparse.Namespace, kv_blocks: int, tag:
 VIDUR_DRIVER = r"""
 import json, os, sys, time
 t0 = time.perf_counter()
+c0 = time.process_time()
 from vidur.config import SimulationConfig
 from vidur.simulator import Simulator
 from vidur.utils.random import set_seeds
 import vidur.scheduler.global_scheduler.base_global_scheduler as gs
 t_import = time.perf_counter()
-phase = {"predictor_s": 0.0, "write_output_s": 0.0}
+phase = {"predictor_s": 0.0, "predictor_cpu_s": 0.0, "write_output_s": 0.0}
 _get = gs.ExecutionTimePredictorRegistry.get
 def timed_get(*a, **k):
     s = time.perf_counter()
+    c = time.process_time()
     try:
         return _get(*a, **k)
     finally:
         phase["predictor_s"] += time.perf_counter() - s
+        phase["predictor_cpu_s"] += time.process_time() - c
 gs.ExecutionTimePredictorRegistry.get = timed_get
 _write = Simulator._write_output
 def timed_write(self):
@@ -383,11 +390,16 @@ if os.environ.get("VS_VIDUR_PATCH_RESTART"):
 config = SimulationConfig.create_from_cli_args()
 set_seeds(config.seed)
 t_config = time.perf_counter()
+c_config = time.process_time()
 sim = Simulator(config)
 t_init = time.perf_counter()
+c_init = time.process_time()
 sim.run()
 t_end = time.perf_counter()
-json.dump({"import_s": t_import - t0, "config_s": t_config - t_import,
+c_end = time.process_time()
+json.dump({"init_cpu_s": c_init - c_config, "run_cpu_s": c_end - c_init,
+           "process_cpu_before_run_s": c_init - c0,
+           "import_s": t_import - t0, "config_s": t_config - t_import,
            "init_s": t_init - t_config, "run_s": t_end - t_init,
            "output_dir": config.metrics_config.output_dir, **phase},
           open(os.environ["VS_VIDUR_OUT"], "w"))
@@ -521,6 +533,7 @@ def run_vidur(
         **t,
         "ok": True,
         "simulate_s": simulate,
+        "simulate_cpu_s": t["init_cpu_s"] - t["predictor_cpu_s"] + t["run_cpu_s"],
         "loop_s": simulate - t["write_output_s"],
         "metrics_s": t["write_output_s"],
         "startup_s": proc["process_wall_s"] - simulate,
@@ -680,6 +693,26 @@ def vidur_iteration_ms(tables: dict, q: list[int], kv: list[int], layers: int) -
 # ---------------------------------------------------------------- the benchmark
 
 
+def parse_cases(text: str) -> list[tuple[str, float]]:
+    """``TRACE@SCALE,TRACE@SCALE,...`` as (trace, rate scale) pairs."""
+    cases = []
+    for item in filter(None, (c.strip() for c in text.split(","))):
+        trace, sep, scale = item.rpartition("@")
+        try:
+            value = float(scale) if sep and trace else float("nan")
+        except ValueError:
+            value = float("nan")
+        if not (value > 0 and math.isfinite(value)):
+            raise SystemExit(
+                f"--cases {item!r}: write TRACE@SCALE with a positive, finite rate scale, "
+                "e.g. azure-conv-full@2"
+            )
+        cases.append((trace, value))
+    if not cases:
+        raise SystemExit("--cases: give at least one TRACE@SCALE, e.g. azure-conv-full@1")
+    return cases
+
+
 def benchmark(args: argparse.Namespace) -> None:
     if not (VENV / "bin" / "python").exists() or not (CACHE / "profiling_data").is_dir():
         raise SystemExit(
@@ -693,40 +726,24 @@ def benchmark(args: argparse.Namespace) -> None:
         DatasheetModel(load_model_config(MODEL_JSON))
     )
     sizes = [None if s == "all" else int(s) for s in args.sizes.split(",")]
-    traces_ = prepare_trace(args.trace, sizes, args.rate_scale)
+    cases = parse_cases(args.cases) if args.cases else [(args.trace, args.rate_scale)]
     schedulers = [s for s in args.vidur_schedulers.split(",") if s]
     load_start = os.getloadavg()
-    results: dict = {"twin": {}, **{f"vidur-{s}": {} for s in schedulers}}
-    cold = {}
-    if schedulers and not args.no_cold:
-        n0, t0 = traces_[0]
-        clear_vidur_models()
-        print(f"vidur-{schedulers[0]} cold start (training) on {n0} requests ...", flush=True)
-        cold = run_vidur(n0, t0, args, schedulers[0], kv_blocks, "cold")
-        cold["requests"] = n0
-        cold["scheduler"] = schedulers[0]
-        report("vidur cold", n0, cold)
-    for n, trace in traces_:
-        runs = [run_twin(n, trace, args, kv_blocks, f"r{i}") for i in range(args.repeats)]
-        results["twin"][n] = summarize_runs(n, runs)
-        report("twin", n, results["twin"][n])
-        for s in schedulers:
-            runs = [
-                run_vidur(n, trace, args, s, kv_blocks, f"r{i}") for i in range(args.vidur_repeats)
-            ]
-            results[f"vidur-{s}"][n] = summarize_runs(n, runs)
-            report(f"vidur-{s}", n, results[f"vidur-{s}"][n])
-    for s in schedulers:
-        for n, row in results[f"vidur-{s}"].items():
-            tw = results["twin"][n]
-            if row.get("ok") and tw.get("ok"):
-                row["speedup_simulate"] = row["simulate_s"] / tw["simulate_s"]
-                row["speedup_process"] = row["process_wall_s"] / tw["process_wall_s"]
-                if cold.get("ok"):
-                    extra = cold["process_wall_s"] - cold_warm_wall(cold, results, s)
-                    row["speedup_process_cold"] = (row["process_wall_s"] + extra) / tw[
-                        "process_wall_s"
-                    ]
+    cold: dict = {}
+    done = []
+    for i, (spec, scale) in enumerate(cases):
+        traces_ = prepare_trace(spec, sizes, scale, tag=f"c{i}")
+        if i == 0 and schedulers and not args.no_cold:
+            n0, t0 = traces_[0]
+            clear_vidur_models()
+            print(f"vidur-{schedulers[0]} cold start (training) on {n0} requests ...", flush=True)
+            cold = run_vidur(n0, t0, args, schedulers[0], kv_blocks, "cold")
+            cold["requests"] = n0
+            cold["scheduler"] = schedulers[0]
+            report("vidur cold", n0, cold)
+        results = run_case(traces_, args, schedulers, kv_blocks, f"c{i}")
+        add_ratios(results, schedulers, cold if i == 0 else {})
+        done.append({"trace": Path(spec).name, "rate_scale": scale, "results": results})
     meta = {
         "date": date.today().isoformat(),
         "python": platform.python_version(),
@@ -736,8 +753,10 @@ def benchmark(args: argparse.Namespace) -> None:
         "cpu_count": os.cpu_count(),
         "loadavg_1_5_15_start": load_start,
         "loadavg_1_5_15_end": os.getloadavg(),
-        "trace": Path(args.trace).name,
-        "rate_scale": args.rate_scale,
+        "trace": done[0]["trace"],
+        "rate_scale": done[0]["rate_scale"],
+        "twin_commit": twin_commit(),
+        "vidur_packages": vidur_versions(),
         "model": "Llama-2-7B (profiler/configs/llama-2-7b.json; Vidur meta-llama/Llama-2-7b-hf)",
         "gpu": "H100 (twin: datasheet roofline; Vidur: H100 MLP profile + generated attention)",
         "max_num_seqs": args.max_num_seqs,
@@ -756,18 +775,109 @@ def benchmark(args: argparse.Namespace) -> None:
         "vidur_repeats": args.vidur_repeats,
         "vidur_restart_patched": args.patch_vidur_restart,
     }
-    payload = {
-        "meta": meta,
-        "vidur_cold_start": cold,
-        "results": {k: {str(n): v for n, v in d.items()} for k, d in results.items()},
-        "iteration_predictions_ms": iteration_table(args.max_num_seqs),
-    }
+    payload: dict = {"meta": meta, "vidur_cold_start": cold}
+    if args.cases:
+        payload["cases"] = [
+            {
+                **c,
+                "results": {k: {str(n): v for n, v in d.items()} for k, d in c["results"].items()},
+            }
+            for c in done
+        ]
+    else:
+        payload["results"] = {
+            k: {str(n): v for n, v in d.items()} for k, d in done[0]["results"].items()
+        }
+    payload["iteration_predictions_ms"] = iteration_table(args.max_num_seqs)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2, default=float) + "\n")
     print(f"saved {out}")
+    if args.cases:
+        print(cases_markdown(payload))
+        return
     plot(payload, out.with_suffix(".png"))
     print(markdown(payload))
+
+
+def run_case(
+    traces_: list[tuple[int, Path]],
+    args: argparse.Namespace,
+    schedulers: list[str],
+    kv_blocks: int,
+    tag: str,
+) -> dict:
+    results: dict = {"twin": {}, **{f"vidur-{s}": {} for s in schedulers}}
+    for n, trace in traces_:
+        runs = [run_twin(n, trace, args, kv_blocks, f"{tag}r{i}") for i in range(args.repeats)]
+        results["twin"][n] = summarize_runs(n, runs)
+        report("twin", n, results["twin"][n])
+        for s in schedulers:
+            runs = [
+                run_vidur(n, trace, args, s, kv_blocks, f"{tag}r{i}")
+                for i in range(args.vidur_repeats)
+            ]
+            results[f"vidur-{s}"][n] = summarize_runs(n, runs)
+            report(f"vidur-{s}", n, results[f"vidur-{s}"][n])
+    return results
+
+
+def add_ratios(results: dict, schedulers: list[str], cold: dict) -> None:
+    """Vidur over twin, per simulated request (both ran the same requests), wall and CPU."""
+    for s in schedulers:
+        for n, row in results[f"vidur-{s}"].items():
+            tw = results["twin"][n]
+            if not (row.get("ok") and tw.get("ok")):
+                continue
+            row["speedup_simulate"] = row["simulate_s"] / tw["simulate_s"]
+            row["speedup_simulate_cpu"] = row["simulate_cpu_s"] / tw["simulate_cpu_s"]
+            row["speedup_process"] = row["process_wall_s"] / tw["process_wall_s"]
+            row["speedup_process_cpu"] = row["cpu_s"] / tw["cpu_s"]
+            if cold.get("ok"):
+                extra = cold["process_wall_s"] - cold_warm_wall(cold, results, s)
+                row["speedup_process_cold"] = (row["process_wall_s"] + extra) / tw["process_wall_s"]
+
+
+def twin_commit() -> str:
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    if head.returncode != 0:
+        return "unknown (not a git checkout)"
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return head.stdout.strip() + (" with uncommitted edits" if dirty else "")
+
+
+VERSIONS_CODE = r"""
+import importlib.metadata as m, json, platform, re
+names = ["vidur"] + [re.split(r"[ ;<>=!~\[(]", r, maxsplit=1)[0] for r in m.requires("vidur") or []]
+out = {"python": platform.python_version()}
+for name in names:
+    try:
+        out[name] = m.version(name)
+    except m.PackageNotFoundError:
+        out[name] = None
+print(json.dumps(out))
+"""
+
+
+def vidur_versions() -> dict:
+    """Vidur's version and its direct dependencies', as installed in its environment."""
+    done = subprocess.run(
+        [str(VENV / "bin" / "python"), "-c", VERSIONS_CODE],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1:]}
+    return json.loads(done.stdout)
 
 
 def cold_warm_wall(cold: dict, results: dict, scheduler: str) -> float:
@@ -794,6 +904,7 @@ def summarize_runs(n: int, runs: list[dict]) -> dict:
             "startup_s",
             "peak_rss_mb",
             "cpu_s",
+            "simulate_cpu_s",
         )
     }
     row = {
@@ -806,6 +917,9 @@ def summarize_runs(n: int, runs: list[dict]) -> dict:
         "process_walls_s": [r["process_wall_s"] for r in ok],
         "requests_per_s_simulate": n / med["simulate_s"],
         "requests_per_s_process": n / med["process_wall_s"],
+        "simulate_us_per_request": med["simulate_s"] / n * 1e6,
+        "simulate_cpu_us_per_request": med["simulate_cpu_s"] / n * 1e6,
+        "process_cpu_us_per_request": med["cpu_s"] / n * 1e6,
         "metrics": ok[0]["metrics"],
     }
     for k in ("iterations", "events", "predictor_s", "import_s", "write_output_s", "run_s"):
@@ -904,6 +1018,39 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines)
 
 
+def cases_markdown(payload: dict) -> str:
+    """One row per (case, Vidur scheduler): per-request cost of each and Vidur over twin."""
+    lines = [
+        "| trace | rate | requests | twin simulate s (CPU s) | Vidur simulate s (CPU s) "
+        "| twin µs/request wall (CPU) | Vidur µs/request wall (CPU) | Vidur/twin wall | "
+        "Vidur/twin CPU | twin events / iterations |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for case in payload["cases"]:
+        res = case["results"]
+        for name, rows in res.items():
+            if name == "twin":
+                continue
+            for n, r in rows.items():
+                tw = res["twin"].get(n, {})
+                head = f"| {case['trace']} ({name}) | {case['rate_scale']:g}x | {int(n):,} |"
+                if not (r.get("ok") and tw.get("ok")):
+                    why = "twin failed" if not tw.get("ok") else f"{name} failed"
+                    lines.append(f"{head} {why} | | | | | | |")
+                    continue
+                lines.append(
+                    f"{head} {tw['simulate_s']:.2f} ({tw['simulate_cpu_s']:.2f}) | "
+                    f"{r['simulate_s']:.2f} ({r['simulate_cpu_s']:.2f}) | "
+                    f"{tw['simulate_us_per_request']:,.0f} "
+                    f"({tw['simulate_cpu_us_per_request']:,.0f}) | "
+                    f"{r['simulate_us_per_request']:,.0f} "
+                    f"({r['simulate_cpu_us_per_request']:,.0f}) | "
+                    f"{r['speedup_simulate']:.1f}x | {r['speedup_simulate_cpu']:.1f}x | "
+                    f"{tw.get('events', 0):,.0f} / {tw.get('iterations', 0):,.0f} |"
+                )
+    return "\n".join(lines)
+
+
 def plot(payload: dict, path: Path) -> None:
     import matplotlib
 
@@ -996,6 +1143,11 @@ def main() -> None:
         help="trace name or path (the full azure2023_conv.csv for the headline)",
     )
     p.add_argument("--sizes", default="1000,10000,all", help="first N requests; 'all' = whole")
+    p.add_argument(
+        "--cases",
+        help="several traces and rates in one run, TRACE@SCALE comma list (replaces --trace "
+        "and --rate-scale), e.g. azure-conv-full@1,azure-conv-full@2,azure-code-full@1",
+    )
     p.add_argument(
         "--rate-scale",
         type=float,
