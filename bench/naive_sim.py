@@ -87,6 +87,8 @@ def simulate(arrival_s, prompt_tokens, output_tokens, model, cfg: NaiveConfig) -
                 continue
             waiting.append(r)
         if not waiting and not running:
+            if nxt == len(reqs):
+                break  # the last arrivals were rejected
             now = reqs[nxt].arrival
             continue
         budget = cfg.max_num_batched_tokens
@@ -137,7 +139,9 @@ def simulate(arrival_s, prompt_tokens, output_tokens, model, cfg: NaiveConfig) -
                 chunks.append((r, step))
                 budget -= step
         if not decodes and not chunks:
-            now = reqs[nxt].arrival if nxt < len(reqs) else now
+            if nxt == len(reqs):  # cannot happen: an empty engine admits any request that fits
+                raise RuntimeError("naive simulator: requests wait but none can be scheduled")
+            now = reqs[nxt].arrival
             continue
         shape = BatchShape(
             prefill_q=tuple(q for _, q in chunks),

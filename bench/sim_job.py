@@ -4,10 +4,15 @@ The job is what a user runs: load the workload, simulate, write records (parquet
 summary and the plots. The child gets an address-space limit (``resource.setrlimit``), so a
 run that would outgrow the machine fails with a MemoryError instead of swapping it, and a
 wall-clock limit after which it is killed. CPU seconds and peak RSS come from ``os.wait4``.
+The cap counts address space, not resident memory: the interpreter and its libraries reserve
+a few hundred MB they never touch, so a job fails a little before its RSS reaches the cap.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
 import os
 import resource
 import subprocess
@@ -22,6 +27,11 @@ from pathlib import Path
 # without bound. One million requests are about 14 hours of serving.
 JOB_RATE = 20.0
 JOB_LENGTHS = "prompt=lognormal(1000,0.8),output=lognormal(250,0.8)"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+# How a child that hit the cap says so: Python, numpy, pyarrow, C++ and the C library.
+OUT_OF_MEMORY = ("MemoryError", "Unable to allocate", "std::bad_alloc", "Cannot allocate memory")
 
 
 def job_trace(requests: int, rate: float = JOB_RATE) -> str:
@@ -82,14 +92,18 @@ def run_job(
                 time.sleep(0.05)
         wall = time.perf_counter() - start
         code = os.waitstatus_to_exitcode(status)
-        text = log.read_text(errors="replace")
+        text = log.read_text(errors="replace").replace(tmp, "TMP").replace(str(ROOT), ".")
+        for prefix in {sys.prefix, sys.base_prefix}:
+            text = text.replace(prefix, "PYTHON")
         files = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
         size = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file()) if files else 0
+        summary_path = out_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     if timed_out:
         outcome = f"killed after {timeout_s:g} s"
     elif code == 0:
         outcome = "finished"
-    elif "MemoryError" in text or "Unable to allocate" in text or "std::bad_alloc" in text:
+    elif any(m in text for m in OUT_OF_MEMORY):
         outcome = f"out of memory at the {memory_cap_gb:g} GB cap"
     else:
         outcome = f"failed (exit {code})"
@@ -98,12 +112,56 @@ def run_job(
         "policy": policy,
         "plots": plots,
         "memory_cap_gb": memory_cap_gb,
+        "memory_cap_kind": "address space (RLIMIT_AS)",
         "outcome": outcome,
         "ok": code == 0 and not timed_out,
         "wall_s": wall,
         "cpu_s": usage.ru_utime + usage.ru_stime,
         "peak_rss_mb": usage.ru_maxrss / 1024.0,  # kilobytes on Linux
         "files": files,
+        "latency_model": summary.get("latency_model"),
+        "simulated_serving_s": summary.get("simulated_s"),
+        "simulator_wall_s": summary.get("wall_s"),
+        "finished": summary.get("finished"),
         "output_mb": size / 2**20,
         "log_tail": "" if code == 0 else "\n".join(text.splitlines()[-8:]),
     }
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    try:
+        sizes = [int(v) for v in args.job_requests.split(",")]
+    except ValueError:
+        parser.error(f"--job-requests {args.job_requests}: give whole numbers, e.g. 100000,1000000")
+    if not sizes or min(sizes) < 1:
+        parser.error(f"--job-requests {args.job_requests}: each size must be at least 1")
+    if args.job_rate is None:
+        args.job_rate = JOB_RATE
+    for flag, value in (
+        ("--job-rate", args.job_rate),
+        ("--memory-cap-gb", args.memory_cap_gb),
+        ("--job-timeout", args.job_timeout),
+    ):
+        if not (value > 0 and math.isfinite(value)):
+            parser.error(f"{flag} {value}: give a positive, finite number")
+
+
+def measure_jobs(args: argparse.Namespace) -> dict:
+    """Each size of ``--job-requests`` once, in turn (never two at a time)."""
+    jobs = []
+    for n in (int(v) for v in args.job_requests.split(",")):
+        trace = job_trace(n, args.job_rate)
+        print(f"job {trace} under a {args.memory_cap_gb:g} GB cap ...", flush=True)
+        job = run_job(
+            trace, args.policy, args.memory_cap_gb, args.job_timeout, plots=not args.no_plots
+        )
+        job["requests"] = n
+        job["requests_per_s"] = n / job["wall_s"] if job["ok"] else None
+        jobs.append(job)
+        print(
+            f"job {n} requests: {job['outcome']}: wall {job['wall_s']:.1f} s, CPU "
+            f"{job['cpu_s']:.1f} s, peak RSS {job['peak_rss_mb']:.0f} MB"
+            + (f", {len(job['files'])} files" if job["ok"] else f"\n{job['log_tail']}"),
+            flush=True,
+        )
+    return {"jobs": jobs}

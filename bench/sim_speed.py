@@ -14,6 +14,17 @@ prints and saves each tree's median wall and CPU time and the ratios current/bas
 configuration (on a loaded machine the CPU time is the steadier of the two).
 
     python bench/sim_speed.py --trace ../shared/traces/azure2023_conv.csv --baseline b643eb3
+
+Without ``--baseline`` each rate also runs a naive simulator (bench/naive_sim.py: one loop turn
+per forward pass, vLLM-style chunked prefill, the same latency model and KV limits, no
+fast-forward) in the same process, and prints twin's speed relative to it.
+
+``--job-requests N[,N...]`` measures whole ``twin simulate`` jobs instead (records, summary,
+parquet and plots) on a synthetic day of chat traffic that keeps an H100 serving Llama-3.1-8B
+busy (bench/sim_job.py: 20 requests/s, prompts ~1,000 and outputs ~250 tokens, lognormal),
+each in a child process under ``--memory-cap-gb``: wall, CPU and peak RSS, or how it failed.
+
+    python bench/sim_speed.py --job-requests 100000,1000000 --memory-cap-gb 12
 """
 
 from __future__ import annotations
@@ -76,6 +87,47 @@ def one_run(trace: str, scale: float, policy: str, fast_forward: bool) -> dict:
     }
 
 
+def naive_run(trace: str, scale: float, policy: str) -> dict:
+    """The same workload through bench/naive_sim.py, in this process."""
+    import policies
+    import traces
+    from profiler import load_model_config
+    from twin.latency import load_latency_model
+    from twin.sim import EngineConfig
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import naive_sim
+
+    if policy != "vllm":
+        raise SystemExit(f"--policy {policy}: the naive simulator schedules like vllm only")
+    params = policies.get(policy).params
+    workload = traces.load(trace)
+    if scale != 1.0:
+        workload = workload.scale_rate(scale)
+    start = time.perf_counter()
+    cpu = time.process_time()
+    model = load_latency_model(load_model_config("llama-3.1-8b"))
+    cfg = naive_sim.NaiveConfig(
+        num_kv_blocks=EngineConfig().kv_blocks(model),
+        block_size=EngineConfig().block_size,
+        max_num_batched_tokens=params.max_num_batched_tokens,
+        max_num_seqs=params.max_num_seqs,
+    )
+    result = naive_sim.simulate(
+        workload.arrival_s, workload.prompt_tokens, workload.output_tokens, model, cfg
+    )
+    return {
+        "wall_s": time.perf_counter() - start,
+        "cpu_s": time.process_time() - cpu,
+        "requests": len(workload),
+        "finished": len(result.e2e_s),
+        "iterations": result.iterations,
+        "preemptions": result.preemptions,
+        "simulated_serving_s": result.end_s,
+        "latency_model": model.label,
+    }
+
+
 def _isolate(tree: Path) -> None:
     """Import the project from ``tree`` only, whatever tree is installed in this environment."""
     sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in repr(f)]
@@ -122,6 +174,14 @@ def export(rev: str, into: Path) -> str:
     with tarfile.open(archive) as tar:
         tar.extractall(into / "tree", filter="data")
     return commit
+
+
+def snapshot_name() -> str:
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+    ).stdout.strip()
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT, check=False).returncode
+    return (head or "unknown") + (" with uncommitted edits" if dirty else "")
 
 
 def snapshot(into: Path) -> str:
@@ -208,7 +268,33 @@ def side_by_side(args, modes: list[bool]) -> dict:
     return {"baseline": base_hash, "current": current, "runs": rows}
 
 
-def measure_here(args, modes: list[bool]) -> dict:
+def add_naive(row: dict, twin_runs: list[dict], args, scale: float) -> None:
+    """Naive runs interleaved with nothing else: medians, and twin's speed relative to them."""
+    runs = [naive_run(args.trace, scale, args.policy) for _ in range(len(twin_runs))]
+    wall = statistics.median(r["wall_s"] for r in runs)
+    cpu = statistics.median(r["cpu_s"] for r in runs)
+    twin_cpu = statistics.median(r["cpu_s"] for r in twin_runs)
+    twin_sim = statistics.median(r["simulate_s"] for r in twin_runs)
+    row["naive"] = {
+        **runs[0],
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "walls_s": [r["wall_s"] for r in runs],
+        "cpus_s": [r["cpu_s"] for r in runs],
+    }
+    row["cpu_s"] = twin_cpu
+    row["naive_over_twin_wall"] = wall / row["wall_s"]
+    row["naive_over_twin_cpu"] = cpu / twin_cpu
+    row["naive_over_twin_loop_wall"] = wall / twin_sim
+    print(
+        f"scale {scale:g}x naive: {runs[0]['iterations']} iterations in {wall:.2f} s "
+        f"({cpu:.2f} s CPU) -> twin is {row['naive_over_twin_wall']:.2f}x the naive simulator's "
+        f"speed (wall), {row['naive_over_twin_cpu']:.2f}x (CPU), "
+        f"{row['naive_over_twin_loop_wall']:.2f}x counting twin's event loop alone"
+    )
+
+
+def measure_here(args, modes: list[bool], naive: bool = True) -> dict:
     rows = []
     for scale in (float(s) for s in args.scales.split(",")):
         for ff in modes:
@@ -230,6 +316,8 @@ def measure_here(args, modes: list[bool]) -> dict:
                 f"{row['iterations']} iterations in {wall:.2f} s -> "
                 f"{row['requests_per_s']:.0f} req/s, {row['iterations_per_s']:.0f} it/s"
             )
+            if naive and ff:
+                add_naive(row, runs, args, scale)
     for scale in sorted({r["rate_scale"] for r in rows}):
         pair = {r["fast_forward"]: r for r in rows if r["rate_scale"] == scale}
         if len(pair) == 2:
@@ -241,7 +329,7 @@ def measure_here(args, modes: list[bool]) -> dict:
     return {"runs": rows}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--trace",
@@ -258,10 +346,22 @@ def main() -> None:
         "--stepping-repeats", type=int, default=1, help="repeats of those runs (with --baseline)"
     )
     parser.add_argument("--baseline", metavar="REV", help="compare with this commit, side by side")
+    parser.add_argument(
+        "--no-naive", action="store_true", help="skip the naive simulator beside twin"
+    )
+    parser.add_argument(
+        "--job-requests",
+        metavar="N[,N...]",
+        help="measure whole twin simulate jobs of N synthetic requests instead",
+    )
+    parser.add_argument("--job-rate", type=float, default=None, help="their request rate (/s)")
+    parser.add_argument("--memory-cap-gb", type=float, default=12.0, help="per job")
+    parser.add_argument("--job-timeout", type=float, default=1800.0, help="seconds per job")
+    parser.add_argument("--no-plots", action="store_true", help="jobs without plots")
     parser.add_argument("--out", help="JSON to write (default under bench/results)")
     parser.add_argument("--worker", metavar="TREE", help=argparse.SUPPRESS)
     parser.add_argument("--no-fast-forward", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.worker:
         _isolate(Path(args.worker))
         run = one_run(args.trace, float(args.scales), args.policy, not args.no_fast_forward)
@@ -273,8 +373,19 @@ def main() -> None:
     if trace.exists():
         args.trace = str(trace.resolve())  # the children run in other directories
     modes = [True] if args.no_stepping else [True, False]
-    result = side_by_side(args, modes) if args.baseline else measure_here(args, modes)
-    default = "sim_speed_side_by_side.json" if args.baseline else "sim_speed.json"
+    if args.job_requests:
+        sys.path.insert(0, str(ROOT / "bench"))
+        import sim_job
+
+        sim_job.check_args(parser, args)
+        result = sim_job.measure_jobs(args)
+        default = "sim_speed_jobs.json"
+    elif args.baseline:
+        result = side_by_side(args, modes)
+        default = "sim_speed_side_by_side.json"
+    else:
+        result = measure_here(args, modes, naive=not args.no_naive)
+        default = "sim_speed.json"
     out = Path(args.out or ROOT / "bench" / "results" / default)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -284,8 +395,9 @@ def main() -> None:
         "processor": platform.processor(),
         "cpus": os.cpu_count(),
         "load_average_1min": os.getloadavg()[0],
-        "trace": Path(args.trace).name,
+        "trace": "synthetic (see jobs)" if args.job_requests else Path(args.trace).name,
         "policy": args.policy,
+        "commit": snapshot_name(),
         "latency_model": "each tree's default for llama-3.1-8b on H100 (see runs' latency_model)",
     }
     out.write_text(json.dumps({"meta": meta, **result}, indent=2) + "\n")
