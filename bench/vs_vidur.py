@@ -7,6 +7,9 @@ as a child process, like twin, so both are timed and measured (peak RSS) the sam
     python bench/vs_vidur.py --setup --vidur-repo PATH/TO/vidur-checkout
     # the benchmark: 1k, 10k and all requests of the trace
     python bench/vs_vidur.py --trace PATH/TO/azure2023_conv.csv
+    # several traces and rates in one run, wall and CPU seconds per simulated request
+    python bench/vs_vidur.py --cases azure-conv-full@1,azure-conv-full@2,azure-conv-full@4,\
+        azure-code-full@1 --sizes all --no-cold --patch-vidur-restart
 
 Both simulators get one CSV: the trace's arrival times and lengths, each request clipped to
 Llama-2-7B's 4,096-token context the way Vidur's trace loader clips (prompt shortened). Model
@@ -729,6 +732,7 @@ def benchmark(args: argparse.Namespace) -> None:
     cases = parse_cases(args.cases) if args.cases else [(args.trace, args.rate_scale)]
     schedulers = [s for s in args.vidur_schedulers.split(",") if s]
     load_start = os.getloadavg()
+    commit = twin_commit()  # before the runs: what they simulated, whatever is committed meanwhile
     cold: dict = {}
     done = []
     for i, (spec, scale) in enumerate(cases):
@@ -755,7 +759,7 @@ def benchmark(args: argparse.Namespace) -> None:
         "loadavg_1_5_15_end": os.getloadavg(),
         "trace": done[0]["trace"],
         "rate_scale": done[0]["rate_scale"],
-        "twin_commit": twin_commit(),
+        "twin_commit": commit,
         "vidur_packages": vidur_versions(),
         "model": "Llama-2-7B (profiler/configs/llama-2-7b.json; Vidur meta-llama/Llama-2-7b-hf)",
         "gpu": "H100 (twin: datasheet roofline; Vidur: H100 MLP profile + generated attention)",
