@@ -373,6 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     if trace.exists():
         args.trace = str(trace.resolve())  # the children run in other directories
     modes = [True] if args.no_stepping else [True, False]
+    commit = snapshot_name()  # before the runs: what they measured
     if args.job_requests:
         sys.path.insert(0, str(ROOT / "bench"))
         import sim_job
@@ -397,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
         "load_average_1min": os.getloadavg()[0],
         "trace": "synthetic (see jobs)" if args.job_requests else Path(args.trace).name,
         "policy": args.policy,
-        "commit": snapshot_name(),
+        "commit": commit,
         "latency_model": "each tree's default for llama-3.1-8b on H100 (see runs' latency_model)",
     }
     out.write_text(json.dumps({"meta": meta, **result}, indent=2) + "\n")
