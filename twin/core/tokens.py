@@ -77,7 +77,8 @@ class TokenStats:
     gap_counts: np.ndarray  # ...and how often each occurs
     time_values: np.ndarray  # every token time of the finished requests (with repeats)...
     time_counts: np.ndarray  # ...weighted by how many finished requests got a token then
-    tbt_percentile_s: dict[str, np.ndarray] = field(default_factory=dict)  # "p90": per request
+    # "p90": each finished request's TBT percentile (NaN for the others), when asked
+    tbt_percentile_s: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def gap_count(self) -> int:
