@@ -58,12 +58,16 @@ def request_tokens(
     each request's own token times."""
     ids = np.fromiter((r.id for r in requests), dtype=np.int64, count=len(requests))
     if log is None:
-        log = TokenLog.from_token_times(ids, (r.token_times_array() for r in requests))
+        log = _times_log(requests, [r.token_times_array() for r in requests])
     finished = np.fromiter(
         (r.status is Status.FINISHED for r in requests), dtype=bool, count=len(requests)
     )
     wanted = (statistic,) if statistic in PER_REQUEST_PERCENTILES else ()
     return token_stats(log, ids, finished, wanted)
+
+
+def _times_log(requests: Sequence[Request], times: list[np.ndarray]) -> TokenLog:
+    return TokenLog.from_token_times((r.id for r in requests), times)
 
 
 def records_frame(
@@ -73,8 +77,9 @@ def records_frame(
     request's token times when ``token_times`` (from ``Request.token_times``), and always
     with its token statistics (``tokens``, or computed here from the token times)."""
     requests = list(requests)
+    times = [r.token_times_array() for r in requests] if token_times or tokens is None else None
     if tokens is None:
-        tokens = request_tokens(requests)
+        tokens = request_tokens(requests, _times_log(requests, times))
     columns = {
         "request_id": [r.id for r in requests],
         "arrival_s": [r.arrival_s for r in requests],
@@ -82,7 +87,7 @@ def records_frame(
         "output_tokens": [r.output_tokens for r in requests],
         "first_token_s": [r.first_token_s for r in requests],
         "finish_s": [r.finish_s for r in requests],
-        "token_times_s": [r.token_times_array() for r in requests] if token_times else None,
+        "token_times_s": times if token_times else None,
         "preemptions": [r.preemptions for r in requests],
         "status": [str(r.status) for r in requests],
         "reject_reason": [r.reject_reason for r in requests],
