@@ -92,25 +92,24 @@ class Labels:
         return np.array(self.names, dtype=object)[_ints(self.codes)]
 
 
+INT_FIELDS = (
+    "steps", "sms", "prefill_tokens", "prefill_chunks", "decode_requests", "context_tokens",
+    "prefill_context_tokens",
+)  # fmt: skip
+
+
 class IterationLog:
     """Every executed run as columns: its scalars once, its step ends and predictions flat."""
 
-    __slots__ = (
-        "lane", "co_runner", "start", "steps", "sms", "prefill_tokens", "prefill_chunks",
-        "decode_requests", "context_tokens", "prefill_context_tokens", "ends", "predicted",
-    )  # fmt: skip
+    __slots__ = ("lane", "co_runner", "start", "ints", "ends", "predicted")
 
     def __init__(self) -> None:
         self.lane = Labels()
         self.co_runner = Labels()
         self.start = array("d")
+        self.ints = array("q")  # INT_FIELDS of every run, run after run
         self.ends = array("d")
         self.predicted = array("d")
-        for name in (
-            "steps", "sms", "prefill_tokens", "prefill_chunks", "decode_requests",
-            "context_tokens", "prefill_context_tokens",
-        ):  # fmt: skip
-            setattr(self, name, array("q"))
 
     def add(self, run: Run, step_ends: np.ndarray) -> None:
         s = run.shape
@@ -118,38 +117,49 @@ class IterationLog:
         self.lane.append(run.lane.value)
         self.co_runner.append(run.co_label)
         self.start.append(run.start)
-        self.steps.append(run.steps)
-        self.sms.append(run.sms)
-        self.prefill_tokens.append(s.prefill_tokens)
-        self.prefill_chunks.append(len(s.prefill_q))
-        self.decode_requests.append(s.n_decode)
-        self.context_tokens.append(s.decode_ctx_sum + sum(s.prefill_q) + prefill_ctx)
-        self.prefill_context_tokens.append(prefill_ctx)
-        self.ends.frombytes(np.ascontiguousarray(step_ends, dtype=np.float64).tobytes())
-        self.predicted.frombytes(np.ascontiguousarray(run.predicted, dtype=np.float64).tobytes())
+        self.ints.extend(
+            (
+                run.steps,
+                run.sms,
+                s.prefill_tokens,
+                len(s.prefill_q),
+                s.n_decode,
+                s.decode_ctx_sum + sum(s.prefill_q) + prefill_ctx,
+                prefill_ctx,
+            )
+        )
+        if len(step_ends) == 1:  # most runs: two scalars, cheaper than two byte copies
+            self.ends.append(step_ends[0])
+            self.predicted.append(run.predicted[0])
+        else:
+            self.ends.frombytes(np.ascontiguousarray(step_ends, dtype=np.float64).tobytes())
+            self.predicted.frombytes(
+                np.ascontiguousarray(run.predicted, dtype=np.float64).tobytes()
+            )
 
     def __len__(self) -> int:
-        return len(self.steps)
+        return len(self.start)
 
     @property
     def nbytes(self) -> int:
         return sum(
-            a.itemsize * len(a)
-            for a in (self.start, self.ends, self.predicted, self.lane.codes, self.co_runner.codes)
-        ) + 8 * 7 * len(self)
+            a.itemsize * len(a) for a in (self.start, self.ints, self.ends, self.predicted)
+        ) + 16 * len(self)
 
     def table(self) -> dict[str, np.ndarray]:
         """One row per executed iteration (steady runs expanded step by step)."""
         if not len(self):
             return {c: np.empty(0) for c in ITERATION_COLUMNS}
-        steps = _ints(self.steps)
+        ints = _ints(self.ints).reshape(-1, len(INT_FIELDS))
+        col = {name: ints[:, i] for i, name in enumerate(INT_FIELDS)}
+        steps = col["steps"]
         ends = _floats(self.ends)
         first = np.cumsum(steps) - steps  # row of each run's first iteration
         starts = np.concatenate(([0.0], ends[:-1]))
         starts[first] = _floats(self.start)
         # Context read per iteration: a steady decode run grows by one token per request a step.
         step_in_run = np.arange(len(ends)) - np.repeat(first, steps)
-        n_decode = np.repeat(_ints(self.decode_requests), steps)
+        n_decode = np.repeat(col["decode_requests"], steps)
 
         def per_run(values: np.ndarray) -> np.ndarray:
             return np.repeat(values, steps)
@@ -158,12 +168,12 @@ class IterationLog:
             "lane": per_run(self.lane.values()),
             "start_s": starts,
             "end_s": ends,
-            "sms": per_run(_ints(self.sms)),
-            "prefill_tokens": per_run(_ints(self.prefill_tokens)),
-            "prefill_chunks": per_run(_ints(self.prefill_chunks)),
+            "sms": per_run(col["sms"]),
+            "prefill_tokens": per_run(col["prefill_tokens"]),
+            "prefill_chunks": per_run(col["prefill_chunks"]),
             "decode_requests": n_decode,
-            "context_tokens": per_run(_ints(self.context_tokens)) + n_decode * step_in_run,
-            "prefill_context_tokens": per_run(_ints(self.prefill_context_tokens)),
+            "context_tokens": per_run(col["context_tokens"]) + n_decode * step_in_run,
+            "prefill_context_tokens": per_run(col["prefill_context_tokens"]),
             "predicted_s": _floats(self.predicted),
             "co_runner": per_run(self.co_runner.values()),
         }
