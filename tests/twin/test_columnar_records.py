@@ -88,3 +88,32 @@ def test_simulate_without_token_times_writes_the_same_summary_and_plots(tmp_path
     assert a == b
     configs = [json.loads((outs[f] / "config.json").read_text()) for f in outs]
     assert [c["token_times"] for c in configs] == [True, False]
+
+
+def test_dense_timelines_are_drawn_binned(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from twin.outputs import compare_plots
+
+    n = 20_000  # state changes of a long run
+    t = np.cumsum(np.full(n, 0.01))
+    timeline = pd.DataFrame(
+        {
+            "time_s": t,
+            "mixed_sms": np.where(np.arange(n) % 2, 132.0, 0.0),
+            "prefill_sms": np.where(np.arange(n) % 2, 0.0, 40.0),
+            "decode_sms": np.where(np.arange(n) % 2, 0.0, 92.0),
+            "kv_usage": (np.arange(n) % 100) / 100,
+        }
+    )
+    figures = []
+
+    def keep(fig, title, label, path):
+        figures.append(fig)
+        return path
+
+    monkeypatch.setattr(compare_plots, "finish", keep)
+    run = SimpleNamespace(timeline=timeline, summary={"latency_model": "datasheet"})
+    compare_plots.partition_timelines({"nexus": run}, 132, "t", tmp_path / "p.png")
+    lines = [line for ax in figures[0].axes for line in ax.get_lines()]
+    assert lines and max(len(line.get_xdata()) for line in lines) <= 2 * compare_plots.KV_BINS
