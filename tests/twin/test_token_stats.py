@@ -94,7 +94,8 @@ def test_log_statistics_equal_those_of_the_token_times(runs, case):
             assert stats.tbt_mean_s[i] == pytest.approx(g.mean(), rel=1e-12)
         else:
             assert np.isnan(stats.tbt_max_s[i]) and np.isnan(stats.tbt_mean_s[i])
-    assert np.array_equal(np.repeat(stats.gap_values, stats.gap_counts), np.sort(every))
+    assert np.array_equal(np.repeat(*stats.sorted_gaps()), np.sort(every))
+    assert not stats._unweighted  # the log shares gaps: the weighted path was taken
     assert np.array_equal(stats.gap_percentiles(PERCENTILES), np.percentile(every, PERCENTILES))
     finished_times = np.sort(np.concatenate([t for t, d in zip(times, done, strict=True) if d]))
     logged_times = np.sort(np.repeat(stats.time_values, stats.time_counts))
@@ -117,9 +118,11 @@ def test_chunked_processing_gives_the_same_statistics(runs, monkeypatch):
     whole = request_tokens(requests, sim.tokens, "p99")
     monkeypatch.setattr(token_module, "PAIRS_PER_CHUNK", 7)
     chunked = request_tokens(requests, sim.tokens, "p99")
-    for name in ("tokens", "first_s", "last_s", "tbt_mean_s", "tbt_max_s", "gap_values"):
+    for name in ("tokens", "first_s", "last_s", "tbt_mean_s", "tbt_max_s"):
         np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name), err_msg=name)
-    np.testing.assert_array_equal(chunked.gap_counts, whole.gap_counts)
+    np.testing.assert_array_equal(
+        np.repeat(*chunked.sorted_gaps()), np.repeat(*whole.sorted_gaps())
+    )
     np.testing.assert_array_equal(chunked.tbt_percentile_s["p99"], whole.tbt_percentile_s["p99"])
 
 
@@ -148,9 +151,10 @@ def test_a_log_built_from_token_times_reproduces_the_engines_log(runs):
     done = np.array([r.status == "finished" for r in requests])
     rebuilt = TokenLog.from_token_times(ids, (r.token_times_array() for r in requests))
     a, b = token_stats(sim.tokens, ids, done), token_stats(rebuilt, ids, done)
-    np.testing.assert_array_equal(a.gap_values, b.gap_values)
-    np.testing.assert_array_equal(a.gap_counts, b.gap_counts)
+    np.testing.assert_array_equal(np.repeat(*a.sorted_gaps()), np.repeat(*b.sorted_gaps()))
     np.testing.assert_array_equal(a.tbt_max_s, b.tbt_max_s)
+    assert b._unweighted  # one entry per request: each gap once, numpy's percentile itself
+    assert np.array_equal(a.gap_percentiles(PERCENTILES), b.gap_percentiles(PERCENTILES))
 
 
 def test_a_log_naming_an_unknown_request_is_refused():

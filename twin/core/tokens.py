@@ -6,7 +6,7 @@ and one entry per run for the prefills it completed (one token each, at the run'
 that log ``token_stats`` computes, vectorised and a bounded number of pairs at a time, what
 the metrics need: per request its token count, first and last token time, TBT mean and max
 (and a TBT percentile when the SLO judges one), and every inter-token gap of the finished
-requests as a sorted multiset (value, count). Gaps are the same float subtractions
+requests as a multiset (value, count). Gaps are the same float subtractions
 ``np.diff`` makes on a request's token times, so the multiset equals the concatenated gaps and
 ``weighted_percentile`` returns ``np.percentile``'s values bit for bit.
 """
@@ -57,10 +57,17 @@ class TokenLog:
         """A log of one entry per request, from each request's full token times (a run's
         records.parquet, or a real engine's requests)."""
         log = cls()
-        for rid, times in zip(ids, token_times, strict=True):
-            t = np.asarray(times, dtype=np.float64)
-            if t.size:
-                log.add([int(rid)], t)
+        ids = np.fromiter(ids, dtype=np.int64)
+        times = [np.asarray(t, dtype=np.float64) for t in token_times]
+        sizes = np.fromiter((t.size for t in times), dtype=np.int64, count=len(times))
+        if sizes.size != ids.size:
+            raise ValueError("token times: one array per request id")
+        got = sizes > 0
+        if got.any():
+            log.ids.frombytes(ids[got].tobytes())
+            log.id_end.frombytes(np.arange(1, int(got.sum()) + 1, dtype=np.int64).tobytes())
+            log.times.frombytes(np.concatenate([t for t in times if t.size]).tobytes())
+            log.time_end.frombytes(np.cumsum(sizes[got]).tobytes())
         return log
 
 
@@ -73,23 +80,44 @@ class TokenStats:
     last_s: np.ndarray  # its last token's time
     tbt_mean_s: np.ndarray  # mean gap between its tokens (NaN: fewer than two)
     tbt_max_s: np.ndarray
-    gap_values: np.ndarray  # every gap of every finished request: sorted distinct values...
+    gap_values: np.ndarray  # every gap of every finished request (in no order)...
     gap_counts: np.ndarray  # ...and how often each occurs
     time_values: np.ndarray  # every token time of the finished requests (with repeats)...
     time_counts: np.ndarray  # ...weighted by how many finished requests got a token then
     # "p90": each finished request's TBT percentile (NaN for the others), when asked
     tbt_percentile_s: dict[str, np.ndarray] = field(default_factory=dict)
+    _sorted: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def gap_count(self) -> int:
         return int(self.gap_counts.sum())
 
+    @property
+    def _unweighted(self) -> bool:
+        return bool((self.gap_counts == 1).all())
+
+    def sorted_gaps(self) -> tuple[np.ndarray, np.ndarray]:
+        """The gaps' values in ascending order, with their counts."""
+        if self._sorted is None:
+            if self._unweighted:
+                self._sorted = np.sort(self.gap_values), self.gap_counts
+            else:
+                order = np.argsort(self.gap_values)
+                self._sorted = self.gap_values[order], self.gap_counts[order]
+        return self._sorted
+
     def gap_percentiles(self, percentiles: Sequence[float]) -> np.ndarray:
-        return weighted_percentile(self.gap_values, self.gap_counts, percentiles)
+        if self._unweighted:  # each gap once: numpy's percentile itself, by selection
+            return np.percentile(self.gap_values, percentiles)
+        return weighted_percentile(*self.sorted_gaps(), percentiles)
 
     def gap_mean(self) -> float:
         n = self.gap_count
-        return float(np.dot(self.gap_values, self.gap_counts) / n) if n else float("nan")
+        if n == 0:
+            return float("nan")
+        if self._unweighted:
+            return float(self.gap_values.mean())
+        return float(np.dot(self.gap_values, self.gap_counts) / n)
 
 
 def weighted_percentile(
@@ -193,6 +221,7 @@ def token_stats(
         done = finished[sp]
         finished_per_entry[e0:e1] += np.bincount(se[done] - e0, minlength=e1 - e0)
         joined = done & ~np.isnan(prev)
+        # Requests that come from the same run share the gap into this one: folded.
         values, counts = np.unique(gap[joined], return_counts=True)
         junction_values.append(values)
         junction_counts.append(counts)
@@ -204,10 +233,8 @@ def token_stats(
         mean = np.where(tokens > 1, (last - first) / (tokens - 1), np.nan)
     inside_weight = np.repeat(finished_per_entry, steps - 1)
     keep = inside_weight > 0
-    gap_values, gap_counts = _merge(
-        np.concatenate([*junction_values, diffs[inside][keep]]),
-        np.concatenate([*junction_counts, inside_weight[keep]]),
-    )
+    gap_values = np.concatenate([*junction_values, diffs[inside][keep]])
+    gap_counts = np.concatenate([*junction_counts, inside_weight[keep]]).astype(np.int64)
     time_weight = np.repeat(finished_per_entry, steps)
     stats = TokenStats(
         tokens=tokens,
@@ -282,12 +309,3 @@ def _per_request_percentiles(
             value[has] = _lerp(gap[lo[has]], gap[hi[has]], (virtual - prev)[has])
         out[name] = value
     return out
-
-
-def _merge(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Equal values folded into one, sorted, their counts summed."""
-    if values.size == 0:
-        return np.empty(0), np.empty(0, np.int64)
-    distinct, inverse = np.unique(values, return_inverse=True)
-    total = np.bincount(inverse, weights=counts, minlength=distinct.size)
-    return distinct, np.rint(total).astype(np.int64)

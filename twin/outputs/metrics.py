@@ -201,8 +201,6 @@ def summarize(records: pd.DataFrame, slo: Slo, tokens: TokenStats | None = None)
     start = float(records["arrival_s"].min()) if len(records) else 0.0
     end = float(done["finish_s"].max()) if len(done) else start
     span = max(end - start, 1e-9)
-    if tokens is None:
-        tokens = records_tokens(records, slo.tbt_statistic)
     rejected = rejection_counts(records)
     # A rejected request was offered and not served: it misses both SLOs.
     judged = len(per) + sum(rejected.values())
@@ -225,7 +223,10 @@ def summarize(records: pd.DataFrame, slo: Slo, tokens: TokenStats | None = None)
         "preemptions": int(records["preemptions"].sum()),
     }
     out.update(percentiles("ttft", per["ttft_s"].to_numpy(float)))
-    out.update(gap_percentiles("tbt", tokens))
+    if tokens is None:  # each gap of the records' token times, once
+        out.update(percentiles("tbt", all_gaps(records)))
+    else:
+        out.update(gap_percentiles("tbt", tokens))
     out.update(percentiles("e2e", per["e2e_s"].to_numpy(float)))
     out.update(percentiles("tpot", per["tbt_mean_s"].dropna().to_numpy(float)))
     return out

@@ -83,7 +83,7 @@ def latency_cdfs(
         tokens = records_tokens(records, slo.tbt_statistic)
     if tokens.gap_count:
         axes[1].plot(
-            *weighted_cdf_points(tokens.gap_values, tokens.gap_counts),
+            *weighted_cdf_points(*tokens.sorted_gaps()),
             lw=1,
             color="grey",
             alpha=0.6,
@@ -180,7 +180,7 @@ def validation_figures(
         tokens = tokens if tokens is not None else records_tokens(records, slo.tbt_statistic)
         if tokens.gap_count:
             axes[1].plot(
-                *weighted_cdf_points(tokens.gap_values, tokens.gap_counts), lw=1.6, label=label
+                *weighted_cdf_points(*tokens.sorted_gaps()), lw=1.6, label=label
             )
     for ax, name in zip(axes, ("TTFT (s)", "time between tokens (s)"), strict=True):
         ax.set_xscale("log")
