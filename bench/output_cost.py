@@ -55,7 +55,7 @@ def worker(trace: str, policy: str, asked: bool | None) -> dict:
     from profiler import load_model_config
     from twin.experiment import SimConfig, load_workload
     from twin.latency import load_latency_model
-    from twin.outputs import metrics
+    from twin.outputs import metrics, plots
     from twin.outputs.writer import write_outputs
     from twin.sim import EngineConfig, make_simulator
 
@@ -87,19 +87,28 @@ def worker(trace: str, policy: str, asked: bool | None) -> dict:
     phases["records_summary_cpu_s"] = time.process_time() - cpu
     summary["latency_model"] = model.label
     config = {"slo": dataclasses.asdict(slo)}
+    iterations, timeline = pd.DataFrame(result.iterations), pd.DataFrame(result.timeline)
+    title = f"{policy} on {trace}"
     with tempfile.TemporaryDirectory(prefix="twin-outputs-") as out:
         cpu = time.process_time()
         write_outputs(
-            Path(out), records, pd.DataFrame(result.iterations), pd.DataFrame(result.timeline),
-            summary, config, f"{policy} on {trace}", model.gpu.num_sms, False,
+            Path(out), records, iterations, timeline, summary, config, title,
+            model.gpu.num_sms, False,
         )  # fmt: skip
         phases["parquet_cpu_s"] = time.process_time() - cpu
         cpu = time.process_time()
-        write_outputs(
-            Path(out), records, pd.DataFrame(result.iterations), pd.DataFrame(result.timeline),
-            summary, config, f"{policy} on {trace}", model.gpu.num_sms, True, **extra,
-        )  # fmt: skip
-        phases["plots_cpu_s"] = time.process_time() - cpu - phases["parquet_cpu_s"]
+        label = model.label
+        if columnar:
+            plots.latency_cdfs(records, slo, title, Path(out) / "a.png", label, extra["tokens"])
+            plots.run_timeline(
+                extra["tokens"], timeline, title, Path(out) / "b.png", model.gpu.num_sms, label
+            )
+        else:
+            plots.latency_cdfs(records, slo, title, Path(out) / "a.png", label)
+            plots.run_timeline(
+                records, timeline, title, Path(out) / "b.png", model.gpu.num_sms, label
+            )
+        phases["plots_cpu_s"] = time.process_time() - cpu
         records_mb = (Path(out) / "records.parquet").stat().st_size / 2**20
     return {
         "tree": "columnar" if columnar else "objects",
