@@ -160,8 +160,9 @@ def test_a_log_built_from_token_times_reproduces_the_engines_log(runs):
 def test_a_log_naming_an_unknown_request_is_refused():
     log = TokenLog()
     log.add([3], 1.0)
-    with pytest.raises(ValueError, match="not among"):
-        token_stats(log, np.array([1, 2]), np.array([True, True]))
+    for ids in ([1, 2], [0, 1]):  # looked up, or the ids 0..n-1 as their own positions
+        with pytest.raises(ValueError, match="not among"):
+            token_stats(log, np.array(ids), np.array([True, True]))
 
 
 def _live_runs() -> int:
@@ -184,3 +185,13 @@ def test_without_token_times_requests_hold_none(h100_model):
     assert all(r.token_times == [] for r in requests)
     stats = request_tokens(requests, sim.tokens)
     assert stats.tokens.tolist() == [r.generated for r in requests]
+
+
+def test_the_log_widens_its_ids_past_32_bits():
+    log = TokenLog()
+    log.add([1, 2], np.array([0.5, 1.0]))
+    log.add([2, 1 << 40], 2.0)
+    assert log.ids.itemsize == 8 and list(log.ids) == [1, 2, 2, 1 << 40]
+    stats = token_stats(log, np.array([1, 2, 1 << 40]), np.array([True, True, True]))
+    assert stats.tokens.tolist() == [2, 3, 1]
+    assert stats.tbt_max_s.tolist()[:2] == [0.5, 1.0]

@@ -28,7 +28,7 @@ class TokenLog:
     __slots__ = ("ids", "id_end", "times", "time_end")
 
     def __init__(self) -> None:
-        self.ids = array("q")  # the requests of every entry, entry after entry
+        self.ids = array("i")  # the requests of every entry (4 bytes a token; "q" if need be)
         self.id_end = array("q")  # where each entry's ids end in ``ids``
         self.times = array("d")  # every entry's token times (an entry's steps stored once)
         self.time_end = array("q")  # where each entry's times end in ``times``
@@ -37,7 +37,12 @@ class TokenLog:
         """Each of ``ids`` got one token at every one of ``times`` (one time or step ends)."""
         if not ids:
             return
-        self.ids.extend(ids)
+        try:
+            self.ids.extend(ids)
+        except OverflowError:  # an id beyond 32 bits: widen once, keep what is logged
+            del self.ids[self.id_end[-1] if self.id_end else 0 :]
+            self.ids = array("q", self.ids)
+            self.ids.extend(ids)
         self.id_end.append(len(self.ids))
         if isinstance(times, np.ndarray):
             self.times.frombytes(np.ascontiguousarray(times, dtype=np.float64).tobytes())
@@ -64,6 +69,7 @@ class TokenLog:
             raise ValueError("token times: one array per request id")
         got = sizes > 0
         if got.any():
+            log.ids = array("q")
             log.ids.frombytes(ids[got].tobytes())
             log.id_end.frombytes(np.arange(1, int(got.sum()) + 1, dtype=np.int64).tobytes())
             log.times.frombytes(np.concatenate([t for t in times if t.size]).tobytes())
@@ -162,7 +168,7 @@ def token_stats(
     request_ids = np.asarray(request_ids, dtype=np.int64)
     finished = np.asarray(finished, dtype=bool)
     n = request_ids.size
-    ids = np.frombuffer(log.ids, dtype=np.int64) if len(log.ids) else np.empty(0, np.int64)
+    ids = np.frombuffer(log.ids, dtype=f"i{log.ids.itemsize}") if len(log.ids) else np.empty(0)
     id_end = _int_array(log.id_end)
     times = np.frombuffer(log.times, dtype=np.float64) if len(log.times) else np.empty(0)
     time_end = _int_array(log.time_end)
@@ -185,7 +191,7 @@ def token_stats(
 
     tokens = np.zeros(n, dtype=np.int64)
     first = np.full(n, np.nan)
-    last = np.full(n, np.nan)
+    latest = np.full(n, -1, dtype=np.int64)  # each request's latest entry so far (-1: none)
     largest = np.full(n, np.nan)
     finished_per_entry = np.zeros(len(steps), dtype=np.int64)
     junction_values: list[np.ndarray] = []
@@ -200,35 +206,36 @@ def token_stats(
         a = int(id_end[e0 - 1]) if e0 else 0
         b = int(id_end[e1 - 1])
         entry = np.repeat(np.arange(e0, e1), entry_size[e0:e1])
-        pos = _lookup(position, request_ids, ids[a:b])
+        pos = _lookup(position, request_ids, ids[a:b].astype(np.int64))
         order = np.argsort(pos, kind="stable")  # each request's entries, in time order
         sp, se = pos[order], entry[order]
-        f, lt = entry_first[se], entry_last[se]
         starts = np.ones(sp.size, dtype=bool)
         starts[1:] = sp[1:] != sp[:-1]
         ends = np.ones(sp.size, dtype=bool)
         ends[:-1] = starts[1:]
-        prev = np.empty(sp.size)
-        prev[1:] = lt[:-1]
-        prev[starts] = last[sp[starts]]  # carried over from earlier chunks (NaN: none yet)
-        gap = f - prev  # the gap into this entry from the request's previous token
+        prev = np.empty(sp.size, dtype=np.int64)  # the entry of the request's previous token
+        prev[1:] = se[:-1]
+        prev[starts] = latest[sp[starts]]  # carried over from earlier chunks
+        joined = prev >= 0
+        f = entry_first[se]
+        gap = np.where(joined, f - entry_last[prev], np.nan)  # into this entry from there
         tokens += np.bincount(sp, weights=steps[se], minlength=n).astype(np.int64)
         head = sp[starts]
         first[head] = np.where(np.isnan(first[head]), f[starts], first[head])
-        last[sp[ends]] = lt[ends]
+        latest[sp[ends]] = se[ends]
         group_max = np.fmax.reduceat(np.fmax(gap, entry_max[se]), np.flatnonzero(starts))
         largest[head] = np.fmax(largest[head], group_max)
         done = finished[sp]
         finished_per_entry[e0:e1] += np.bincount(se[done] - e0, minlength=e1 - e0)
-        joined = done & ~np.isnan(prev)
-        # Requests that come from the same run share the gap into this one: folded.
-        values, counts = np.unique(gap[joined], return_counts=True)
+        values, counts = _fold_junctions(order, prev, done & joined, entry, entry_first, entry_last)
         junction_values.append(values)
         junction_counts.append(counts)
         if percentiles:
+            joined &= done
             own_gaps.append((sp[joined], gap[joined]))
             own_gaps.append(_inside_gaps(sp[done], se[done], time_start, steps, diffs))
 
+    last = np.where(latest >= 0, entry_last[latest], np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(tokens > 1, (last - first) / (tokens - 1), np.nan)
     inside_weight = np.repeat(finished_per_entry, steps - 1)
@@ -256,20 +263,53 @@ def _int_array(buf: array) -> np.ndarray:
     return np.frombuffer(buf, dtype=np.int64) if len(buf) else np.empty(0, np.int64)
 
 
-def _positions(request_ids: np.ndarray) -> np.ndarray:
-    """Sort order of the ids, to look each logged id up by binary search."""
+def _positions(request_ids: np.ndarray) -> np.ndarray | None:
+    """Sort order of the ids, to look each logged id up by binary search (None: 0..n-1)."""
+    if np.array_equal(request_ids, np.arange(request_ids.size)):
+        return None
     order = np.argsort(request_ids, kind="stable")
     if order.size > 1 and (np.diff(request_ids[order]) == 0).any():
         raise ValueError("token statistics: request ids must be distinct")
     return order
 
 
-def _lookup(order: np.ndarray, request_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+def _lookup(order: np.ndarray | None, request_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Each logged id's position among ``request_ids`` (``order`` None: the ids 0..n-1 in
+    order, a simulation's, are their own positions)."""
+    if order is None:
+        if ids.size and (ids.min() < 0 or ids.max() >= request_ids.size):
+            raise ValueError("token statistics: the log names a request not among those given")
+        return ids
     sorted_ids = request_ids[order]
     at = np.searchsorted(sorted_ids, ids).clip(0, max(sorted_ids.size - 1, 0))
     if ids.size and (sorted_ids.size == 0 or (sorted_ids[at] != ids).any()):
         raise ValueError("token statistics: the log names a request not among those given")
     return order[at]
+
+
+def _fold_junctions(
+    order: np.ndarray,
+    prev: np.ndarray,
+    counted: np.ndarray,
+    entry: np.ndarray,
+    entry_first: np.ndarray,
+    entry_last: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The gaps into each entry from the requests' previous entries, one value per distinct
+    (previous entry, entry): the requests of a batch mostly come from the same run, so a
+    batch's gaps fold into one or a few, found in one pass (in entry order) without a sort."""
+    came_from = np.empty_like(prev)
+    came_from[order] = prev  # back in the log's order: an entry's requests side by side
+    keep = np.empty_like(counted)
+    keep[order] = counted
+    e, p = entry[keep], came_from[keep]
+    if e.size == 0:
+        return np.empty(0), np.empty(0, np.int64)
+    new = np.ones(e.size, dtype=bool)
+    new[1:] = (e[1:] != e[:-1]) | (p[1:] != p[:-1])
+    at = np.flatnonzero(new)
+    counts = np.diff(np.append(at, e.size))
+    return entry_first[e[at]] - entry_last[p[at]], counts
 
 
 def _inside_gaps(
