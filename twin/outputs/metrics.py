@@ -93,18 +93,13 @@ def records_frame(
         "reject_reason": [r.reject_reason for r in requests],
         "cached_tokens": [r.cached_tokens for r in requests],
     }
-    frame = pd.DataFrame(
-        {k: v for k, v in columns.items() if v is not None},
-        columns=[c for c in RECORD_COLUMNS if columns[c] is not None],
-    )
-    if not len(frame):
-        frame = pd.DataFrame.from_records([], columns=list(frame.columns))
-    frame["last_token_s"] = tokens.last_s
-    frame["tbt_mean_s"] = tokens.tbt_mean_s
-    frame["tbt_max_s"] = tokens.tbt_max_s
+    columns["last_token_s"] = tokens.last_s
+    columns["tbt_mean_s"] = tokens.tbt_mean_s
+    columns["tbt_max_s"] = tokens.tbt_max_s
     for name, values in tokens.tbt_percentile_s.items():
-        frame[f"tbt_{name}_s"] = values
-    return frame
+        columns[f"tbt_{name}_s"] = values
+    present = {k: v for k, v in columns.items() if v is not None}
+    return pd.DataFrame(present, columns=list(present))  # built at once: one block a dtype
 
 
 def records_tokens(records: pd.DataFrame, statistic: str = "mean") -> TokenStats:
