@@ -49,6 +49,8 @@ class Request:
     status: Status = Status.WAITING
     reject_reason: str = ""  # why it was refused at arrival (policies.admission)
     in_flight: bool = False
+    # Every output token's time (floats, or a run's array of step ends), when the engine keeps
+    # them: the runtime always (its servers time tokens live), a simulation when asked.
     token_times: list = field(default_factory=list)
     content: tuple[int, ...] | None = None
     tokens_per_id: int = 1

@@ -146,5 +146,5 @@ def timeline_runs(specs: list[SimConfig], table: pd.DataFrame, mode: str) -> dic
         key = "rate_scale" if mode == "scale" else "rate"
         spec = next(s for s in specs if s.policy == name and getattr(s, key) == rate)
         unit = "x trace rate" if mode == "scale" else "req/s"
-        runs[f"{name} at {rate:g} {unit}"] = simulate(spec)
+        runs[f"{name} at {rate:g} {unit}"] = simulate(spec, token_times=False)  # timelines only
     return runs

@@ -20,7 +20,13 @@ from profiler.model import LatencyModel
 from twin.checks import check_results, check_sim_config, check_span
 from twin.errors import TwinError
 from twin.latency import load_latency_model
-from twin.outputs.metrics import mean_decode_sms, records_frame, summarize
+from twin.outputs.metrics import (
+    keep_token_times,
+    mean_decode_sms,
+    records_frame,
+    request_tokens,
+    summarize,
+)
 from twin.outputs.paths import claim_out
 from twin.outputs.writer import PLOT_FILES, RUN_FILES, RunOutputs
 from twin.sim import EngineConfig, make_simulator
@@ -92,8 +98,11 @@ def simulate(
     workload: traces.Workload | None = None,
     record_decisions: bool = False,
     latency_model: LatencyModel | None = None,
+    token_times: bool | None = None,
 ) -> RunResult:
-    """Run one simulation; ``workload`` and ``latency_model`` skip loading them again."""
+    """Run one simulation; ``workload`` and ``latency_model`` skip loading them again.
+    ``token_times``: keep every token's time for records.parquet (None: for runs of up to
+    ``TOKEN_TIMES_AUTO_MAX`` requests); the metrics are the same either way."""
     wl = workload if workload is not None else load_workload(cfg)
     model = latency_model or load_latency_model(
         load_model_config(cfg.model), cfg.gpu, cfg.profile, cfg.stack, cfg.latency
@@ -101,15 +110,24 @@ def simulate(
     model_cfg = model.config
     policy = policies.get(cfg.policy, **cfg.policy_args)
     sim = make_simulator(
-        wl, policy, model, cfg.slo, cfg.engine, progress, record_decisions,
+        wl,
+        policy,
+        model,
+        cfg.slo,
+        cfg.engine,
+        progress,
+        record_decisions,
         concurrency=cfg.concurrency,
     )
+    kept = keep_token_times(token_times, len(wl))
+    sim.keep_token_times = kept
     wall = time.perf_counter()
     result = sim.run()
     wall = time.perf_counter() - wall
-    records = records_frame(result.requests)
+    tokens = request_tokens(result.requests, sim.tokens, cfg.slo.tbt_statistic)
+    records = records_frame(result.requests, tokens, token_times=kept)
     check_results(records, result.end_s)
-    summary = summarize(records, cfg.slo)
+    summary = summarize(records, cfg.slo, tokens)
     summary.update(
         {
             "policy": cfg.policy,
@@ -137,6 +155,7 @@ def simulate(
         "model_config": model_cfg.to_dict(),
         "latency_model": model.describe(),
         "workload": {"name": wl.name, "source": wl.source, "requests": len(wl), **wl.notes},
+        "token_times": kept,  # whether records.parquet holds every token's time
     }
     return RunResult(
         config=resolved,
@@ -146,6 +165,7 @@ def simulate(
         summary=summary,
         decisions=result.decisions,
         model=model,
+        tokens=tokens,
     )
 
 

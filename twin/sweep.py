@@ -105,7 +105,12 @@ def run_spec(cfg: SimConfig) -> dict[str, Any]:
     """One simulation as one row; an exception becomes an error row, never a crash."""
     row = spec_columns(cfg)
     try:
-        result = simulate(cfg, workload=cached_workload(cfg), latency_model=cached_model(cfg))
+        result = simulate(
+            cfg,
+            workload=cached_workload(cfg),
+            latency_model=cached_model(cfg),
+            token_times=False,  # a sweep keeps summaries only
+        )
     except Exception as exc:  # noqa: BLE001  (a sweep reports every failure and goes on)
         return {**row, "status": "error", "error": f"{type(exc).__name__}: {exc}"}
     scalars = {k: v for k, v in result.summary.items() if isinstance(v, int | float | str | bool)}

@@ -15,6 +15,7 @@ from twin.commands.run import run_command  # noqa: E402
 from twin.outputs.metrics import (
     ITERATION_COLUMNS,  # noqa: E402
     RECORD_COLUMNS,  # noqa: E402
+    TOKEN_COLUMNS,  # noqa: E402
 )
 
 app = typer.Typer(add_completion=False)
@@ -67,7 +68,7 @@ def test_replay_writes_the_simulators_files_and_schema(tmp_path, model_dir, cloc
     ):
         assert (out / name).is_file(), name
     records = pd.read_parquet(out / "records.parquet")
-    assert tuple(records.columns) == RECORD_COLUMNS
+    assert tuple(records.columns) == RECORD_COLUMNS + TOKEN_COLUMNS
     assert (records["status"] == "finished").all() and len(records) == 6
     assert [len(t) for t in records["token_times_s"]] == records["output_tokens"].tolist()
     iterations = pd.read_parquet(out / "iterations.parquet")

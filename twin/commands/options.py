@@ -75,6 +75,15 @@ TbtStat = Annotated[
 
 Force = Annotated[bool, typer.Option(help="Overwrite an earlier result in --out.")]
 Plots = Annotated[bool, typer.Option(help="Write PNG plots.")]
+TokenTimes = Annotated[
+    bool | None,
+    typer.Option(
+        "--token-times/--no-token-times",
+        help="Write every token's time (records.parquet token_times_s). Default: for runs of "
+        "up to 100,000 requests. Metrics, summary and plots are the same either way.",
+        show_default=False,
+    ),
+]
 
 DEFAULT_SLO = Slo()
 

@@ -96,6 +96,7 @@ def simulate_command(
     out: str | None = typer.Option(None, help="Output directory (default: runs/<trace>-<policy>)."),
     force: opt.Force = False,
     plots: opt.Plots = True,
+    token_times: opt.TokenTimes = None,
     fast_forward: bool = typer.Option(True, help="Advance steady decode iterations in one event."),
     quiet: bool = typer.Option(False, help="No progress bar or table."),
 ) -> None:
@@ -127,7 +128,7 @@ def simulate_command(
     )
     out_dir = prepare_out(out_dir or default_out(trace, policy), force, with_plots=plots)
     with progress_bar(f"simulating {policy}", enabled=not quiet) as update:
-        result = simulate(cfg, progress=update)
+        result = simulate(cfg, progress=update, token_times=token_times)
     written = write_run(result, out_dir, with_plots=plots)
     if not quiet:
         s = result.summary

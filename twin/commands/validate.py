@@ -72,7 +72,14 @@ def validate_command(
             sub.mkdir(exist_ok=True)
             title = f"{report['policy']}: {report['latency_model']}"
             figures.validation_figures(
-                real.iterations, real.records, sim.records, sim.model, sim_slo(sim), title, sub
+                real.iterations,
+                real.records,
+                sim.records,
+                sim.model,
+                sim_slo(sim),
+                title,
+                sub,
+                sim.tokens,
             )
     if not quiet:
         for report in result.reports:

@@ -2,17 +2,43 @@
 
 Both engines keep the same records (a simulated steady decode run of k iterations is one
 entry with k step ends) and turn them into the same tables, laid out as
-``twin.outputs.metrics.ITERATION_COLUMNS`` and ``TIMELINE_COLUMNS``.
+``ITERATION_COLUMNS`` and ``TIMELINE_COLUMNS``. A finished run is kept
+as scalars and its step arrays in growing columnar buffers, not as the run, batch and
+request objects: a day of traffic's records cost bytes per iteration, not kilobytes.
 """
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
 
 from policies import Batch, BatchShape, Lane
-from twin.outputs.metrics import ITERATION_COLUMNS, TIMELINE_COLUMNS
+
+# iterations.parquet and the run timeline: one layout for both engines.
+ITERATION_COLUMNS = (
+    "lane",
+    "start_s",
+    "end_s",
+    "sms",
+    "prefill_tokens",
+    "prefill_chunks",
+    "decode_requests",
+    "context_tokens",  # every token attended to: prefill chunks' cache and new tokens, decodes'
+    "prefill_context_tokens",  # cached tokens before the prefill chunks (their sum)
+    "predicted_s",
+    "co_runner",
+)
+TIMELINE_COLUMNS = (
+    "time_s",
+    "waiting",
+    "running",
+    "kv_usage",
+    "mixed_sms",
+    "prefill_sms",
+    "decode_sms",
+)
 
 
 @dataclass(slots=True)
@@ -37,46 +63,136 @@ def run_label(run: Run | None) -> str:
     return f"{run.lane.value}:{run.sms}sm:{s.prefill_tokens}p+{s.n_decode}d"
 
 
-def timeline_table(rows: list[tuple]) -> dict[str, np.ndarray]:
-    if not rows:
-        return {c: np.empty(0) for c in TIMELINE_COLUMNS}
-    arr = np.array(rows, dtype=float)
-    return {c: arr[:, i] for i, c in enumerate(TIMELINE_COLUMNS)}
+def _floats(buf: array) -> np.ndarray:
+    return np.frombuffer(buf, dtype=np.float64).copy() if len(buf) else np.empty(0)
 
 
-def iteration_table(iters: list[tuple[Run, np.ndarray]]) -> dict[str, np.ndarray]:
-    """One row per executed iteration (steady runs expanded step by step)."""
-    if not iters:
-        return {c: np.empty(0) for c in ITERATION_COLUMNS}
-    runs = [run for run, _ in iters]
-    steps = np.array([run.steps for run in runs])
-    ends = np.concatenate([e for _, e in iters])
-    first = np.cumsum(steps) - steps  # row of each run's first iteration
-    starts = np.concatenate(([0.0], ends[:-1]))
-    starts[first] = [run.start for run in runs]
-    # Context read per iteration: a steady decode run grows by one token per request a step.
-    step_in_run = np.arange(len(ends)) - np.repeat(first, steps)
-    n_decode = np.array([run.shape.n_decode for run in runs])
-    ctx0 = np.array(
-        [
-            run.shape.decode_ctx_sum + sum(run.shape.prefill_q) + sum(run.shape.prefill_ctx)
-            for run in runs
-        ]
-    )
+def _ints(buf: array) -> np.ndarray:
+    return np.frombuffer(buf, dtype=np.int64).copy() if len(buf) else np.empty(0, np.int64)
 
-    def per_run(values: list, dtype: object = None) -> np.ndarray:
-        return np.repeat(np.array(values, dtype=dtype), steps)
 
-    return {
-        "lane": per_run([run.lane.value for run in runs], object),
-        "start_s": starts,
-        "end_s": ends,
-        "sms": per_run([run.sms for run in runs]),
-        "prefill_tokens": per_run([run.shape.prefill_tokens for run in runs]),
-        "prefill_chunks": per_run([len(run.shape.prefill_q) for run in runs]),
-        "decode_requests": np.repeat(n_decode, steps),
-        "context_tokens": np.repeat(ctx0, steps) + np.repeat(n_decode, steps) * step_in_run,
-        "prefill_context_tokens": per_run([sum(run.shape.prefill_ctx) for run in runs]),
-        "predicted_s": np.concatenate([run.predicted for run in runs]),
-        "co_runner": per_run([run.co_label for run in runs], object),
-    }
+class Labels:
+    """Strings stored once, each row holding its string's index."""
+
+    __slots__ = ("codes", "names", "_index")
+
+    def __init__(self) -> None:
+        self.codes = array("q")
+        self.names: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def append(self, name: str) -> None:
+        code = self._index.get(name)
+        if code is None:
+            code = self._index[name] = len(self.names)
+            self.names.append(name)
+        self.codes.append(code)
+
+    def values(self) -> np.ndarray:
+        return np.array(self.names, dtype=object)[_ints(self.codes)]
+
+
+INT_FIELDS = (
+    "steps", "sms", "prefill_tokens", "prefill_chunks", "decode_requests", "context_tokens",
+    "prefill_context_tokens",
+)  # fmt: skip
+
+
+class IterationLog:
+    """Every executed run as columns: its scalars once, its step ends and predictions flat."""
+
+    __slots__ = ("lane", "co_runner", "start", "ints", "ends", "predicted")
+
+    def __init__(self) -> None:
+        self.lane = Labels()
+        self.co_runner = Labels()
+        self.start = array("d")
+        self.ints = array("q")  # INT_FIELDS of every run, run after run
+        self.ends = array("d")
+        self.predicted = array("d")
+
+    def add(self, run: Run, step_ends: np.ndarray) -> None:
+        s = run.shape
+        prefill_ctx = sum(s.prefill_ctx)
+        self.lane.append(run.lane.value)
+        self.co_runner.append(run.co_label)
+        self.start.append(run.start)
+        self.ints.extend(
+            (
+                run.steps,
+                run.sms,
+                s.prefill_tokens,
+                len(s.prefill_q),
+                s.n_decode,
+                s.decode_ctx_sum + sum(s.prefill_q) + prefill_ctx,
+                prefill_ctx,
+            )
+        )
+        if len(step_ends) == 1:  # most runs: two scalars, cheaper than two byte copies
+            self.ends.append(step_ends[0])
+            self.predicted.append(run.predicted[0])
+        else:
+            self.ends.frombytes(np.ascontiguousarray(step_ends, dtype=np.float64).tobytes())
+            self.predicted.frombytes(
+                np.ascontiguousarray(run.predicted, dtype=np.float64).tobytes()
+            )
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(
+            a.itemsize * len(a) for a in (self.start, self.ints, self.ends, self.predicted)
+        ) + 16 * len(self)
+
+    def table(self) -> dict[str, np.ndarray]:
+        """One row per executed iteration (steady runs expanded step by step)."""
+        if not len(self):
+            return {c: np.empty(0) for c in ITERATION_COLUMNS}
+        ints = _ints(self.ints).reshape(-1, len(INT_FIELDS))
+        col = {name: ints[:, i] for i, name in enumerate(INT_FIELDS)}
+        steps = col["steps"]
+        ends = _floats(self.ends)
+        first = np.cumsum(steps) - steps  # row of each run's first iteration
+        starts = np.concatenate(([0.0], ends[:-1]))
+        starts[first] = _floats(self.start)
+        # Context read per iteration: a steady decode run grows by one token per request a step.
+        step_in_run = np.arange(len(ends)) - np.repeat(first, steps)
+        n_decode = np.repeat(col["decode_requests"], steps)
+
+        def per_run(values: np.ndarray) -> np.ndarray:
+            return np.repeat(values, steps)
+
+        return {
+            "lane": per_run(self.lane.values()),
+            "start_s": starts,
+            "end_s": ends,
+            "sms": per_run(col["sms"]),
+            "prefill_tokens": per_run(col["prefill_tokens"]),
+            "prefill_chunks": per_run(col["prefill_chunks"]),
+            "decode_requests": n_decode,
+            "context_tokens": per_run(col["context_tokens"]) + n_decode * step_in_run,
+            "prefill_context_tokens": per_run(col["prefill_context_tokens"]),
+            "predicted_s": _floats(self.predicted),
+            "co_runner": per_run(self.co_runner.values()),
+        }
+
+
+class TimelineLog:
+    """The serving state at every change, one float column per ``TIMELINE_COLUMNS`` entry."""
+
+    __slots__ = ("columns",)
+
+    def __init__(self) -> None:
+        self.columns = tuple(array("d") for _ in TIMELINE_COLUMNS)
+
+    def add(self, *values: float) -> None:
+        for column, value in zip(self.columns, values, strict=True):
+            column.append(value)
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+    def table(self) -> dict[str, np.ndarray]:
+        return {c: _floats(col) for c, col in zip(TIMELINE_COLUMNS, self.columns, strict=True)}

@@ -30,7 +30,8 @@ from policies import Batch, BatchShape, EngineView, KVCache, Lane, Policy, Reque
 from policies.admission import reject, rejection_reason
 from policies.block_hash import attach_hashes
 from policies.view import LatencyModel
-from twin.core.records import Run, iteration_table, timeline_table
+from twin.core.records import IterationLog, Run, TimelineLog
+from twin.core.tokens import TokenLog
 from twin.errors import SchedulingError
 
 DONE = (Status.FINISHED, Status.REJECTED, Status.ABORTED)
@@ -79,8 +80,12 @@ class SchedulingCore:
         self._arrived = 0
         self._dispatching = False
         self._again = False
-        self._iters: list[tuple[Run, np.ndarray]] = []
-        self._timeline: list[tuple] = []
+        self._iters = IterationLog()
+        self._timeline = TimelineLog()
+        self.tokens = TokenLog()  # which requests got tokens when, for the metrics
+        # Each request's own token times (``Request.token_times``): servers stream and time
+        # tokens from them; a simulation of millions of requests may leave them out.
+        self.keep_token_times = True
         self.decode_steps = 0  # iterations run that decoded (SGLang's new_token_ratio decays)
 
     # ----------------------------------------------------------------- the executor's part
@@ -289,8 +294,10 @@ class SchedulingCore:
         del self.in_flight[run.lane]
         batch = run.batch
         emit = None if tokens is None else self._emit
+        keep = self.keep_token_times
         finished: list[Request] = []
         prefilled: list[Request] = []
+        first_tokens: list[int] = []
         for chunk in batch.prefill:
             req = chunk.request
             req.in_flight = False
@@ -299,7 +306,9 @@ class SchedulingCore:
                 if req.generated == 0:
                     req.first_token_s = now
                 req.generated += 1
-                req.token_times.append(now)
+                first_tokens.append(req.id)
+                if keep:
+                    req.token_times.append(now)
                 if emit is not None:
                     emit(req, next(tokens))
                 if req.generated >= req.output_tokens:
@@ -307,13 +316,17 @@ class SchedulingCore:
                 else:
                     prefilled.append(req)
         k = run.steps
+        times = step_ends if k > 1 else now
+        self.tokens.add(first_tokens, now)
         if batch.decode:
             self.decode_steps += k
+            self.tokens.add([req.id for req in batch.decode], times)
         for req in batch.decode:
             req.in_flight = False
             req.kv_tokens += k
             req.generated += k
-            req.token_times.append(step_ends if k > 1 else now)
+            if keep:
+                req.token_times.append(times)
             if emit is not None:
                 emit(req, next(tokens))
             if req.generated >= req.output_tokens:
@@ -359,19 +372,21 @@ class SchedulingCore:
 
     # ----------------------------------------------------------------- recording
     def _record(self, run: Run, step_ends: np.ndarray) -> None:
-        self._iters.append((run, step_ends))
+        self._iters.add(run, step_ends)
         self.stats.iterations += 1
 
     def _sample(self) -> None:
         p = self.partition
-        state = (self.now(), len(self.waiting), len(self.running), self.kv.usage)
-        self._timeline.append((*state, p.mixed_sms, p.prefill_sms, p.decode_sms))
+        self._timeline.add(
+            self.now(), len(self.waiting), len(self.running), self.kv.usage,
+            p.mixed_sms, p.prefill_sms, p.decode_sms,
+        )  # fmt: skip
 
     def iteration_table(self) -> dict[str, np.ndarray]:
-        return iteration_table(self._iters)
+        return self._iters.table()
 
     def timeline_table(self) -> dict[str, np.ndarray]:
-        return timeline_table(self._timeline)
+        return self._timeline.table()
 
     # ----------------------------------------------------------------- state
     @property

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from policies import Request, Slo
+from policies import Request, Slo, Status
+from twin.core.records import ITERATION_COLUMNS, TIMELINE_COLUMNS  # noqa: F401 (the layouts)
+from twin.core.tokens import TokenLog, TokenStats, token_stats
 
 RECORD_COLUMNS = (
     "request_id",
@@ -25,29 +27,6 @@ RECORD_COLUMNS = (
     "cached_tokens",  # prompt tokens found in the prefix cache at first admission
 )
 PERCENTILES = (50, 90, 99)
-# iterations.parquet and the run timeline: one layout for both engines.
-ITERATION_COLUMNS = (
-    "lane",
-    "start_s",
-    "end_s",
-    "sms",
-    "prefill_tokens",
-    "prefill_chunks",
-    "decode_requests",
-    "context_tokens",  # every token attended to: prefill chunks' cache and new tokens, decodes'
-    "prefill_context_tokens",  # cached tokens before the prefill chunks (their sum)
-    "predicted_s",
-    "co_runner",
-)
-TIMELINE_COLUMNS = (
-    "time_s",
-    "waiting",
-    "running",
-    "kv_usage",
-    "mixed_sms",
-    "prefill_sms",
-    "decode_sms",
-)
 
 
 def mean_decode_sms(time_s, mixed_sms, decode_sms) -> float:
@@ -60,25 +39,111 @@ def mean_decode_sms(time_s, mixed_sms, decode_sms) -> float:
     return float((sms * dt).sum() / dt.sum()) if dt.sum() > 0 else float(sms[0])
 
 
-def records_frame(requests: Iterable[Request]) -> pd.DataFrame:
-    """One row per request in the schema both engines write to records.parquet."""
-    rows = [
-        (
-            r.id,
-            r.arrival_s,
-            r.prompt_tokens,
-            r.output_tokens,
-            r.first_token_s,
-            r.finish_s,
-            r.token_times_array(),
-            r.preemptions,
-            str(r.status),
-            r.reject_reason,
-            r.cached_tokens,
+TOKEN_TIMES_AUTO_MAX = 100_000  # runs of up to this many requests keep token times unasked
+# Per-request token statistics records.parquet always carries (token_times_s only when kept).
+TOKEN_COLUMNS = ("last_token_s", "tbt_mean_s", "tbt_max_s")
+PER_REQUEST_PERCENTILES = ("p90", "p99")  # TBT statistics that need each request's gaps
+
+
+def keep_token_times(asked: bool | None, requests: int) -> bool:
+    """Whether a run keeps every token's time: as asked, else when the run is small enough
+    that they cost little (``TOKEN_TIMES_AUTO_MAX``)."""
+    return asked if asked is not None else requests <= TOKEN_TIMES_AUTO_MAX
+
+
+def request_tokens(
+    requests: Sequence[Request], log: TokenLog | None = None, statistic: str = "mean"
+) -> TokenStats:
+    """Token statistics of ``requests``: from the engine's token log, or (without one) from
+    each request's own token times."""
+    ids = np.fromiter((r.id for r in requests), dtype=np.int64, count=len(requests))
+    if log is None:
+        log = _times_log(requests, [r.token_times_array() for r in requests])
+    finished = np.fromiter(
+        (r.status is Status.FINISHED for r in requests), dtype=bool, count=len(requests)
+    )
+    wanted = (statistic,) if statistic in PER_REQUEST_PERCENTILES else ()
+    return token_stats(log, ids, finished, wanted)
+
+
+def _times_log(requests: Sequence[Request], times: list[np.ndarray]) -> TokenLog:
+    return TokenLog.from_token_times((r.id for r in requests), times)
+
+
+def records_frame(
+    requests: Sequence[Request], tokens: TokenStats | None = None, token_times: bool = True
+) -> pd.DataFrame:
+    """One row per request in the schema both engines write to records.parquet: with each
+    request's token times when ``token_times`` (from ``Request.token_times``), and always
+    with its token statistics (``tokens``, or computed here from the token times)."""
+    requests = list(requests)
+    times = [r.token_times_array() for r in requests] if token_times or tokens is None else None
+    if tokens is None:
+        tokens = request_tokens(requests, _times_log(requests, times))
+    columns = {
+        "request_id": [r.id for r in requests],
+        "arrival_s": [r.arrival_s for r in requests],
+        "prompt_tokens": [r.prompt_tokens for r in requests],
+        "output_tokens": [r.output_tokens for r in requests],
+        "first_token_s": [r.first_token_s for r in requests],
+        "finish_s": [r.finish_s for r in requests],
+        "token_times_s": times if token_times else None,
+        "preemptions": [r.preemptions for r in requests],
+        "status": [str(r.status) for r in requests],
+        "reject_reason": [r.reject_reason for r in requests],
+        "cached_tokens": [r.cached_tokens for r in requests],
+    }
+    columns["last_token_s"] = tokens.last_s
+    columns["tbt_mean_s"] = tokens.tbt_mean_s
+    columns["tbt_max_s"] = tokens.tbt_max_s
+    for name, values in tokens.tbt_percentile_s.items():
+        columns[f"tbt_{name}_s"] = values
+    present = {k: v for k, v in columns.items() if v is not None}
+    return pd.DataFrame(present, columns=list(present))  # built at once: one block a dtype
+
+
+def records_tokens(records: pd.DataFrame, statistic: str = "mean") -> TokenStats:
+    """Token statistics from a records table's token times (records.parquet of any run)."""
+    if "token_times_s" not in records:
+        raise ValueError(
+            "these records hold no token times (the run left them out); rerun with "
+            "--token-times for statistics over every gap"
         )
-        for r in requests
-    ]
-    return pd.DataFrame.from_records(rows, columns=RECORD_COLUMNS)
+    ids = records["request_id"].to_numpy(np.int64)
+    log = TokenLog.from_token_times(ids, records["token_times_s"])
+    wanted = (statistic,) if statistic in PER_REQUEST_PERCENTILES else ()
+    return token_stats(log, ids, (records["status"] == "finished").to_numpy(), wanted)
+
+
+def judged_tbt(done: pd.DataFrame, statistic: str) -> np.ndarray:
+    """Each finished request's TBT statistic the SLO judges (0 without a gap, as no gap
+    can miss it)."""
+    column = {"mean": "tbt_mean_s", "max": "tbt_max_s"}.get(statistic, f"tbt_{statistic}_s")
+    if column in done:
+        values = done[column].to_numpy(float)
+    else:
+        stat = TBT_STATISTICS[statistic]
+        gaps = (np.diff(np.asarray(t, dtype=float)) for t in _token_times(done))
+        values = np.array([stat(g) if g.size else np.nan for g in gaps], dtype=float)
+    return np.where(np.isnan(values), 0.0, values)
+
+
+def _token_times(records: pd.DataFrame):
+    if "token_times_s" not in records:
+        raise ValueError(
+            "these records hold neither token times nor the TBT statistic the SLO judges; "
+            "rerun with --token-times"
+        )
+    return records["token_times_s"]
+
+
+def tbt_columns(done: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    if "tbt_mean_s" in done and "tbt_max_s" in done:
+        return done["tbt_mean_s"].to_numpy(float), done["tbt_max_s"].to_numpy(float)
+    gaps = [np.diff(np.asarray(t, dtype=float)) for t in _token_times(done)]
+    mean = [g.mean() if g.size else math.nan for g in gaps]
+    largest = [g.max() if g.size else math.nan for g in gaps]
+    return np.array(mean, dtype=float), np.array(largest, dtype=float)
 
 
 def request_metrics(records: pd.DataFrame, slo: Slo) -> pd.DataFrame:
@@ -86,17 +151,12 @@ def request_metrics(records: pd.DataFrame, slo: Slo) -> pd.DataFrame:
     done = records[records["status"] == "finished"]
     ttft = (done["first_token_s"] - done["arrival_s"]).to_numpy()
     e2e = (done["finish_s"] - done["arrival_s"]).to_numpy()
-    stat = TBT_STATISTICS.get(slo.tbt_statistic)
-    if stat is None:
+    if slo.tbt_statistic not in TBT_STATISTICS:
         raise ValueError(
             f"unknown TBT statistic {slo.tbt_statistic!r}; use one of {', '.join(TBT_STATISTICS)}"
         )
-    tbt_mean, tbt_max, tbt_slo = [], [], []
-    for times in done["token_times_s"]:
-        gaps = np.diff(np.asarray(times, dtype=float))
-        tbt_mean.append(gaps.mean() if gaps.size else math.nan)
-        tbt_max.append(gaps.max() if gaps.size else math.nan)
-        tbt_slo.append(stat(gaps) if gaps.size else 0.0)
+    tbt_mean, tbt_max = tbt_columns(done)
+    tbt_slo = judged_tbt(done, slo.tbt_statistic)
     out = pd.DataFrame(
         {
             "request_id": done["request_id"].to_numpy(),
@@ -108,7 +168,7 @@ def request_metrics(records: pd.DataFrame, slo: Slo) -> pd.DataFrame:
         }
     )
     out["meets_ttft"] = out["ttft_s"] <= slo.ttft_s
-    out["meets_tbt"] = np.asarray(tbt_slo) <= slo.tbt_s
+    out["meets_tbt"] = tbt_slo <= slo.tbt_s
     out["meets_slo"] = out["meets_ttft"] & out["meets_tbt"]
     return out
 
@@ -122,20 +182,20 @@ TBT_STATISTICS = {
 
 
 def all_gaps(records: pd.DataFrame) -> np.ndarray:
-    """Every inter-token gap of every finished request."""
+    """Every inter-token gap of every finished request (needs the token times)."""
     done = records[records["status"] == "finished"]
-    parts = [np.diff(np.asarray(t, dtype=float)) for t in done["token_times_s"]]
+    parts = [np.diff(np.asarray(t, dtype=float)) for t in _token_times(done)]
     return np.concatenate(parts) if parts else np.empty(0)
 
 
-def summarize(records: pd.DataFrame, slo: Slo) -> dict[str, Any]:
-    """Run-level metrics: throughput, goodput, SLO attainment and latency percentiles."""
+def summarize(records: pd.DataFrame, slo: Slo, tokens: TokenStats | None = None) -> dict[str, Any]:
+    """Run-level metrics: throughput, goodput, SLO attainment and latency percentiles; the
+    TBT ones over every gap (``tokens``' multiset, else the records' token times)."""
     per = request_metrics(records, slo)
     done = records[records["status"] == "finished"]
     start = float(records["arrival_s"].min()) if len(records) else 0.0
     end = float(done["finish_s"].max()) if len(done) else start
     span = max(end - start, 1e-9)
-    gaps = all_gaps(records)
     rejected = rejection_counts(records)
     # A rejected request was offered and not served: it misses both SLOs.
     judged = len(per) + sum(rejected.values())
@@ -157,13 +217,13 @@ def summarize(records: pd.DataFrame, slo: Slo) -> dict[str, Any]:
         "slo_tbt_statistic": slo.tbt_statistic,
         "preemptions": int(records["preemptions"].sum()),
     }
-    for name, values in (
-        ("ttft", per["ttft_s"]),
-        ("tbt", gaps),
-        ("e2e", per["e2e_s"]),
-        ("tpot", per["tbt_mean_s"].dropna()),
-    ):
-        out.update(percentiles(name, np.asarray(values, dtype=float)))
+    out.update(percentiles("ttft", per["ttft_s"].to_numpy(float)))
+    if tokens is None:  # each gap of the records' token times, once
+        out.update(percentiles("tbt", all_gaps(records)))
+    else:
+        out.update(gap_percentiles("tbt", tokens))
+    out.update(percentiles("e2e", per["e2e_s"].to_numpy(float)))
+    out.update(percentiles("tpot", per["tbt_mean_s"].dropna().to_numpy(float)))
     return out
 
 
@@ -187,5 +247,16 @@ def percentiles(name: str, values: np.ndarray) -> dict[str, float]:
     qs = np.percentile(values, PERCENTILES)
     return {
         f"{name}_mean_s": float(values.mean()),
+        **{f"{name}_p{p}_s": float(q) for p, q in zip(PERCENTILES, qs, strict=True)},
+    }
+
+
+def gap_percentiles(name: str, tokens: TokenStats) -> dict[str, float]:
+    """``percentiles`` of every gap, from the multiset: the same values, without the gaps."""
+    if tokens.gap_count == 0:
+        return percentiles(name, np.empty(0))
+    qs = tokens.gap_percentiles(PERCENTILES)
+    return {
+        f"{name}_mean_s": tokens.gap_mean(),
         **{f"{name}_p{p}_s": float(q) for p, q in zip(PERCENTILES, qs, strict=True)},
     }

@@ -13,16 +13,23 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from policies import Slo  # noqa: E402
-from twin.outputs.metrics import TBT_STATISTICS, all_gaps, request_metrics  # noqa: E402
+from twin.core.tokens import TokenStats  # noqa: E402
+from twin.outputs.metrics import (  # noqa: E402
+    judged_tbt,
+    records_tokens,
+    request_metrics,
+    tbt_columns,
+)
 from twin.outputs.plot_style import finish, legend_outside, plot_steps  # noqa: E402
 
 
 def tbt_statistic_per_request(records: pd.DataFrame, statistic: str) -> np.ndarray:
-    """Each finished request's TBT statistic, the value the TBT SLO judges."""
-    stat = TBT_STATISTICS[statistic]
+    """Each finished request's TBT statistic, the value the TBT SLO judges (requests with a
+    gap between tokens)."""
     done = records[records["status"] == "finished"]
-    gaps = (np.diff(np.asarray(t, dtype=float)) for t in done["token_times_s"])
-    return np.array([stat(g) for g in gaps if g.size], dtype=float)
+    judged = judged_tbt(done, statistic)
+    has_gap = tbt_columns(done)[0]
+    return judged[~np.isnan(has_gap)]
 
 
 CDF_POINTS = 2048  # a curve of more points draws no differently, only slower
@@ -32,15 +39,32 @@ def cdf_points(values: np.ndarray, points: int = CDF_POINTS) -> tuple[np.ndarray
     """The empirical CDF of ``values`` at no more than ``points`` evenly spaced ranks (the
     smallest and largest included), so a run of millions of token gaps draws as fast as a few."""
     xs = np.sort(np.asarray(values, dtype=float))
-    n = xs.size
+    return weighted_cdf_points(xs, np.ones(xs.size, dtype=np.int64), points)
+
+
+def weighted_cdf_points(
+    values: np.ndarray, counts: np.ndarray, points: int = CDF_POINTS
+) -> tuple[np.ndarray, np.ndarray]:
+    """``cdf_points`` of sorted ``values`` each occurring ``counts`` times, without repeating
+    them: a billion gaps held as distinct values and counts draw at the same ranks."""
+    cum = np.cumsum(np.asarray(counts, dtype=np.int64))
+    n = int(cum[-1]) if cum.size else 0
+    if n == 0:
+        return np.empty(0), np.empty(0)
     ranks = np.unique(np.linspace(0, n - 1, min(n, points)).round().astype(np.int64))
-    return xs[ranks], (ranks + 1) / n
+    return values[np.searchsorted(cum, ranks, side="right")], (ranks + 1) / n
 
 
 def latency_cdfs(
-    records: pd.DataFrame, slo: Slo, title: str, path: Path, label: str = ""
+    records: pd.DataFrame,
+    slo: Slo,
+    title: str,
+    path: Path,
+    label: str = "",
+    tokens: TokenStats | None = None,
 ) -> Path:
-    """TTFT per request, and per request the TBT statistic the SLO judges (every gap faint)."""
+    """TTFT per request, and per request the TBT statistic the SLO judges (every gap faint,
+    from ``tokens``' multiset of gaps, else from the records' token times)."""
     per = request_metrics(records, slo)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
     judged = tbt_statistic_per_request(records, slo.tbt_statistic)
@@ -55,10 +79,15 @@ def latency_cdfs(
         ax.set_xlabel(name)
         ax.set_ylabel("fraction of requests")
         ax.grid(alpha=0.3)
-    gaps = all_gaps(records)
-    if gaps.size:
+    if tokens is None:
+        tokens = records_tokens(records, slo.tbt_statistic)
+    if tokens.gap_count:
         axes[1].plot(
-            *cdf_points(gaps), lw=1, color="grey", alpha=0.6, label="every gap (not judged)"
+            *weighted_cdf_points(*tokens.sorted_gaps()),
+            lw=1,
+            color="grey",
+            alpha=0.6,
+            label="every gap (not judged)",
         )
     for ax in axes:
         legend_outside(ax)
@@ -66,24 +95,24 @@ def latency_cdfs(
 
 
 def run_timeline(
-    records: pd.DataFrame,
+    tokens: TokenStats,
     timeline: pd.DataFrame,
     title: str,
     path: Path,
     num_sms: int,
     label: str = "",
 ) -> Path:
+    """Output token rate (from the finished requests' token times, binned), queues, KV use
+    and the partition over the run."""
     fig, axes = plt.subplots(4, 1, figsize=(10, 9), sharex=True)
-    done = records[records["status"] == "finished"]
-    times = (
-        np.concatenate([np.asarray(t, float) for t in done["token_times_s"]])
-        if len(done)
-        else np.empty(0)
-    )
     end = float(timeline["time_s"].max()) if len(timeline) else 1.0
     bin_s = max(end / 200.0, 1e-3)
-    if times.size:
-        counts, edges = np.histogram(times, bins=np.arange(0.0, end + bin_s, bin_s))
+    if tokens.time_values.size:
+        counts, edges = np.histogram(
+            tokens.time_values,
+            bins=np.arange(0.0, end + bin_s, bin_s),
+            weights=tokens.time_counts.astype(float),
+        )
         axes[0].plot(edges[:-1], counts / bin_s, lw=1)
     axes[0].set_ylabel("output tok/s")
     t = timeline["time_s"].to_numpy()
@@ -108,8 +137,11 @@ def run_timeline(
     return finish(fig, title, label, path)
 
 
-def validation_figures(real_iterations, real_records, sim_records, model, slo, title, out: Path):
-    """Predicted against measured iteration time, overlaid latency CDFs, error over time."""
+def validation_figures(
+    real_iterations, real_records, sim_records, model, slo, title, out: Path, sim_tokens=None
+):
+    """Predicted against measured iteration time, overlaid latency CDFs, error over time
+    (``sim_tokens``: the simulation's token statistics, when its records lack token times)."""
     from profiler.calibrate import alone_rows, predict_rows
 
     title = "\n".join(textwrap.wrap(title, 70))
@@ -137,12 +169,19 @@ def validation_figures(real_iterations, real_records, sim_records, model, slo, t
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for records, label in ((real_records, "real"), (sim_records, "simulated")):
+    for records, label, tokens in (
+        (real_records, "real", None),
+        (sim_records, "simulated", sim_tokens),
+    ):
         per = request_metrics(records, slo)
-        for ax, values in ((axes[0], per["ttft_s"].to_numpy()), (axes[1], all_gaps(records))):
-            if values.size:
-                xs = np.sort(values)
-                ax.plot(xs, np.arange(1, xs.size + 1) / xs.size, lw=1.6, label=label)
+        ttft = per["ttft_s"].to_numpy()
+        if ttft.size:
+            axes[0].plot(*cdf_points(ttft), lw=1.6, label=label)
+        tokens = tokens if tokens is not None else records_tokens(records, slo.tbt_statistic)
+        if tokens.gap_count:
+            axes[1].plot(
+                *weighted_cdf_points(*tokens.sorted_gaps()), lw=1.6, label=label
+            )
     for ax, name in zip(axes, ("TTFT (s)", "time between tokens (s)"), strict=True):
         ax.set_xscale("log")
         ax.set_xlabel(name)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from policies import Slo
+from twin.core.tokens import TokenStats
 from twin.outputs import plots
+from twin.outputs.metrics import records_tokens
 
 RUN_FILES = ("records.parquet", "iterations.parquet", "summary.json", "config.json")
 PLOT_FILES = ("latency_cdf.png", "timeline.png")
@@ -26,6 +28,8 @@ class RunOutputs:
     timeline: pd.DataFrame
     summary: dict[str, Any]
     decisions: list[tuple]
+    # The token statistics the metrics came from (None: computed from records' token times).
+    tokens: TokenStats | None = field(default=None, kw_only=True)
 
     def write(self, out: Path, title: str, num_sms: int, with_plots: bool = True) -> list[Path]:
         return write_outputs(
@@ -38,6 +42,7 @@ class RunOutputs:
             title,
             num_sms,
             with_plots,
+            self.tokens,
         )
 
 
@@ -51,8 +56,10 @@ def write_outputs(
     title: str,
     num_sms: int,
     with_plots: bool = True,
+    tokens: TokenStats | None = None,
 ) -> list[Path]:
-    """The files of a run, the same for the simulator and the runtime."""
+    """The files of a run, the same for the simulator and the runtime; the plots draw the
+    token gaps and times from ``tokens`` (else from the records' token times)."""
     out.mkdir(parents=True, exist_ok=True)
     records.to_parquet(out / "records.parquet", index=False)
     iterations.to_parquet(out / "iterations.parquet", index=False)
@@ -62,9 +69,11 @@ def write_outputs(
     if with_plots:
         slo = Slo(**config["slo"])
         label = plot_label(summary)
-        written.append(plots.latency_cdfs(records, slo, title, out / PLOT_FILES[0], label))
+        if tokens is None:
+            tokens = records_tokens(records, slo.tbt_statistic)
+        written.append(plots.latency_cdfs(records, slo, title, out / PLOT_FILES[0], label, tokens))
         written.append(
-            plots.run_timeline(records, timeline, title, out / PLOT_FILES[1], num_sms, label)
+            plots.run_timeline(tokens, timeline, title, out / PLOT_FILES[1], num_sms, label)
         )
     return written
 
