@@ -236,8 +236,9 @@ class MeasuredModel(LatencyModel):
         sms: int,
         co_runner: BatchShape | None = None,
         co_sms: int = 0,
+        first: int = 0,
     ) -> np.ndarray:
-        ctx = ctx_sum + n_decode * np.arange(steps, dtype=np.float64)
+        ctx = ctx_sum + n_decode * np.arange(first, first + steps, dtype=np.float64)
         L = self.config.num_layers
         if isinstance(self._gen, _AttentionFloor):
             t_attn = np.array([L * self._gen(n_decode, c / n_decode + 1.0) for c in ctx])

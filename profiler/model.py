@@ -169,13 +169,17 @@ class LatencyModel(ABC):
         sms: int,
         co_runner: BatchShape | None = None,
         co_sms: int = 0,
+        first: int = 0,
     ) -> np.ndarray:
         """Durations of ``steps`` consecutive decode iterations of the same requests.
 
-        Step j attends to ``ctx_sum + j * n_decode`` tokens in all. Vectorised, so the
-        simulator can advance many identical iterations in one event.
+        Step j of the run attends to ``ctx_sum + j * n_decode`` tokens in all; the durations
+        returned are those of steps ``first`` to ``first + steps - 1``, equal to the same
+        slice of the whole run's (its per-iteration overhead is the run's first step's), so
+        a caller can predict a run in pieces. Vectorised, so the simulator can advance many
+        identical iterations in one event.
         """
-        ctx = ctx_sum + n_decode * np.arange(steps, dtype=np.float64)
+        ctx = ctx_sum + n_decode * np.arange(first, first + steps, dtype=np.float64)
         c = self.costs
         gf, gb = c.gemm(n_decode, n_decode)
         af, ab = c.attn_decode(n_decode, ctx)
