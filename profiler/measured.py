@@ -20,6 +20,7 @@ co-runners share HBM proportionally to their demand. A ``twin profile`` fit repl
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -272,6 +273,38 @@ class MeasuredModel(LatencyModel):
         _, other = self.demand(co_runner, co_sms)
         own = (fixed_bytes + ab) / alone
         return busy(np.minimum(1.0, self.hbm_bandwidth / (own + other))) + overhead
+
+    def decode_step_s(
+        self,
+        n_decode: int,
+        ctx_sum: int,
+        sms: int,
+        co_runner: BatchShape | None = None,
+        co_sms: int = 0,
+    ) -> Callable[[int], float] | None:
+        """Step j's seconds of the decode run ``predict_decode_run`` predicts, one step at a
+        time in plain floats, bit for bit; None where only the vectorised form is exact."""
+        if sms < self.gpu.num_sms or (co_runner is not None and not co_runner.is_empty):
+            return None
+        if type(self).predict_decode_run is not MeasuredModel.predict_decode_run:
+            return None  # a subclass that reshapes the run would have to reshape this too
+        L = self.config.num_layers
+        gen = self._gen
+        if isinstance(gen, _AttentionFloor):
+            attn = functools.partial(gen, n_decode)
+        else:
+            attn = gen.row_scalar(n_decode)
+            if attn is None:
+                return None
+        fixed = self._decode_fixed.get(n_decode)
+        if fixed is None:
+            fixed = self._decode_fixed[n_decode] = self._fixed_decode_parts(n_decode)
+        t_fixed, overhead = fixed[0], self.parts.iteration_overhead_s
+
+        def step(j: int) -> float:
+            return t_fixed + L * attn(float(ctx_sum + n_decode * j) / n_decode + 1.0) + overhead
+
+        return step
 
     def _fixed_decode_parts(self, n_decode: int) -> tuple:
         """The GEMM and elementwise parts of a decode step, which its context does not change."""

@@ -10,6 +10,7 @@ derives them from published peaks, a measured profile fits them from a GPU sweep
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -160,6 +161,19 @@ class LatencyModel(ABC):
     def slowdown(self, shape: BatchShape, sms: int, co_runner: BatchShape, co_sms: int) -> float:
         """How many times slower ``shape`` runs beside ``co_runner`` than alone."""
         return self.predict(shape, sms, co_runner, co_sms) / self.predict(shape, sms)
+
+    def decode_step_s(
+        self,
+        n_decode: int,
+        ctx_sum: int,
+        sms: int,
+        co_runner: BatchShape | None = None,
+        co_sms: int = 0,
+    ) -> Callable[[int], float] | None:
+        """Step j's seconds of the run ``predict_decode_run`` predicts, in plain floats and
+        bit for bit, for callers that want a few steps at a time; None where a model has
+        only the vectorised form."""
+        return None
 
     def predict_decode_run(
         self,

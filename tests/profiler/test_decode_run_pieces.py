@@ -35,3 +35,31 @@ def test_pieces_of_a_decode_run_equal_the_whole_run(model, sms, co, n):
         for a, b in zip(cuts, cuts[1:], strict=False)
     ]
     assert np.array_equal(np.concatenate(pieces), whole)
+
+
+@pytest.mark.parametrize("n", [1, 3, 8, 64, 100, 512, 2048])
+def test_decode_steps_in_plain_floats_equal_the_vectorised_run(llama, n):
+    model = load_latency_model(llama)
+    ctx, steps = n * 37 + 3, 400
+    step_s = model.decode_step_s(n, ctx, 132)
+    whole = model.predict_decode_run(n, ctx, steps, 132)
+    assert np.array_equal(np.array([step_s(j) for j in range(steps)]), whole)
+    # Only the whole GPU alone has the scalar form; elsewhere the caller vectorises.
+    assert model.decode_step_s(n, ctx, 64) is None
+    assert model.decode_step_s(n, ctx, 132, CO, 0) is None
+
+
+def test_a_scalar_row_of_a_work_grid_equals_its_vectorised_row(llama):
+    grid = load_latency_model(llama)._gen
+    rng = np.random.default_rng(0)
+    lengths = np.concatenate(
+        [
+            rng.uniform(0.0, 2.0 * max(xs[-1] for xs, _ in grid.rows), 3000),
+            [x for xs, _ in grid.rows for x in xs],  # every grid point, exactly
+            [0.5, 1.0, 1.5],
+        ]
+    )
+    for batch in [*grid.batches, 0.5, 3.0, 77.0, 1e4, *rng.uniform(1.0, 600.0, 20)]:
+        row = grid.row_scalar(batch)
+        expected = grid.row_array(batch, lengths)
+        assert np.array_equal(np.array([row(float(x)) for x in lengths]), expected), batch

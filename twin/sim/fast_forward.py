@@ -50,11 +50,22 @@ def steady_steps(
         return limit, None
     co_shape, co_sms = (co.shape, co.sms) if co else (None, 0)
     budget = horizon - sim.env.now
-    predict = sim.model.predict_decode_run
     n, ctx = shape.n_decode, shape.decode_ctx_sum
     # The iteration running when the horizon arrives still completes; the next one is
-    # decided with the new state. Predicted piece by piece up to that iteration: the ends
-    # accumulate in the same order as one cumulative sum over the whole run would.
+    # decided with the new state. Predicted only up to that iteration, a step at a time in
+    # plain floats where the model can, else in pieces; either way the ends accumulate in
+    # the order one cumulative sum over the whole run would.
+    step_s = sim.model.decode_step_s(n, ctx, sms, co_shape, co_sms)
+    if step_s is not None:
+        durations, end = [], 0.0
+        for j in range(limit):
+            d = step_s(j)
+            durations.append(d)
+            end += d
+            if end >= budget:
+                break
+        return len(durations), np.array(durations)
+    predict = sim.model.predict_decode_run
     pieces: list[np.ndarray] = []
     done, end, size = 0, 0.0, FIRST_PIECE
     while True:
