@@ -283,9 +283,7 @@ class MeasuredModel(LatencyModel):
         co_sms: int = 0,
     ) -> Callable[[int], float] | None:
         """Step j's seconds of the decode run ``predict_decode_run`` predicts, one step at a
-        time in plain floats, bit for bit; None where only the vectorised form is exact."""
-        if sms < self.gpu.num_sms or (co_runner is not None and not co_runner.is_empty):
-            return None
+        time in plain floats: the same operations in the same order, so bit for bit."""
         if type(self).predict_decode_run is not MeasuredModel.predict_decode_run:
             return None  # a subclass that reshapes the run would have to reshape this too
         L = self.config.num_layers
@@ -299,10 +297,45 @@ class MeasuredModel(LatencyModel):
         fixed = self._decode_fixed.get(n_decode)
         if fixed is None:
             fixed = self._decode_fixed[n_decode] = self._fixed_decode_parts(n_decode)
-        t_fixed, overhead = fixed[0], self.parts.iteration_overhead_s
+        t_fixed, c_fixed, m_fixed, fixed_bytes, k_fixed = fixed
+        overhead = self.parts.iteration_overhead_s
+        alone = co_runner is None or co_runner.is_empty
+        if sms >= self.gpu.num_sms and alone:
+
+            def full(j: int) -> float:
+                ctx = float(ctx_sum + n_decode * j)
+                return t_fixed + L * attn(ctx / n_decode + 1.0) + overhead
+
+            return full
+
+        costs = self.costs
+        flops_per_pair, kv_per_ctx = costs.attn_flops_per_pair, costs.attn_kv_bytes_per_ctx
+        q_bytes = costs.attn_q_bytes * n_decode
+        peak, bw_peak = self.entry.bf16_flops, self.entry.hbm_bytes_per_s
+        scale, frac = self.compute_scale(sms), self.bandwidth_fraction(sms)
+        parts = tuple(zip(k_fixed, c_fixed, m_fixed, strict=True))
+        other = 0.0 if alone else self.demand(co_runner, co_sms)[1]
+        hbm = self.hbm_bandwidth
+
+        def busy(k_attn: float, c_attn: float, m_attn: float, bw: float) -> float:
+            c, m = c_attn * scale, m_attn / bw
+            t = k_attn * (c if c > m else m)
+            for k, c_op, m_op in parts:
+                c, m = c_op * scale, m_op / bw
+                t = t + k * (c if c > m else m)
+            return t
 
         def step(j: int) -> float:
-            return t_fixed + L * attn(float(ctx_sum + n_decode * j) / n_decode + 1.0) + overhead
+            ctx = float(ctx_sum + n_decode * j)
+            t_attn = L * attn(ctx / n_decode + 1.0)
+            ab = q_bytes + kv_per_ctx * ctx
+            c_attn, m_attn = flops_per_pair * ctx / peak, ab / bw_peak
+            k_attn = t_attn / (c_attn if c_attn > m_attn else m_attn)
+            t = busy(k_attn, c_attn, m_attn, frac * 1.0)
+            if alone:
+                return t + overhead
+            share = hbm / ((fixed_bytes + ab) / t + other)
+            return busy(k_attn, c_attn, m_attn, frac * (share if share < 1.0 else 1.0)) + overhead
 
         return step
 

@@ -99,6 +99,7 @@ class WorkGrid:
     ) -> None:
         self.growth = growth
         self.tail = (tail if tail is not None else growth) / growth
+        self._scalar_rows: dict[float, Callable[[float], float]] = {}  # by batch
         self.batches = [float(b) for b in batches]
         self.rows: list[tuple[list[float], list[float]]] = []
         for row in values:
@@ -160,7 +161,15 @@ class WorkGrid:
         tail exponent is not 1, whose powers numpy and Python may round differently."""
         if self.growth != 1.0 or self.tail != 1.0:
             return None
+        cache = self._scalar_rows
+        hit = cache.get(batch)
+        if hit is None:
+            if len(cache) >= 1024:
+                cache.clear()
+            hit = cache[batch] = self._row_scalar(batch)
+        return hit
 
+    def _row_scalar(self, batch: float) -> Callable[[float], float]:
         def row(i: int) -> Callable[[float], float]:
             xs, ys = self.rows[i]
             last = len(xs) - 1

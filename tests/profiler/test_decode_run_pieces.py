@@ -37,16 +37,18 @@ def test_pieces_of_a_decode_run_equal_the_whole_run(model, sms, co, n):
     assert np.array_equal(np.concatenate(pieces), whole)
 
 
+@pytest.mark.parametrize("sms, co", [(132, None), (56, None), (72, CO), (8, CO), (124, CO)])
 @pytest.mark.parametrize("n", [1, 3, 8, 64, 100, 512, 2048])
-def test_decode_steps_in_plain_floats_equal_the_vectorised_run(llama, n):
+def test_decode_steps_in_plain_floats_equal_the_vectorised_run(llama, n, sms, co):
     model = load_latency_model(llama)
-    ctx, steps = n * 37 + 3, 400
-    step_s = model.decode_step_s(n, ctx, 132)
-    whole = model.predict_decode_run(n, ctx, steps, 132)
+    ctx, steps = n * 37 + 3, 300
+    step_s = model.decode_step_s(n, ctx, sms, co, 132 - sms)
+    whole = model.predict_decode_run(n, ctx, steps, sms, co, 132 - sms)
     assert np.array_equal(np.array([step_s(j) for j in range(steps)]), whole)
-    # Only the whole GPU alone has the scalar form; elsewhere the caller vectorises.
-    assert model.decode_step_s(n, ctx, 64) is None
-    assert model.decode_step_s(n, ctx, 132, CO, 0) is None
+
+
+def test_models_without_the_plain_float_form_say_so(llama):
+    assert DatasheetModel(llama).decode_step_s(8, 800, 132) is None
 
 
 def test_a_scalar_row_of_a_work_grid_equals_its_vectorised_row(llama):

@@ -20,8 +20,10 @@ if TYPE_CHECKING:
     from twin.sim.simulator import Simulator
 
 
-# Steps predicted at first when a horizon cuts the run; each further piece is twice as long.
-# Most runs end at the next arrival within a few iterations, long before their limit.
+# A horizon cuts most runs within a few iterations, long before their limit: the first
+# ``SCALAR_STEPS`` are predicted one by one in plain floats where the model can, the rest in
+# numpy pieces, the first ``FIRST_PIECE`` long and each further one twice as long.
+SCALAR_STEPS = 32
 FIRST_PIECE = 16
 
 
@@ -55,19 +57,23 @@ def steady_steps(
     # decided with the new state. Predicted only up to that iteration, a step at a time in
     # plain floats where the model can, else in pieces; either way the ends accumulate in
     # the order one cumulative sum over the whole run would.
+    pieces: list[np.ndarray] = []
+    done, end = 0, 0.0
     step_s = sim.model.decode_step_s(n, ctx, sms, co_shape, co_sms)
     if step_s is not None:
-        durations, end = [], 0.0
-        for j in range(limit):
+        first: list[float] = []
+        for j in range(min(limit, SCALAR_STEPS)):
             d = step_s(j)
-            durations.append(d)
+            first.append(d)
             end += d
             if end >= budget:
-                break
-        return len(durations), np.array(durations)
+                return len(first), np.array(first)
+        pieces.append(np.array(first))
+        done = len(first)
+        if done == limit:
+            return limit, pieces[0]
     predict = sim.model.predict_decode_run
-    pieces: list[np.ndarray] = []
-    done, end, size = 0, 0.0, FIRST_PIECE
+    size = FIRST_PIECE
     while True:
         k = min(size, limit - done)
         durations = predict(n, ctx, k, sms, co_shape, co_sms, first=done)
