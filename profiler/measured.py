@@ -28,6 +28,7 @@ import numpy as np
 
 from policies.batch import BatchShape
 from profiler.config import ModelConfig
+from profiler.decode_steps import measured_steps
 from profiler.gpus import GpuEntry
 from profiler.model import LatencyModel
 from profiler.ops import OP_CLASSES
@@ -286,58 +287,7 @@ class MeasuredModel(LatencyModel):
         time in plain floats: the same operations in the same order, so bit for bit."""
         if type(self).predict_decode_run is not MeasuredModel.predict_decode_run:
             return None  # a subclass that reshapes the run would have to reshape this too
-        L = self.config.num_layers
-        gen = self._gen
-        if isinstance(gen, _AttentionFloor):
-            attn = functools.partial(gen, n_decode)
-        else:
-            attn = gen.row_scalar(n_decode)
-            if attn is None:
-                return None
-        fixed = self._decode_fixed.get(n_decode)
-        if fixed is None:
-            fixed = self._decode_fixed[n_decode] = self._fixed_decode_parts(n_decode)
-        t_fixed, c_fixed, m_fixed, fixed_bytes, k_fixed = fixed
-        overhead = self.parts.iteration_overhead_s
-        alone = co_runner is None or co_runner.is_empty
-        if sms >= self.gpu.num_sms and alone:
-
-            def full(j: int) -> float:
-                ctx = float(ctx_sum + n_decode * j)
-                return t_fixed + L * attn(ctx / n_decode + 1.0) + overhead
-
-            return full
-
-        costs = self.costs
-        flops_per_pair, kv_per_ctx = costs.attn_flops_per_pair, costs.attn_kv_bytes_per_ctx
-        q_bytes = costs.attn_q_bytes * n_decode
-        peak, bw_peak = self.entry.bf16_flops, self.entry.hbm_bytes_per_s
-        scale, frac = self.compute_scale(sms), self.bandwidth_fraction(sms)
-        parts = tuple(zip(k_fixed, c_fixed, m_fixed, strict=True))
-        other = 0.0 if alone else self.demand(co_runner, co_sms)[1]
-        hbm = self.hbm_bandwidth
-
-        def busy(k_attn: float, c_attn: float, m_attn: float, bw: float) -> float:
-            c, m = c_attn * scale, m_attn / bw
-            t = k_attn * (c if c > m else m)
-            for k, c_op, m_op in parts:
-                c, m = c_op * scale, m_op / bw
-                t = t + k * (c if c > m else m)
-            return t
-
-        def step(j: int) -> float:
-            ctx = float(ctx_sum + n_decode * j)
-            t_attn = L * attn(ctx / n_decode + 1.0)
-            ab = q_bytes + kv_per_ctx * ctx
-            c_attn, m_attn = flops_per_pair * ctx / peak, ab / bw_peak
-            k_attn = t_attn / (c_attn if c_attn > m_attn else m_attn)
-            t = busy(k_attn, c_attn, m_attn, frac * 1.0)
-            if alone:
-                return t + overhead
-            share = hbm / ((fixed_bytes + ab) / t + other)
-            return busy(k_attn, c_attn, m_attn, frac * (share if share < 1.0 else 1.0)) + overhead
-
-        return step
+        return measured_steps(self, n_decode, ctx_sum, sms, co_runner, co_sms)
 
     def _fixed_decode_parts(self, n_decode: int) -> tuple:
         """The GEMM and elementwise parts of a decode step, which its context does not change."""

@@ -18,6 +18,7 @@ import numpy as np
 from policies.batch import BatchShape
 from policies.partition import GpuSpec
 from profiler.config import ModelConfig
+from profiler.decode_steps import roofline_steps
 from profiler.mixed import MixedBatchCost
 from profiler.ops import OP_CLASSES, CostModel
 
@@ -175,37 +176,7 @@ class LatencyModel(ABC):
         steps at a time; None where a model has only the vectorised form."""
         if type(self).predict_decode_run is not LatencyModel.predict_decode_run:
             return None  # a subclass that reshapes the run would have to reshape this too
-        c = self.costs
-        gf, gb = c.gemm(n_decode, n_decode)
-        of, ob = c.other(n_decode)
-        flops_per_pair, kv_per_ctx = c.attn_flops_per_pair, c.attn_kv_bytes_per_ctx
-        q_bytes = c.attn_q_bytes * n_decode
-        overhead = self.overhead_s(BatchShape.decode(n_decode, ctx_sum))
-        (g_rate, g_bw), (a_rate, a_bw), (o_rate, o_bw) = (
-            self.curves(op, sms) for op in ("gemm", "attn_decode", "other")
-        )
-        alone = co_runner is None or co_runner.is_empty
-        other = 0.0 if alone else self.demand(co_runner, co_sms)[1]
-        hbm = self.hbm_bandwidth
-
-        def busy(af: float, ab: float, share: float) -> float:
-            c_op, m_op = gf / g_rate, gb / (g_bw * share)
-            t = c_op if c_op > m_op else m_op
-            c_op, m_op = af / a_rate, ab / (a_bw * share)
-            t = t + (c_op if c_op > m_op else m_op)
-            c_op, m_op = of / o_rate, ob / (o_bw * share)
-            return t + (c_op if c_op > m_op else m_op)
-
-        def step(j: int) -> float:
-            ctx = float(ctx_sum + n_decode * j)
-            af, ab = flops_per_pair * ctx, q_bytes + kv_per_ctx * ctx
-            t = busy(af, ab, 1.0)
-            if alone:
-                return t + overhead
-            share = hbm / ((gb + ab + ob) / t + other)
-            return busy(af, ab, share if share < 1.0 else 1.0) + overhead
-
-        return step
+        return roofline_steps(self, n_decode, ctx_sum, sms, co_runner, co_sms)
 
     def predict_decode_run(
         self,
