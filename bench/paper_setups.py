@@ -70,10 +70,10 @@ class VariantContention:
     def share(self, shape, sms, co_runner, co_sms) -> float:
         return super().share(shape, sms, co_runner, co_sms) if self.variant.contention else 1.0
 
-    def predict_decode_run(self, n_decode, ctx_sum, steps, sms, co_runner=None, co_sms=0):
+    def predict_decode_run(self, n_decode, ctx_sum, steps, sms, co_runner=None, co_sms=0, first=0):
         if not self.variant.contention:
             co_runner = None
-        return super().predict_decode_run(n_decode, ctx_sum, steps, sms, co_runner, co_sms)
+        return super().predict_decode_run(n_decode, ctx_sum, steps, sms, co_runner, co_sms, first)
 
 
 class PaperModel(VariantContention, DatasheetModel):

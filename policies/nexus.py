@@ -43,6 +43,7 @@ Deviations, each for a reason:
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -229,7 +230,7 @@ class NexusPolicy(SchedulingPolicy):
         # prioritised, more when decode is.
         up = 1 if decode_priority else -1
         start = current.decode_sms if current.is_split else self._middle(options, gpu)
-        i = min(range(len(options)), key=lambda j: (abs(options[j] - start), options[j]))
+        i = _nearest(options, start)
         step = max(1.0, self.params.step_fraction * gpu.num_sms)
         here = evaluate(options[i])
         while not here.holds:
@@ -301,8 +302,9 @@ class RooflineCache:
     """The prefill batch's costs, which a planner asks for again and again (one latency model).
 
     The running prefill batch is weighed at every re-plan while it runs, so its rooflines on
-    each SM count and its all-SM latency are worth keeping; decode shapes change with every
-    step and are not kept. Bounded, as queued prompts change too.
+    each SM count and its all-SM latency are worth keeping; a decode batch's all-SM costs
+    are kept apart, as they recur only while one decode batch runs. Bounded, as queued
+    prompts change too.
     """
 
     def __init__(self, limit: int = 256) -> None:
@@ -310,12 +312,14 @@ class RooflineCache:
         self.model: LatencyModel | None = None
         self._roofs: dict[tuple[BatchShape, int], tuple[dict[str, tuple[float, float]], float]] = {}
         self._alone: dict[BatchShape, tuple[float, float, dict[str, float], float]] = {}
+        self._decode_alone: dict[BatchShape, tuple[float, float, dict[str, float], float]] = {}
 
     def bind(self, model: LatencyModel) -> RooflineCache:
         if model is not self.model:
             self.model = model
             self._roofs.clear()
             self._alone.clear()
+            self._decode_alone.clear()
         return self
 
     def roofline(self, shape: BatchShape, sms: int) -> tuple[dict[str, tuple[float, float]], float]:
@@ -329,13 +333,19 @@ class RooflineCache:
             hit = self._roofs[key] = (roof, _busy(roof))
         return hit
 
-    def alone(self, shape: BatchShape) -> tuple[float, float, dict[str, float], float]:
-        """(latency on all SMs, fixed overhead, HBM bytes per operator class, P_attn)."""
-        hit = self._alone.get(shape)
+    def alone(
+        self, shape: BatchShape, decode: bool = False
+    ) -> tuple[float, float, dict[str, float], float]:
+        """(latency on all SMs, fixed overhead, HBM bytes per operator class, P_attn).
+
+        Decode shapes are kept apart: a steady decode batch is weighed again at each re-plan
+        while it runs, but decode shapes churn far faster than prefill ones."""
+        cache = self._decode_alone if decode else self._alone
+        hit = cache.get(shape)
         if hit is None:
-            if len(self._alone) >= self.limit:
-                self._alone.clear()
-            hit = self._alone[shape] = self.measure(self.model, shape)
+            if len(cache) >= self.limit:
+                cache.clear()
+            hit = cache[shape] = self.measure(self.model, shape)
         return hit
 
     @staticmethod
@@ -370,7 +380,7 @@ class NexusCostModel:
         n = model.gpu.num_sms
         # Only the prefill side recurs (the running batch, re-planned against until it ends).
         self.prefill_all, self.prefill_overhead, p_bytes, self.p_attn = cache.alone(prefill)
-        d_total, self.decode_overhead, d_bytes, _ = RooflineCache.measure(model, decode)
+        d_total, self.decode_overhead, d_bytes, _ = cache.alone(decode, decode=True)
         m_d = d_bytes["attn_decode"]
         m_p1 = p_bytes["attn_prefill"]
         m_p2 = sum(p_bytes.values()) - m_p1
@@ -398,6 +408,16 @@ class NexusCostModel:
             return 0.0, self.model.predict(self.decode, decode_sms)
         _, p_busy = self.cache.roofline(self.prefill, prefill_sms)
         return p_busy + self.prefill_overhead, self.decode_time(decode_sms)
+
+
+def _nearest(options: list[int], value: float) -> int:
+    """Index of the ascending ``options`` nearest ``value``, the smaller on a tie."""
+    k = bisect.bisect_left(options, value)
+    if k == 0:
+        return 0
+    if k == len(options) or value - options[k - 1] <= options[k] - value:
+        return k - 1
+    return k
 
 
 def _fraction(mine: float, other: float) -> float:

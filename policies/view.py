@@ -44,6 +44,7 @@ class LatencyModel(Protocol):
         sms: int,
         co_runner: BatchShape | None = None,
         co_sms: int = 0,
+        first: int = 0,
     ) -> np.ndarray: ...
 
 

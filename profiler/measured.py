@@ -20,6 +20,7 @@ co-runners share HBM proportionally to their demand. A ``twin profile`` fit repl
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from policies.batch import BatchShape
 from profiler.config import ModelConfig
+from profiler.decode_steps import measured_steps
 from profiler.gpus import GpuEntry
 from profiler.model import LatencyModel
 from profiler.ops import OP_CLASSES
@@ -236,8 +238,9 @@ class MeasuredModel(LatencyModel):
         sms: int,
         co_runner: BatchShape | None = None,
         co_sms: int = 0,
+        first: int = 0,
     ) -> np.ndarray:
-        ctx = ctx_sum + n_decode * np.arange(steps, dtype=np.float64)
+        ctx = ctx_sum + n_decode * np.arange(first, first + steps, dtype=np.float64)
         L = self.config.num_layers
         if isinstance(self._gen, _AttentionFloor):
             t_attn = np.array([L * self._gen(n_decode, c / n_decode + 1.0) for c in ctx])
@@ -271,6 +274,20 @@ class MeasuredModel(LatencyModel):
         _, other = self.demand(co_runner, co_sms)
         own = (fixed_bytes + ab) / alone
         return busy(np.minimum(1.0, self.hbm_bandwidth / (own + other))) + overhead
+
+    def decode_step_s(
+        self,
+        n_decode: int,
+        ctx_sum: int,
+        sms: int,
+        co_runner: BatchShape | None = None,
+        co_sms: int = 0,
+    ) -> Callable[[int], float] | None:
+        """Step j's seconds of the decode run ``predict_decode_run`` predicts, one step at a
+        time in plain floats: the same operations in the same order, so bit for bit."""
+        if type(self).predict_decode_run is not MeasuredModel.predict_decode_run:
+            return None  # a subclass that reshapes the run would have to reshape this too
+        return measured_steps(self, n_decode, ctx_sum, sms, co_runner, co_sms)
 
     def _fixed_decode_parts(self, n_decode: int) -> tuple:
         """The GEMM and elementwise parts of a decode step, which its context does not change."""

@@ -10,6 +10,7 @@ derives them from published peaks, a measured profile fits them from a GPU sweep
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from policies.batch import BatchShape
 from policies.partition import GpuSpec
 from profiler.config import ModelConfig
+from profiler.decode_steps import roofline_steps
 from profiler.mixed import MixedBatchCost
 from profiler.ops import OP_CLASSES, CostModel
 
@@ -161,6 +163,21 @@ class LatencyModel(ABC):
         """How many times slower ``shape`` runs beside ``co_runner`` than alone."""
         return self.predict(shape, sms, co_runner, co_sms) / self.predict(shape, sms)
 
+    def decode_step_s(
+        self,
+        n_decode: int,
+        ctx_sum: int,
+        sms: int,
+        co_runner: BatchShape | None = None,
+        co_sms: int = 0,
+    ) -> Callable[[int], float] | None:
+        """Step j's seconds of the run ``predict_decode_run`` predicts, in plain floats and
+        bit for bit (the same operations in the same order), for callers that want a few
+        steps at a time; None where a model has only the vectorised form."""
+        if type(self).predict_decode_run is not LatencyModel.predict_decode_run:
+            return None  # a subclass that reshapes the run would have to reshape this too
+        return roofline_steps(self, n_decode, ctx_sum, sms, co_runner, co_sms)
+
     def predict_decode_run(
         self,
         n_decode: int,
@@ -169,13 +186,17 @@ class LatencyModel(ABC):
         sms: int,
         co_runner: BatchShape | None = None,
         co_sms: int = 0,
+        first: int = 0,
     ) -> np.ndarray:
         """Durations of ``steps`` consecutive decode iterations of the same requests.
 
-        Step j attends to ``ctx_sum + j * n_decode`` tokens in all. Vectorised, so the
-        simulator can advance many identical iterations in one event.
+        Step j of the run attends to ``ctx_sum + j * n_decode`` tokens in all; the durations
+        returned are those of steps ``first`` to ``first + steps - 1``, equal to the same
+        slice of the whole run's (its per-iteration overhead is the run's first step's), so
+        a caller can predict a run in pieces. Vectorised, so the simulator can advance many
+        identical iterations in one event.
         """
-        ctx = ctx_sum + n_decode * np.arange(steps, dtype=np.float64)
+        ctx = ctx_sum + n_decode * np.arange(first, first + steps, dtype=np.float64)
         c = self.costs
         gf, gb = c.gemm(n_decode, n_decode)
         af, ab = c.attn_decode(n_decode, ctx)

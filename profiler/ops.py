@@ -79,10 +79,15 @@ class CostModel:
 
     def gemm(self, tokens, rows):
         flops = self.gemm_flops_per_token * tokens + self.head_flops_per_row * rows
+        if isinstance(rows, int | float):
+            # One batch: plain floats, the same sums in the same order as the array form.
+            head = float(self.head_weight_bytes) if rows > 0 else 0.0
+        else:
+            head = np.where(np.asarray(rows) > 0, self.head_weight_bytes, 0.0)
         nbytes = (
             self.gemm_weight_bytes
             + self.gemm_act_bytes_per_token * tokens
-            + np.where(np.asarray(rows) > 0, self.head_weight_bytes, 0.0)
+            + head
             + self.head_act_bytes_per_row * rows
         )
         return flops, nbytes

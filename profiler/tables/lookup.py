@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +99,7 @@ class WorkGrid:
     ) -> None:
         self.growth = growth
         self.tail = (tail if tail is not None else growth) / growth
+        self._scalar_rows: dict[float, Callable[[float], float]] = {}  # by batch
         self.batches = [float(b) for b in batches]
         self.rows: list[tuple[list[float], list[float]]] = []
         for row in values:
@@ -152,6 +154,56 @@ class WorkGrid:
         i = bisect.bisect_right(b, batch)
         t = (batch - b[i - 1]) / (b[i] - b[i - 1])
         return (1 - t) * row(i - 1) + t * row(i)
+
+    def row_scalar(self, batch: float) -> Callable[[float], float] | None:
+        """``row_array`` for one length at a time, in plain floats and bit for bit: the same
+        operations in the same order, ``np.interp``'s included. None where the growth or
+        tail exponent is not 1, whose powers numpy and Python may round differently."""
+        if self.growth != 1.0 or self.tail != 1.0:
+            return None
+        cache = self._scalar_rows
+        hit = cache.get(batch)
+        if hit is None:
+            if len(cache) >= 1024:
+                cache.clear()
+            hit = cache[batch] = self._row_scalar(batch)
+        return hit
+
+    def _row_scalar(self, batch: float) -> Callable[[float], float]:
+        def row(i: int) -> Callable[[float], float]:
+            xs, ys = self.rows[i]
+            last = len(xs) - 1
+
+            def at(x: float) -> float:
+                # np.interp: the left value below the grid, exact on a grid point, else the
+                # slope of the segment times the distance from its left end, plus its value.
+                if x < xs[0]:
+                    return ys[0]
+                if x > xs[last]:
+                    return ys[last] * (x / xs[last])
+                j = bisect.bisect_right(xs, x) - 1
+                if j == last or xs[j] == x:
+                    return ys[j]
+                return (ys[j + 1] - ys[j]) / (xs[j + 1] - xs[j]) * (x - xs[j]) + ys[j]
+
+            return at
+
+        b = self.batches
+        if batch >= b[-1]:
+            top, scale = row(len(b) - 1), batch / b[-1]
+            return lambda length: top(length if length > 1.0 else 1.0) * scale
+        if batch <= b[0]:
+            low = row(0)
+            return lambda length: low(length if length > 1.0 else 1.0)
+        i = bisect.bisect_right(b, batch)
+        t = (batch - b[i - 1]) / (b[i] - b[i - 1])
+        below, above, u = row(i - 1), row(i), 1 - t
+
+        def mixed(length: float) -> float:
+            x = length if length > 1.0 else 1.0
+            return u * below(x) + t * above(x)
+
+        return mixed
 
 
 class OperatorTables:

@@ -13,15 +13,22 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from policies import Batch, KVCache, Lane, Request
+from policies import Batch, BatchShape, KVCache, Lane, Request
 from twin.core import Run
 
 if TYPE_CHECKING:
     from twin.sim.simulator import Simulator
 
 
+# A horizon cuts most runs within a few iterations, long before their limit: the first
+# ``SCALAR_STEPS`` are predicted one by one in plain floats where the model can, the rest in
+# numpy pieces, the first ``FIRST_PIECE`` long and each further one twice as long.
+SCALAR_STEPS = 32
+FIRST_PIECE = 16
+
+
 def steady_steps(
-    sim: Simulator, batch: Batch, lane: Lane, sms: int, co: Run | None
+    sim: Simulator, batch: Batch, lane: Lane, sms: int, co: Run | None, shape: BatchShape
 ) -> tuple[int, np.ndarray | None]:
     """How many identical decode iterations can pass before anything could change.
 
@@ -33,7 +40,7 @@ def steady_steps(
     limit = min(
         batch.steady_steps,
         sim.config.max_steps_per_event,
-        min(r.output_tokens - r.generated for r in reqs),
+        min([r.output_tokens - r.generated for r in reqs]),
     )
     if limit <= 1:
         return 1, None
@@ -43,24 +50,59 @@ def steady_steps(
     horizon = sim._horizon(lane, co, batch)
     if math.isinf(horizon):
         return limit, None
-    shape = batch.shape()
     co_shape, co_sms = (co.shape, co.sms) if co else (None, 0)
-    durations = sim.model.predict_decode_run(
-        shape.n_decode, shape.decode_ctx_sum, limit, sms, co_shape, co_sms
-    )
+    budget = horizon - sim.env.now
+    n, ctx = shape.n_decode, shape.decode_ctx_sum
     # The iteration running when the horizon arrives still completes; the next one is
-    # decided with the new state.
-    ends = np.cumsum(durations)
-    steps = max(1, min(limit, int(np.searchsorted(ends, horizon - sim.env.now)) + 1))
-    return steps, durations
+    # decided with the new state. Predicted only up to that iteration, a step at a time in
+    # plain floats where the model can, else in pieces; either way the ends accumulate in
+    # the order one cumulative sum over the whole run would.
+    pieces: list[np.ndarray] = []
+    done, end = 0, 0.0
+    step_s = sim.model.decode_step_s(n, ctx, sms, co_shape, co_sms)
+    if step_s is not None:
+        first: list[float] = []
+        for j in range(min(limit, SCALAR_STEPS)):
+            d = step_s(j)
+            first.append(d)
+            end += d
+            if end >= budget:
+                return len(first), np.array(first)
+        pieces.append(np.array(first))
+        done = len(first)
+        if done == limit:
+            return limit, pieces[0]
+    predict = sim.model.predict_decode_run
+    size = FIRST_PIECE
+    while True:
+        k = min(size, limit - done)
+        durations = predict(n, ctx, k, sms, co_shape, co_sms, first=done)
+        pieces.append(durations)
+        if done:
+            durations = durations.copy()
+            durations[0] += end
+        ends = np.cumsum(durations)
+        i = int(np.searchsorted(ends, budget))
+        if i < k or done + k == limit:
+            steps = min(limit, done + i + 1)
+            break
+        done += k
+        end = float(ends[-1])
+        size *= 2
+    return steps, pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
 
 def kv_steps(kv: KVCache, reqs: list[Request], limit: int) -> int:
     """The most steps (up to ``limit``) every request in ``reqs`` can grow by in ``kv``."""
     # Plain integers: a batch holds tens of requests, too few for numpy to pay for itself.
     bs = kv.block_size
-    slack = [kv.held(r.id) * bs - r.kv_tokens for r in reqs]
     free = kv.free_blocks
+    # Every running request already holds the blocks of its ``kv_tokens``, so none needs
+    # more than ``ceil(limit / bs)`` new blocks: when all of those fit, nothing else counts.
+    if len(reqs) * -(-limit // bs) <= free:
+        return limit
+    held = kv.held
+    slack = [held(r.id) * bs - r.kv_tokens for r in reqs]
 
     def blocks(m: int) -> int:
         return sum(-(-(m - s) // bs) for s in slack if m > s)

@@ -180,7 +180,7 @@ class Simulator(SchedulingCore):
     ) -> SimRun:
         co_shape, co_sms = (co.shape, co.sms) if co else (None, 0)
         steps, durations = (
-            steady_steps(self, batch, lane, sms, co) if batch.steady_steps > 1 else (1, None)
+            steady_steps(self, batch, lane, sms, co, shape) if batch.steady_steps > 1 else (1, None)
         )
         if durations is not None:
             durations = durations[:steps]
