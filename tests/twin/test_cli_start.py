@@ -57,6 +57,20 @@ def test_error_hints_keep_their_brackets(capsys):
     assert "pip install 'twin[ray]'" in capsys.readouterr().err
 
 
+def test_running_out_of_memory_is_one_line_naming_the_ways_out(capsys):
+    @friendly_errors
+    def fails() -> None:
+        raise MemoryError("Unable to allocate 1.86 GiB for an array")
+
+    try:
+        fails()
+    except typer.Exit as exc:
+        assert exc.exit_code == 1
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "--no-token-times" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_every_policy_parameter_has_a_unit_and_a_meaning():
     for name in policies.names():
         fields = dataclasses.fields(policies.params_class(name))

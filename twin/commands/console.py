@@ -39,6 +39,14 @@ def friendly_errors(fn: Callable) -> Callable:
                 f"[bold red]error:[/] {describe_os_error(exc)}", highlight=False, soft_wrap=True
             )
             raise typer.Exit(2) from None
+        except MemoryError:
+            err_console.print(
+                "[bold red]error:[/] out of memory; simulate fewer requests, pass "
+                "--no-token-times, or run on a machine with more memory",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
             sys.exit(130)
