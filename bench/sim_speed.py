@@ -71,9 +71,20 @@ def one_run(trace: str, scale: float, policy: str, fast_forward: bool) -> dict:
     sim = Simulator(
         workload, policies.get(policy), model, Slo(), EngineConfig(fast_forward=fast_forward)
     )
+    try:  # the outputs as ``twin simulate`` builds them, in trees with a token log
+        from twin.outputs.metrics import keep_token_times, request_tokens
+
+        kept = keep_token_times(None, len(workload))
+        sim.keep_token_times = kept
+    except ImportError:
+        request_tokens = None
     result = sim.run()
     simulated = time.perf_counter() - start
-    summarize(records_frame(result.requests), Slo())
+    if request_tokens is None:
+        summarize(records_frame(result.requests), Slo())
+    else:
+        tokens = request_tokens(result.requests, sim.tokens)
+        summarize(records_frame(result.requests, tokens, token_times=kept), Slo(), tokens)
     total = time.perf_counter() - start
     return {
         "wall_s": total,

@@ -275,7 +275,7 @@ def twin_child(args: argparse.Namespace) -> None:
     import traces
     from policies import Slo
     from profiler import DatasheetModel, load_model_config
-    from twin.outputs.metrics import records_frame, summarize
+    from twin.outputs.metrics import keep_token_times, records_frame, request_tokens, summarize
     from twin.sim import EngineConfig, Simulator
 
     t_import = time.perf_counter()
@@ -293,10 +293,14 @@ def twin_child(args: argparse.Namespace) -> None:
     t_setup = time.perf_counter()
     c_setup = time.process_time()
     sim = Simulator(wl, policy, model, Slo(), EngineConfig(num_kv_blocks=args.kv_blocks))
+    # What ``twin simulate`` keeps by default (token times for runs up to 100k requests).
+    kept = keep_token_times(None, len(wl))
+    sim.keep_token_times = kept
     result = sim.run()
     t_run = time.perf_counter()
-    records = records_frame(result.requests)
-    summary = summarize(records, Slo())
+    tokens = request_tokens(result.requests, sim.tokens)
+    records = records_frame(result.requests, tokens, token_times=kept)
+    summary = summarize(records, Slo(), tokens)
     t_end = time.perf_counter()
     c_end = time.process_time()
     out = {
