@@ -48,7 +48,47 @@ class SchedulingPolicy:
         preempted: list[Request],
         scheduled: set[int],
     ) -> list[Request]:
-        """One decode step for each request in order, preempting when KV runs out."""
+        """One decode step for each request in order, preempting when KV runs out.
+
+        Each request's need is counted once up front: only its own turn changes it (a grant,
+        or its preemption, after which it is skipped). A request needing no block is granted
+        without asking the budget, and when the blocks of the whole set fit the free pool no
+        request can be preempted, so all are granted at once. Otherwise the walk below goes
+        request by request, preempting in the policy's order: the same decisions as
+        ``plan_decodes_reference``, which walks every request through ``_fit_or_preempt``.
+        """
+        needs = kv.decode_needs(requests)
+        if not scheduled and not preempted:
+            total = sum(n for n in needs if n > 0)
+            if total <= kv.free:
+                scheduled.update(r.id for r in requests)
+                if len(scheduled) == len(requests):  # no request twice: every one is granted
+                    for req, n in zip(requests, needs, strict=True):
+                        if n > 0:
+                            kv.try_grow(req.id, req.kv_tokens + 1)
+                    return list(requests)
+                scheduled.clear()
+        chosen: list[Request] = []
+        for req, n in zip(requests, needs, strict=True):
+            if req.id in scheduled or (preempted and req in preempted):
+                continue
+            if n <= 0 or self._fit_or_preempt(
+                view, req, req.kv_tokens + 1, kv, preempted, scheduled
+            ):
+                chosen.append(req)
+                scheduled.add(req.id)
+        return chosen
+
+    def plan_decodes_reference(
+        self,
+        view: EngineView,
+        requests: Sequence[Request],
+        kv: KVBudget,
+        preempted: list[Request],
+        scheduled: set[int],
+    ) -> list[Request]:
+        """``plan_decodes`` the plain way, every request through ``_fit_or_preempt``: the
+        definition the fast paths are tested against."""
         chosen: list[Request] = []
         for req in requests:
             if req.id in scheduled or req in preempted:

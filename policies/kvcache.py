@@ -81,6 +81,20 @@ class KVCache:
         self._tables.setdefault(request_id, []).extend(reversed(new))
         return new
 
+    def grow_decodes(self, requests: Sequence[Request], steps: int) -> None:
+        """``grow`` each request to hold ``steps`` more tokens than it has, in order.
+
+        One pass that allocates only for the requests whose new tokens cross into a block they
+        do not hold yet (one in ``block_size`` per decode step), in the order ``grow`` would.
+        """
+        bs = self.block_size
+        get = self._tables.get
+        grow = self.grow
+        for r in requests:
+            total = r.kv_tokens + steps
+            if -(-total // bs) > len(get(r.id, ())):
+                grow(r.id, total)
+
     def free(self, request_id: int) -> int:
         """Return the request's blocks to the pool; returns how many were freed."""
         table = self._tables.pop(request_id, None)
@@ -165,6 +179,21 @@ class KVBudget:
             self.free -= need
             self._extra[request_id] = extra + need
         return True
+
+    def decode_needs(self, requests: Sequence[Request]) -> list[int]:
+        """Blocks each request still needs for its next token, as ``try_grow`` counts them.
+
+        Zero or negative for a request that already holds (or has planned) the block.
+        """
+        cache = self.cache
+        bs = cache.block_size
+        get = cache._tables.get
+        extra = self._extra
+        if not extra:
+            return [(r.kv_tokens + bs) // bs - len(get(r.id, ())) for r in requests]
+        return [
+            (r.kv_tokens + bs) // bs - len(get(r.id, ())) - extra.get(r.id, 0) for r in requests
+        ]
 
     def release(self, request_id: int) -> None:
         """Count the request's blocks (held and planned) as free again, as a preemption will.

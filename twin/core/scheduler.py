@@ -239,8 +239,8 @@ class SchedulingCore:
         sms = self.partition.sms_beside(lane, co.sms if co else 0, self.gpu.num_sms)
         run = self._plan(lane, batch, shape, sms, co, now)
         steps = run.steps
+        kv.grow_decodes(batch.decode, steps)
         for req in batch.decode:
-            kv.grow(req.id, req.kv_tokens + steps)
             req.in_flight = True
         self.in_flight[lane] = run
         if self.record_decisions:
