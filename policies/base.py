@@ -8,12 +8,15 @@ and ``partition`` (the SM split). A policy is pure: it reads the view and return
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from operator import attrgetter
 
 from policies.batch import UNTIL_CHANGE, Batch, PrefillChunk
 from policies.kvcache import KVBudget
 from policies.partition import Lane, Partition
 from policies.request import Request
 from policies.view import EngineView
+
+_request_id = attrgetter("id")
 
 
 class SchedulingPolicy:
@@ -58,21 +61,18 @@ class SchedulingPolicy:
         ``plan_decodes_reference``, which walks every request through ``_fit_or_preempt``.
         """
         needs = kv.decode_needs(requests)
-        if not scheduled and not preempted:
-            total = sum(n for n in needs if n > 0)
-            if total <= kv.free:
-                scheduled.update(r.id for r in requests)
-                if len(scheduled) == len(requests):  # no request twice: every one is granted
-                    for req, n in zip(requests, needs, strict=True):
-                        if n > 0:
-                            kv.try_grow(req.id, req.kv_tokens + 1)
-                    return list(requests)
-                scheduled.clear()
+        if not scheduled and not preempted and sum(needs.values()) <= kv.free:
+            scheduled.update(map(_request_id, requests))
+            if len(scheduled) == len(requests):  # no request twice: every one is granted
+                kv.grant(needs)
+                return list(requests)
+            scheduled.clear()
         chosen: list[Request] = []
-        for req, n in zip(requests, needs, strict=True):
+        need_of = needs.get
+        for req in requests:
             if req.id in scheduled or (preempted and req in preempted):
                 continue
-            if n <= 0 or self._fit_or_preempt(
+            if not need_of(req.id) or self._fit_or_preempt(
                 view, req, req.kv_tokens + 1, kv, preempted, scheduled
             ):
                 chosen.append(req)

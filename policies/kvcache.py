@@ -81,19 +81,42 @@ class KVCache:
         self._tables.setdefault(request_id, []).extend(reversed(new))
         return new
 
+    def _take(self, n: int) -> list[int]:
+        """Allocate ``n`` blocks (known to be free), in the order ``grow`` hands them out."""
+        new = self._free[-n:]
+        del self._free[-n:]
+        new.reverse()
+        return new
+
     def grow_decodes(self, requests: Sequence[Request], steps: int) -> None:
         """``grow`` each request to hold ``steps`` more tokens than it has, in order.
 
-        One pass that allocates only for the requests whose new tokens cross into a block they
-        do not hold yet (one in ``block_size`` per decode step), in the order ``grow`` would.
+        Only the requests whose new tokens cross into a block they do not hold yet allocate
+        (one in ``block_size`` per decode step), all in one allocation split among them in
+        order: the same blocks, tables and evictions as growing them one by one.
         """
         bs = self.block_size
         get = self._tables.get
-        grow = self.grow
+        plan: list[tuple[int, int]] = []
+        total = 0
         for r in requests:
-            total = r.kv_tokens + steps
-            if -(-total // bs) > len(get(r.id, ())):
-                grow(r.id, total)
+            n = -(-(r.kv_tokens + steps) // bs) - len(get(r.id, ()))
+            if n > 0:
+                plan.append((r.id, n))
+                total += n
+        if not plan:
+            return
+        if total > self.free_blocks:
+            raise KVExhausted(
+                f"{len(plan)} decode requests need {total} blocks, {self.free_blocks} free: "
+                "the policy must check the KV budget (or preempt) before committing"
+            )
+        blocks = self._take(total)
+        tables = self._tables
+        i = 0
+        for rid, n in plan:
+            tables.setdefault(rid, []).extend(blocks[i : i + n])
+            i += n
 
     def free(self, request_id: int) -> int:
         """Return the request's blocks to the pool; returns how many were freed."""
@@ -180,20 +203,34 @@ class KVBudget:
             self._extra[request_id] = extra + need
         return True
 
-    def decode_needs(self, requests: Sequence[Request]) -> list[int]:
-        """Blocks each request still needs for its next token, as ``try_grow`` counts them.
-
-        Zero or negative for a request that already holds (or has planned) the block.
-        """
+    def decode_needs(self, requests: Sequence[Request]) -> dict[int, int]:
+        """The blocks ``try_grow`` would take for each request's next token: request id ->
+        blocks, for the requests that need any (one crossing into a new block, mostly)."""
         cache = self.cache
         bs = cache.block_size
         get = cache._tables.get
         extra = self._extra
         if not extra:
-            return [(r.kv_tokens + bs) // bs - len(get(r.id, ())) for r in requests]
-        return [
-            (r.kv_tokens + bs) // bs - len(get(r.id, ())) - extra.get(r.id, 0) for r in requests
-        ]
+            return {
+                r.id: n
+                for r in requests
+                if (n := (r.kv_tokens + bs) // bs - len(get(r.id, ()))) > 0
+            }
+        return {
+            r.id: n
+            for r in requests
+            if (n := (r.kv_tokens + bs) // bs - len(get(r.id, ())) - extra.get(r.id, 0)) > 0
+        }
+
+    def grant(self, needs: dict[int, int]) -> None:
+        """Take the blocks of ``decode_needs``, known to fit: ``try_grow`` for each of them."""
+        total = sum(needs.values())
+        if total > self.free:
+            raise KVExhausted(f"{total} blocks granted with {self.free} free in the plan")
+        extra = self._extra
+        for rid, n in needs.items():
+            extra[rid] = extra.get(rid, 0) + n
+        self.free -= total
 
     def release(self, request_id: int) -> None:
         """Count the request's blocks (held and planned) as free again, as a preemption will.
