@@ -8,15 +8,12 @@ and ``partition`` (the SM split). A policy is pure: it reads the view and return
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from operator import attrgetter
 
 from policies.batch import UNTIL_CHANGE, Batch, PrefillChunk
 from policies.kvcache import KVBudget
 from policies.partition import Lane, Partition
 from policies.request import Request
 from policies.view import EngineView
-
-_request_id = attrgetter("id")
 
 
 class SchedulingPolicy:
@@ -62,7 +59,7 @@ class SchedulingPolicy:
         """
         needs = kv.decode_needs(requests)
         if not scheduled and not preempted and sum(needs.values()) <= kv.free:
-            scheduled.update(map(_request_id, requests))
+            scheduled.update({r.id for r in requests})
             if len(scheduled) == len(requests):  # no request twice: every one is granted
                 kv.grant(needs)
                 return list(requests)

@@ -97,15 +97,15 @@ class KVCache:
         """
         bs = self.block_size
         get = self._tables.get
-        plan: list[tuple[int, int]] = []
-        total = 0
-        for r in requests:
-            n = -(-(r.kv_tokens + steps) // bs) - len(get(r.id, ()))
-            if n > 0:
-                plan.append((r.id, n))
-                total += n
+        reach = steps + bs - 1  # blocks for k tokens: (k + bs - 1) // bs
+        plan = [
+            (r.id, n)
+            for r in requests
+            if (n := (r.kv_tokens + reach) // bs - len(get(r.id, ()))) > 0
+        ]
         if not plan:
             return
+        total = sum(n for _, n in plan)
         if total > self.free_blocks:
             raise KVExhausted(
                 f"{len(plan)} decode requests need {total} blocks, {self.free_blocks} free: "
@@ -208,19 +208,19 @@ class KVBudget:
         blocks, for the requests that need any (one crossing into a new block, mostly)."""
         cache = self.cache
         bs = cache.block_size
-        get = cache._tables.get
-        extra = self._extra
-        if not extra:
-            return {
-                r.id: n
-                for r in requests
-                if (n := (r.kv_tokens + bs) // bs - len(get(r.id, ()))) > 0
-            }
-        return {
-            r.id: n
-            for r in requests
-            if (n := (r.kv_tokens + bs) // bs - len(get(r.id, ())) - extra.get(r.id, 0)) > 0
-        }
+        tables = cache._tables
+        if not self._extra:
+            # A request needs a block when its held ones are full: kv_tokens >= held * bs.
+            try:
+                return {
+                    r.id: (r.kv_tokens + bs) // bs - len(tables[r.id])
+                    for r in requests
+                    if r.kv_tokens >= len(tables[r.id]) * bs
+                }
+            except KeyError:  # a request holding no block yet
+                pass
+        held = self.held
+        return {r.id: n for r in requests if (n := (r.kv_tokens + bs) // bs - held(r.id)) > 0}
 
     def grant(self, needs: dict[int, int]) -> None:
         """Take the blocks of ``decode_needs``, known to fit: ``try_grow`` for each of them."""

@@ -252,9 +252,8 @@ class SglangPolicy(SchedulingPolicy):
     def _running_clipped(self, view: EngineView) -> list[int]:
         """``_clipped`` of every running request past its prefill, in running order."""
         clip = self.params.clip_max_new_tokens
-        out = []
-        for r in view.running:
-            if r.kv_tokens >= r.prefill_target:
-                left = r.output_tokens - r.generated
-                out.append(left if left < clip else clip)
-        return out
+        return [
+            left if (left := r.output_tokens - r.generated) < clip else clip
+            for r in view.running
+            if r.kv_tokens >= r.prefill_target
+        ]
