@@ -213,10 +213,12 @@ class SchedulingPolicy:
         """Mark a decode-only batch without preemption as repeatable until something changes.
 
         Only while the policy keeps the current partition: if it would re-split now (the other
-        lane just took new work, say), the next step must be decided afresh.
+        lane just took new work, say), the next step must be decided afresh. When the engine
+        has just asked ``partition`` about this same state (``view.partition_settled``), its
+        answer was the current partition, and a pure policy would give it again.
         """
         if not batch.prefill and not batch.preempt and batch.decode:
-            if self.partition(view) == view.partition:
+            if view.partition_settled or self.partition(view) == view.partition:
                 batch.steady_steps = self.steady_limit(view, batch)
                 batch.through_arrivals = self.split_ignores_arrivals and view.partition.is_split
         return batch
