@@ -212,9 +212,12 @@ class SchedulingCore:
             if lane in self.in_flight:
                 continue
             view = self.view(lane)
-            # Only the first lane asked sees the state the partition was chosen for.
-            view.partition_settled = settled and same_state(view, asked)
-            settled = False
+            # Only the first lane asked sees the state the partition was chosen for: nothing
+            # has changed since, so a core's own views differ at most in the clock's reading.
+            if settled:
+                plain = type(self).view is SchedulingCore.view
+                view.partition_settled = view.now == asked.now if plain else same_state(view, asked)
+                settled = False
             batch = self.policy.next_batch(view, lane)
             if batch is not None:
                 self._launch(lane, batch)
