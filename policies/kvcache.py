@@ -96,13 +96,19 @@ class KVCache:
         order: the same blocks, tables and evictions as growing them one by one.
         """
         bs = self.block_size
-        get = self._tables.get
+        tables = self._tables
         reach = steps + bs - 1  # blocks for k tokens: (k + bs - 1) // bs
-        plan = [
-            (r.id, n)
-            for r in requests
-            if (n := (r.kv_tokens + reach) // bs - len(get(r.id, ()))) > 0
-        ]
+        try:  # a request needs blocks when its new tokens overflow the ones it holds
+            plan = [
+                (r.id, (r.kv_tokens + reach) // bs - len(tables[r.id]))
+                for r in requests
+                if r.kv_tokens + steps > len(tables[r.id]) * bs
+            ]
+        except KeyError:  # a request holding no block yet
+            held = self.held
+            plan = [
+                (r.id, n) for r in requests if (n := (r.kv_tokens + reach) // bs - held(r.id)) > 0
+            ]
         if not plan:
             return
         total = sum(n for _, n in plan)
