@@ -48,7 +48,44 @@ class SchedulingPolicy:
         preempted: list[Request],
         scheduled: set[int],
     ) -> list[Request]:
-        """One decode step for each request in order, preempting when KV runs out."""
+        """One decode step for each request in order, preempting when KV runs out.
+
+        Each request's need is counted once up front: only its own turn changes it (a grant,
+        or its preemption, after which it is skipped). A request needing no block is granted
+        without asking the budget, and when the blocks of the whole set fit the free pool no
+        request can be preempted, so all are granted at once. Otherwise the walk below goes
+        request by request, preempting in the policy's order: the same decisions as
+        ``plan_decodes_reference``, which walks every request through ``_fit_or_preempt``.
+        """
+        needs = kv.decode_needs(requests)
+        if not scheduled and not preempted and sum(needs.values()) <= kv.free:
+            scheduled.update({r.id for r in requests})
+            if len(scheduled) == len(requests):  # no request twice: every one is granted
+                kv.grant(needs)
+                return list(requests)
+            scheduled.clear()
+        chosen: list[Request] = []
+        need_of = needs.get
+        for req in requests:
+            if req.id in scheduled or (preempted and req in preempted):
+                continue
+            if not need_of(req.id) or self._fit_or_preempt(
+                view, req, req.kv_tokens + 1, kv, preempted, scheduled
+            ):
+                chosen.append(req)
+                scheduled.add(req.id)
+        return chosen
+
+    def plan_decodes_reference(
+        self,
+        view: EngineView,
+        requests: Sequence[Request],
+        kv: KVBudget,
+        preempted: list[Request],
+        scheduled: set[int],
+    ) -> list[Request]:
+        """``plan_decodes`` the plain way, every request through ``_fit_or_preempt``: the
+        definition the fast paths are tested against."""
         chosen: list[Request] = []
         for req in requests:
             if req.id in scheduled or req in preempted:
@@ -176,10 +213,12 @@ class SchedulingPolicy:
         """Mark a decode-only batch without preemption as repeatable until something changes.
 
         Only while the policy keeps the current partition: if it would re-split now (the other
-        lane just took new work, say), the next step must be decided afresh.
+        lane just took new work, say), the next step must be decided afresh. When the engine
+        has just asked ``partition`` about this same state (``view.partition_settled``), its
+        answer was the current partition, and a pure policy would give it again.
         """
         if not batch.prefill and not batch.preempt and batch.decode:
-            if self.partition(view) == view.partition:
+            if view.partition_settled or self.partition(view) == view.partition:
                 batch.steady_steps = self.steady_limit(view, batch)
                 batch.through_arrivals = self.split_ignores_arrivals and view.partition.is_split
         return batch

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from policies.request import Request
 
 # A decode-only batch the policy would repeat until something changes: the engine decides how
 # many iterations actually pass before an arrival, a finish or a KV shortage intervenes.
 UNTIL_CHANGE = 1 << 30
+
+_kv_tokens = attrgetter("kv_tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,15 +95,18 @@ class Batch:
         return self.prefill_tokens + len(self.decode)
 
     def shape(self) -> BatchShape:
-        decode_ctx = 0
-        for r in self.decode:
-            decode_ctx += r.kv_tokens + 1
+        decode = self.decode
+        if not self.prefill:  # most batches: a decode step of every running request
+            n = len(decode)
+            return BatchShape(
+                n_decode=n, decode_ctx_sum=sum(map(_kv_tokens, decode)) + n, sampled=n
+            )
         return BatchShape(
             prefill_q=tuple(c.length for c in self.prefill),
             prefill_ctx=tuple(c.start for c in self.prefill),
-            n_decode=len(self.decode),
-            decode_ctx_sum=decode_ctx,
-            sampled=len(self.decode) + sum(1 for c in self.prefill if c.completes),
+            n_decode=len(decode),
+            decode_ctx_sum=sum(map(_kv_tokens, decode)) + len(decode),
+            sampled=len(decode) + sum(1 for c in self.prefill if c.completes),
         )
 
     def describe(self) -> tuple:

@@ -30,6 +30,7 @@ of exactly ``k`` steps per prefill batch; the prediction skips the KV check.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 
 from policies.batch import Batch, BatchShape
 from policies.numbers import check_fields
@@ -104,12 +105,15 @@ class DuetServePolicy(VllmPolicy):
         Requests a lane is running count too: the decision is about the whole next step.
         """
         p = self.params
-        decoding = [r for r in view.running if not r.is_prefilling]
+        decoding: list = []
+        prefilling: list = []
+        for r in view.running:
+            (prefilling if r.kv_tokens < r.prefill_target else decoding).append(r)
         decode = decode_shape(decoding)
-        prefilling = [r for r in view.running if r.is_prefilling]
         budget = p.max_num_batched_tokens - decode.n_decode
         seqs = max(0, p.max_num_seqs - len(decoding))
-        prefill = prefill_shape([*prefilling, *view.waiting], budget, seqs)
+        # Chained, not copied: the queue can be long and the budget takes only its head.
+        prefill = prefill_shape(chain(prefilling, view.waiting), budget, seqs)
         return prefill, decode
 
     def best_split(

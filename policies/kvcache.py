@@ -81,6 +81,49 @@ class KVCache:
         self._tables.setdefault(request_id, []).extend(reversed(new))
         return new
 
+    def _take(self, n: int) -> list[int]:
+        """Allocate ``n`` blocks (known to be free), in the order ``grow`` hands them out."""
+        new = self._free[-n:]
+        del self._free[-n:]
+        new.reverse()
+        return new
+
+    def grow_decodes(self, requests: Sequence[Request], steps: int) -> None:
+        """``grow`` each request to hold ``steps`` more tokens than it has, in order.
+
+        Only the requests whose new tokens cross into a block they do not hold yet allocate
+        (one in ``block_size`` per decode step), all in one allocation split among them in
+        order: the same blocks, tables and evictions as growing them one by one.
+        """
+        bs = self.block_size
+        tables = self._tables
+        reach = steps + bs - 1  # blocks for k tokens: (k + bs - 1) // bs
+        try:  # a request needs blocks when its new tokens overflow the ones it holds
+            plan = [
+                (r.id, (r.kv_tokens + reach) // bs - len(tables[r.id]))
+                for r in requests
+                if r.kv_tokens + steps > len(tables[r.id]) * bs
+            ]
+        except KeyError:  # a request holding no block yet
+            held = self.held
+            plan = [
+                (r.id, n) for r in requests if (n := (r.kv_tokens + reach) // bs - held(r.id)) > 0
+            ]
+        if not plan:
+            return
+        total = sum(n for _, n in plan)
+        if total > self.free_blocks:
+            raise KVExhausted(
+                f"{len(plan)} decode requests need {total} blocks, {self.free_blocks} free: "
+                "the policy must check the KV budget (or preempt) before committing"
+            )
+        blocks = self._take(total)
+        tables = self._tables
+        i = 0
+        for rid, n in plan:
+            tables.setdefault(rid, []).extend(blocks[i : i + n])
+            i += n
+
     def free(self, request_id: int) -> int:
         """Return the request's blocks to the pool; returns how many were freed."""
         table = self._tables.pop(request_id, None)
@@ -165,6 +208,35 @@ class KVBudget:
             self.free -= need
             self._extra[request_id] = extra + need
         return True
+
+    def decode_needs(self, requests: Sequence[Request]) -> dict[int, int]:
+        """The blocks ``try_grow`` would take for each request's next token: request id ->
+        blocks, for the requests that need any (one crossing into a new block, mostly)."""
+        cache = self.cache
+        bs = cache.block_size
+        tables = cache._tables
+        if not self._extra:
+            # A request needs a block when its held ones are full: kv_tokens >= held * bs.
+            try:
+                return {
+                    r.id: (r.kv_tokens + bs) // bs - len(tables[r.id])
+                    for r in requests
+                    if r.kv_tokens >= len(tables[r.id]) * bs
+                }
+            except KeyError:  # a request holding no block yet
+                pass
+        held = self.held
+        return {r.id: n for r in requests if (n := (r.kv_tokens + bs) // bs - held(r.id)) > 0}
+
+    def grant(self, needs: dict[int, int]) -> None:
+        """Take the blocks of ``decode_needs``, known to fit: ``try_grow`` for each of them."""
+        total = sum(needs.values())
+        if total > self.free:
+            raise KVExhausted(f"{total} blocks granted with {self.free} free in the plan")
+        extra = self._extra
+        for rid, n in needs.items():
+            extra[rid] = extra.get(rid, 0) + n
+        self.free -= total
 
     def release(self, request_id: int) -> None:
         """Count the request's blocks (held and planned) as free again, as a preemption will.

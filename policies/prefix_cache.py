@@ -134,6 +134,12 @@ class PrefixKVCache(KVCache):
                 f"request {request_id} needs {need} blocks, {self._nfree} free: "
                 "the policy must check the KV budget (or preempt) before committing"
             )
+        new = self._take(need)
+        self._tables.setdefault(request_id, []).extend(new)
+        return new
+
+    def _take(self, need: int) -> list[int]:
+        """The ``need`` oldest free queue entries that are not stale, their content evicted."""
         fifo, head, stale = self._fifo, self._head, self._stale
         new = fifo[head : head + need]
         if stale and not stale.keys().isdisjoint(new):
@@ -158,7 +164,6 @@ class PrefixKVCache(KVCache):
         self._head = head
         if self._refs:
             self._evict(new)
-        self._tables.setdefault(request_id, []).extend(new)
         return new
 
     def _evict(self, blocks: list[int]) -> None:

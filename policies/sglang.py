@@ -31,9 +31,9 @@ chunk runs).
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
-
-import numpy as np
+from itertools import accumulate
 
 from policies.base import SchedulingPolicy
 from policies.batch import UNTIL_CHANGE, Batch, PrefillChunk
@@ -120,9 +120,8 @@ class SglangPolicy(SchedulingPolicy):
         p = self.params
         kv = view.kv.budget()
         ratio = self.new_token_ratio(view)
-        decoding = [r for r in view.running if not r.is_prefilling]
         # Tokens left once every running request's expected output is set aside.
-        room = kv.free * view.kv.block_size - ratio * sum(self._clipped(r) for r in decoding)
+        room = kv.free * view.kv.block_size - ratio * sum(self._running_clipped(view))
         budget = p.chunked_prefill_size
         chunks: list[PrefillChunk] = []
         for req in view.prefilling:  # the prompt being chunked; prefill never preempts
@@ -170,9 +169,11 @@ class SglangPolicy(SchedulingPolicy):
         if not decoding:
             return None
         kv = view.kv.budget()
-        retracted: list[Request] = []
-        if sum(kv.need(r.id, r.kv_tokens + 1) for r in decoding) > kv.free:
-            retracted = self._retract(view, decoding, kv)
+        needs = kv.decode_needs(decoding)
+        if sum(needs.values()) <= kv.free:  # no retraction: every request gets its block
+            kv.grant(needs)
+            return self.steady(Batch(decode=list(decoding)), view)
+        retracted = self._retract(view, decoding, kv)
         keep = [r for r in decoding if r not in retracted]
         for r in keep:
             if not kv.try_grow(r.id, r.kv_tokens + 1):  # cannot happen after the retraction
@@ -213,6 +214,11 @@ class SglangPolicy(SchedulingPolicy):
         done the room is at most ``free - ratio_k * sum(max(0, clipped_i - k))``, and until
         that bound exceeds the head's demand (its uncached prompt plus its own clipped
         output) the decision cannot change.
+
+        The room is non-decreasing in ``k`` even in floating point (every operation in it is
+        a correctly rounded monotone step on non-negative numbers), so the first step that
+        opens is found by bisection, with the same arithmetic per step as evaluating every step (the
+        tests compare the two).
         """
         if not view.waiting:
             return UNTIL_CHANGE
@@ -220,13 +226,34 @@ class SglangPolicy(SchedulingPolicy):
         head = view.waiting[0]
         # Its cached prefix can only shrink (evictions) while nothing new is prefilled.
         need = head.prefill_target - view.kv.budget().prefix_hit(head) + self._clipped(head)
-        clipped = np.fromiter(
-            (self._clipped(r) for r in view.running if not r.is_prefilling), np.int64
-        )
-        horizon = int(clipped.max(initial=0)) + p.new_token_ratio_decay_steps + 1
-        k = np.arange(1, horizon + 1)
-        ratio = np.maximum(self.new_token_ratio(view) - p.decay * k, p.min_new_token_ratio)
-        left = np.maximum(clipped[:, None] - k[None, :], 0).sum(axis=0) if clipped.size else 0
-        room = view.kv.free_blocks * view.kv.block_size - ratio * left
-        opens = np.flatnonzero(room > need)
-        return int(k[opens[0]]) if opens.size else horizon
+        clipped = sorted(self._running_clipped(view))
+        suffix = list(accumulate(reversed(clipped), initial=0))[::-1]  # sum of clipped[i:]
+        horizon = (clipped[-1] if clipped else 0) + p.new_token_ratio_decay_steps + 1
+        ratio0, decay, floor = self.new_token_ratio(view), p.decay, p.min_new_token_ratio
+        free_tokens = view.kv.free_blocks * view.kv.block_size
+
+        def opens(k: int) -> bool:
+            ratio = max(ratio0 - decay * k, floor)
+            i = bisect_right(clipped, k)  # the requests with more than k tokens left to clip
+            left = suffix[i] - k * (len(clipped) - i)
+            return free_tokens - ratio * left > need
+
+        if not opens(horizon):
+            return horizon
+        lo, hi = 0, horizon  # opens(hi); opens(lo) false or lo == 0 (k starts at 1)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if opens(mid):
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+    def _running_clipped(self, view: EngineView) -> list[int]:
+        """``_clipped`` of every running request past its prefill, in running order."""
+        clip = self.params.clip_max_new_tokens
+        return [
+            left if (left := r.output_tokens - r.generated) < clip else clip
+            for r in view.running
+            if r.kv_tokens >= r.prefill_target
+        ]

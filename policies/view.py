@@ -82,6 +82,9 @@ class EngineView:
     gpu: GpuSpec
     arrived: int = 0
     decode_steps: int = 0  # iterations run so far that decoded (SGLang's ratio decays on them)
+    # True when the engine just asked the policy's ``partition`` about this very state and it
+    # answered ``partition``: a policy need not ask again (see ``SchedulingPolicy.steady``).
+    partition_settled: bool = False
 
     @property
     def prefilling(self) -> list[Request]:

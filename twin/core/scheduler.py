@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -49,6 +49,18 @@ class EngineStats:
     iterations: int = 0  # batches executed (a steady run of k decode steps counts once)
     preemptions: int = 0
     partition_changes: int = 0
+
+
+def same_state(a: EngineView, b: EngineView) -> bool:
+    """Whether two views show the same engine state (lists and batches compared by item)."""
+    for name in _STATE_FIELDS:
+        x, y = getattr(a, name), getattr(b, name)
+        if x is not y and x != y:
+            return False
+    return True
+
+
+_STATE_FIELDS = tuple(f.name for f in fields(EngineView) if f.name != "partition_settled")
 
 
 class SchedulingCore:
@@ -191,7 +203,8 @@ class SchedulingCore:
     def _dispatch_once(self) -> None:
         if all(lane in self.in_flight for lane in self.partition.lanes):
             return
-        part = self.policy.partition(self.view())
+        asked = self.view()
+        part = self.policy.partition(asked)
         if part != self.partition:
             self._check_partition(part)
             if part.is_split != self.partition.is_split and self.in_flight:
@@ -199,10 +212,18 @@ class SchedulingCore:
             self.partition = part
             self.stats.partition_changes += 1
             self._sample()
+        settled = part == asked.partition  # the policy keeps the partition of this state
         for lane in self.partition.lanes:
             if lane in self.in_flight:
                 continue
-            batch = self.policy.next_batch(self.view(lane), lane)
+            view = self.view(lane)
+            # Only the first lane asked sees the state the partition was chosen for: nothing
+            # has changed since, so a core's own views differ at most in the clock's reading.
+            if settled:
+                plain = type(self).view is SchedulingCore.view
+                view.partition_settled = view.now == asked.now if plain else same_state(view, asked)
+                settled = False
+            batch = self.policy.next_batch(view, lane)
             if batch is not None:
                 self._launch(lane, batch)
 
@@ -244,8 +265,8 @@ class SchedulingCore:
         sms = self.partition.sms_beside(lane, co.sms if co else 0, self.gpu.num_sms)
         run = self._plan(lane, batch, shape, sms, co, now)
         steps = run.steps
+        kv.grow_decodes(batch.decode, steps)
         for req in batch.decode:
-            kv.grow(req.id, req.kv_tokens + steps)
             req.in_flight = True
         self.in_flight[lane] = run
         if self.record_decisions:
