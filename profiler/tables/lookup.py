@@ -197,13 +197,63 @@ class WorkGrid:
             return lambda length: low(length if length > 1.0 else 1.0)
         i = bisect.bisect_right(b, batch)
         t = (batch - b[i - 1]) / (b[i] - b[i - 1])
-        below, above, u = row(i - 1), row(i), 1 - t
+        return self._mixed_scalar(i - 1, i, 1 - t, t)
+
+    def _mixed_scalar(self, lo: int, hi: int, u: float, t: float) -> Callable[[float], float]:
+        """``u * row lo + t * row hi`` at one length: both rows inlined in one function, their
+        slopes computed once, one bisection where the rows share their lengths. A decode run
+        evaluates this once per step, hundreds of thousands of times in a simulation."""
+        xs0, ys0 = self.rows[lo]
+        xs1, ys1 = self.rows[hi]
+        k0, k1 = _slopes(xs0, ys0), _slopes(xs1, ys1)
+        first0, last0, n0 = xs0[0], xs0[-1], len(xs0) - 1
+        first1, last1, n1 = xs1[0], xs1[-1], len(xs1) - 1
+        y_first0, y_last0, y_first1, y_last1 = ys0[0], ys0[-1], ys1[0], ys1[-1]
+        bisect_right = bisect.bisect_right
+
+        # Each row as np.interp computes it (see ``_row_scalar``'s ``at``): the left value
+        # below the grid, proportional past its end, exact on a grid point, else the
+        # segment's slope times the distance from its left end, plus its value.
+        if xs0 == xs1:
+
+            def shared(length: float) -> float:
+                x = length if length > 1.0 else 1.0
+                if x < first0:
+                    return u * y_first0 + t * y_first1
+                if x > last0:
+                    return u * (y_last0 * (x / last0)) + t * (y_last1 * (x / last1))
+                j = bisect_right(xs0, x) - 1
+                if j == n0 or xs0[j] == x:
+                    return u * ys0[j] + t * ys1[j]
+                d = x - xs0[j]
+                return u * (k0[j] * d + ys0[j]) + t * (k1[j] * d + ys1[j])
+
+            return shared
 
         def mixed(length: float) -> float:
             x = length if length > 1.0 else 1.0
-            return u * below(x) + t * above(x)
+            if x < first0:
+                a = y_first0
+            elif x > last0:
+                a = y_last0 * (x / last0)
+            else:
+                j = bisect_right(xs0, x) - 1
+                a = ys0[j] if j == n0 or xs0[j] == x else k0[j] * (x - xs0[j]) + ys0[j]
+            if x < first1:
+                c = y_first1
+            elif x > last1:
+                c = y_last1 * (x / last1)
+            else:
+                j = bisect_right(xs1, x) - 1
+                c = ys1[j] if j == n1 or xs1[j] == x else k1[j] * (x - xs1[j]) + ys1[j]
+            return u * a + t * c
 
         return mixed
+
+
+def _slopes(xs: list[float], ys: list[float]) -> list[float]:
+    """Each segment's slope as np.interp computes it (the last entry is never used)."""
+    return [(ys[j + 1] - ys[j]) / (xs[j + 1] - xs[j]) for j in range(len(xs) - 1)] + [0.0]
 
 
 class OperatorTables:
