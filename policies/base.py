@@ -8,12 +8,15 @@ and ``partition`` (the SM split). A policy is pure: it reads the view and return
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from operator import attrgetter
 
 from policies.batch import UNTIL_CHANGE, Batch, PrefillChunk
 from policies.kvcache import KVBudget
 from policies.partition import Lane, Partition
 from policies.request import Request
 from policies.view import EngineView
+
+_request_id = attrgetter("id")
 
 
 class SchedulingPolicy:
@@ -59,7 +62,7 @@ class SchedulingPolicy:
         """
         needs = kv.decode_needs(requests)
         if not scheduled and not preempted and sum(needs.values()) <= kv.free:
-            scheduled.update({r.id for r in requests})
+            scheduled.update(map(_request_id, requests))
             if len(scheduled) == len(requests):  # no request twice: every one is granted
                 kv.grant(needs)
                 return list(requests)
@@ -176,7 +179,9 @@ class SchedulingPolicy:
         kv = view.kv.budget()
         preempted: list[Request] = []
         decodes = self.plan_decodes(view, view.decoding, kv, preempted, set())
-        batch = Batch(decode=[r for r in decodes if r not in preempted], preempt=preempted)
+        if preempted:
+            decodes = [r for r in decodes if r not in preempted]
+        batch = Batch(decode=decodes, preempt=preempted)
         if batch.is_empty and not preempted:
             return None
         return self.steady(batch, view)

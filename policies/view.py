@@ -94,6 +94,14 @@ class EngineView:
     def decoding(self) -> list[Request]:
         return [r for r in self.running if not r.in_flight and r.kv_tokens >= r.prefill_target]
 
+    def phases(self) -> tuple[list[Request], list[Request]]:
+        """``(prefilling, decoding)``: one pass over the running requests when every one of
+        them decodes (the usual state of a busy engine), as then none can be prefilling."""
+        decoding = self.decoding
+        if len(decoding) == len(self.running):
+            return [], decoding
+        return self.prefilling, decoding
+
     def co_runner(self, lane: Lane) -> tuple[BatchShape | None, int]:
         """The batch (and its SMs) running on the other lane, if any."""
         for other, batch in self.in_flight.items():

@@ -70,15 +70,17 @@ class VllmPolicy(SchedulingPolicy):
         kv = view.kv.budget()
         preempted: list = []
         scheduled: set[int] = set()
-        decodes = self.plan_decodes(view, view.decoding, kv, preempted, scheduled)
+        prefilling, decoding = view.phases()  # policies never change a request's phase
+        decodes = self.plan_decodes(view, decoding, kv, preempted, scheduled)
         budget = p.max_num_batched_tokens - len(decodes)
-        chunks = self.continue_prefills(view, view.prefilling, budget, kv, preempted, scheduled)
+        chunks = self.continue_prefills(view, prefilling, budget, kv, preempted, scheduled)
         budget -= sum(c.length for c in chunks)
         if not preempted:
             free_seqs = p.max_num_seqs - len(view.running)
             busy = bool(scheduled)
             chunks += self.admit_waiting(self.order_waiting(view), budget, kv, free_seqs, busy)
-        decodes = [r for r in decodes if r not in preempted]
+        if preempted:  # a later preemption may take a request granted a decode step
+            decodes = [r for r in decodes if r not in preempted]
         batch = Batch(prefill=chunks, decode=decodes, preempt=preempted)
         if batch.is_empty and not preempted:
             return None

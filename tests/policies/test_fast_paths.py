@@ -271,3 +271,21 @@ def test_sglang_decode_step_equals_granting_request_by_request(state, params, he
         summary = None if batch is None else (batch.describe(), batch.steady_steps)
         results.append((summary, pol._anchor_steps, pol._anchor_ratio))
     assert results[0] == results[1]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 40), st.integers(0, 60), st.booleans()), min_size=0, max_size=30
+    ),
+    st.booleans(),
+)
+def test_running_phases_in_one_pass_equal_the_two_filters(states, none_in_flight):
+    running = []
+    for rid, (target, kv_tokens, in_flight) in enumerate(states):
+        req = Request(rid, 0.0, target, 50, kv_tokens=kv_tokens, status=Status.RUNNING)
+        req.in_flight = in_flight and not none_in_flight
+        running.append(req)
+    view = make_view(model(), running=running)
+    prefilling, decoding = view.phases()
+    assert prefilling == view.prefilling and decoding == view.decoding
