@@ -105,10 +105,12 @@ class DuetServePolicy(VllmPolicy):
         Requests a lane is running count too: the decision is about the whole next step.
         """
         p = self.params
-        decoding: list = []
-        prefilling: list = []
-        for r in view.running:
-            (prefilling if r.kv_tokens < r.prefill_target else decoding).append(r)
+        running = view.running
+        decoding = [r for r in running if r.kv_tokens >= r.prefill_target]
+        prefilling = (
+            [] if len(decoding) == len(running)  # all decode: none can be prefilling
+            else [r for r in running if r.kv_tokens < r.prefill_target]
+        )
         decode = decode_shape(decoding)
         budget = p.max_num_batched_tokens - decode.n_decode
         seqs = max(0, p.max_num_seqs - len(decoding))

@@ -7,9 +7,12 @@ the work queued, which is what a partitioning decision should weigh.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from operator import attrgetter
 
 from policies.batch import BatchShape
 from policies.request import Request
+
+_kv_tokens = attrgetter("kv_tokens")
 
 
 def prefill_shape(queue: Iterable[Request], token_budget: int, max_chunks: int) -> BatchShape:
@@ -32,7 +35,8 @@ def prefill_shape(queue: Iterable[Request], token_budget: int, max_chunks: int) 
 
 def decode_shape(requests: Sequence[Request]) -> BatchShape:
     """One decode step of every request given."""
-    return BatchShape.decode(len(requests), sum(r.kv_tokens + 1 for r in requests))
+    n = len(requests)
+    return BatchShape.decode(n, sum(map(_kv_tokens, requests)) + n)
 
 
 def merge(prefill: BatchShape, decode: BatchShape) -> BatchShape:
