@@ -10,6 +10,7 @@ request objects: a day of traffic's records cost bytes per iteration, not kiloby
 from __future__ import annotations
 
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +52,9 @@ class Run:
     sms: int
     steps: int
     start: float
-    predicted: np.ndarray  # each iteration's predicted seconds at launch (with the co-runner then)
+    # Each iteration's predicted seconds at launch (with the co-runner then); one iteration's
+    # may be a 1-tuple.
+    predicted: Sequence[float]
     co_label: str = ""
 
 
@@ -111,7 +114,7 @@ class IterationLog:
         self.ends = array("d")
         self.predicted = array("d")
 
-    def add(self, run: Run, step_ends: np.ndarray) -> None:
+    def add(self, run: Run, step_ends: Sequence[float]) -> None:
         s = run.shape
         prefill_ctx = sum(s.prefill_ctx)
         self.lane.append(run.lane.value)

@@ -21,7 +21,7 @@ to stream.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -308,7 +308,7 @@ class SchedulingCore:
 
     # ----------------------------------------------------------------- completing
     def _apply(
-        self, run: Run, now: float, step_ends: np.ndarray, tokens: Iterator[int] | None = None
+        self, run: Run, now: float, step_ends: Sequence[float], tokens: Iterator[int] | None = None
     ) -> None:
         """``run`` ended at ``now`` (its iterations at ``step_ends``): apply its tokens, finish
         and drop requests, record it. ``tokens`` are the sampled ids, when there are any."""
@@ -392,7 +392,7 @@ class SchedulingCore:
         """``req`` finished its prefill and goes on decoding (a hook for two-GPU engines)."""
 
     # ----------------------------------------------------------------- recording
-    def _record(self, run: Run, step_ends: np.ndarray) -> None:
+    def _record(self, run: Run, step_ends: Sequence[float]) -> None:
         self._iters.add(run, step_ends)
         self.stats.iterations += 1
 

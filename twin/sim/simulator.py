@@ -182,16 +182,21 @@ class Simulator(SchedulingCore):
         steps, durations = (
             steady_steps(self, batch, lane, sms, co, shape) if batch.steady_steps > 1 else (1, None)
         )
-        if durations is not None:
-            durations = durations[:steps]
-        elif steps > 1:
-            durations = self.model.predict_decode_run(
-                shape.n_decode, shape.decode_ctx_sum, steps, sms, co_shape, co_sms
+        if steps == 1:
+            # Most runs: one iteration, in plain floats (its one fraction done is 1.0).
+            total = float(durations[0]) if durations is not None else self.model.predict(
+                shape, sms, co_shape, co_sms
             )
+            predicted, fraction = (total,), None
         else:
-            durations = np.array([self.model.predict(shape, sms, co_shape, co_sms)])
-        cum = np.cumsum(durations)
-        total = float(cum[-1])
+            if durations is None:
+                durations = self.model.predict_decode_run(
+                    shape.n_decode, shape.decode_ctx_sum, steps, sms, co_shape, co_sms
+                )
+            predicted = np.asarray(durations[:steps], dtype=np.float64)
+            cum = np.cumsum(predicted)
+            total = float(cum[-1])
+            fraction = cum / total
         run = SimRun(
             lane,
             batch,
@@ -199,9 +204,9 @@ class Simulator(SchedulingCore):
             sms,
             steps,
             now,
-            durations,
+            predicted,
             co_label=run_label(co),
-            step_fraction=cum / total,
+            step_fraction=fraction,
             duration=total,
             last=now,
             end=now + total,
@@ -254,7 +259,7 @@ class Simulator(SchedulingCore):
             step_ends = np.interp(run.step_fraction, bf, bt)
             step_ends[-1] = now
         else:
-            step_ends = np.array([now])
+            step_ends = (now,)
         self._apply(run, now, step_ends)
         co = self._co_runner(run.lane)
         if co is not None:
