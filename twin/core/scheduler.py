@@ -213,16 +213,24 @@ class SchedulingCore:
             self.stats.partition_changes += 1
             self._sample()
         settled = part == asked.partition  # the policy keeps the partition of this state
+        plain = type(self).view is SchedulingCore.view
+        first = True
         for lane in self.partition.lanes:
             if lane in self.in_flight:
                 continue
-            view = self.view(lane)
             # Only the first lane asked sees the state the partition was chosen for: nothing
             # has changed since, so a core's own views differ at most in the clock's reading.
-            if settled:
-                plain = type(self).view is SchedulingCore.view
-                view.partition_settled = view.now == asked.now if plain else same_state(view, asked)
-                settled = False
+            # When the clock reads the same, that view is the one already asked (with the
+            # partition now in force), not a copy of it.
+            if first and plain and self.now() == asked.now:
+                view = asked
+                view.partition = self.partition
+                view.partition_settled = settled
+            else:
+                view = self.view(lane)
+                if first and settled:
+                    view.partition_settled = False if plain else same_state(view, asked)
+            first = False
             batch = self.policy.next_batch(view, lane)
             if batch is not None:
                 self._launch(lane, batch)
