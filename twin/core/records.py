@@ -52,8 +52,8 @@ class Run:
     sms: int
     steps: int
     start: float
-    # Each iteration's predicted seconds at launch (with the co-runner then); one iteration's
-    # may be a 1-tuple.
+    # Each iteration's predicted seconds at launch (with the co-runner then): an array, or
+    # plain floats for short runs.
     predicted: Sequence[float]
     co_label: str = ""
 
@@ -136,9 +136,12 @@ class IterationLog:
             self.predicted.append(run.predicted[0])
         else:
             self.ends.frombytes(np.ascontiguousarray(step_ends, dtype=np.float64).tobytes())
-            self.predicted.frombytes(
-                np.ascontiguousarray(run.predicted, dtype=np.float64).tobytes()
-            )
+            if isinstance(run.predicted, list):  # a short run's, predicted step by step
+                self.predicted.extend(run.predicted)
+            else:
+                self.predicted.frombytes(
+                    np.ascontiguousarray(run.predicted, dtype=np.float64).tobytes()
+                )
 
     def __len__(self) -> int:
         return len(self.start)
