@@ -188,14 +188,25 @@ class IterationLog:
 class TimelineLog:
     """The serving state at every change, one float column per ``TIMELINE_COLUMNS`` entry."""
 
-    __slots__ = ("columns",)
+    __slots__ = ("columns", "_appends")
 
     def __init__(self) -> None:
         self.columns = tuple(array("d") for _ in TIMELINE_COLUMNS)
+        self._appends = tuple(column.append for column in self.columns)
 
-    def add(self, *values: float) -> None:
-        for column, value in zip(self.columns, values, strict=True):
-            column.append(value)
+    def add(
+        self, time_s: float, waiting: int, running: int, kv_usage: float,
+        mixed_sms: int, prefill_sms: int, decode_sms: int,
+    ) -> None:  # fmt: skip
+        # Once per state change: spelt out, not zipped (a row is always the seven columns).
+        a = self._appends
+        a[0](time_s)
+        a[1](waiting)
+        a[2](running)
+        a[3](kv_usage)
+        a[4](mixed_sms)
+        a[5](prefill_sms)
+        a[6](decode_sms)
 
     def __len__(self) -> int:
         return len(self.columns[0])

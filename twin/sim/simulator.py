@@ -208,7 +208,7 @@ class Simulator(SchedulingCore):
             cum = np.cumsum(predicted)
             total = float(cum[-1])
             fraction = cum / total
-        run = SimRun(
+        return SimRun(
             lane,
             batch,
             shape,
@@ -221,9 +221,8 @@ class Simulator(SchedulingCore):
             duration=total,
             last=now,
             end=now + total,
+            breaks=[(now, 0.0)],
         )
-        run.breaks.append((now, 0.0))
-        return run
 
     def _execute(self, run: SimRun, kv: KVCache) -> None:
         co = self._co_runner(run.lane)
