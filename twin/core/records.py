@@ -10,6 +10,7 @@ request objects: a day of traffic's records cost bytes per iteration, not kiloby
 from __future__ import annotations
 
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +52,9 @@ class Run:
     sms: int
     steps: int
     start: float
-    predicted: np.ndarray  # each iteration's predicted seconds at launch (with the co-runner then)
+    # Each iteration's predicted seconds at launch (with the co-runner then): an array, or
+    # plain floats for short runs.
+    predicted: Sequence[float]
     co_label: str = ""
 
 
@@ -111,7 +114,7 @@ class IterationLog:
         self.ends = array("d")
         self.predicted = array("d")
 
-    def add(self, run: Run, step_ends: np.ndarray) -> None:
+    def add(self, run: Run, step_ends: Sequence[float]) -> None:
         s = run.shape
         prefill_ctx = sum(s.prefill_ctx)
         self.lane.append(run.lane.value)
@@ -133,9 +136,12 @@ class IterationLog:
             self.predicted.append(run.predicted[0])
         else:
             self.ends.frombytes(np.ascontiguousarray(step_ends, dtype=np.float64).tobytes())
-            self.predicted.frombytes(
-                np.ascontiguousarray(run.predicted, dtype=np.float64).tobytes()
-            )
+            if isinstance(run.predicted, list):  # a short run's, predicted step by step
+                self.predicted.extend(run.predicted)
+            else:
+                self.predicted.frombytes(
+                    np.ascontiguousarray(run.predicted, dtype=np.float64).tobytes()
+                )
 
     def __len__(self) -> int:
         return len(self.start)
@@ -182,14 +188,25 @@ class IterationLog:
 class TimelineLog:
     """The serving state at every change, one float column per ``TIMELINE_COLUMNS`` entry."""
 
-    __slots__ = ("columns",)
+    __slots__ = ("columns", "_appends")
 
     def __init__(self) -> None:
         self.columns = tuple(array("d") for _ in TIMELINE_COLUMNS)
+        self._appends = tuple(column.append for column in self.columns)
 
-    def add(self, *values: float) -> None:
-        for column, value in zip(self.columns, values, strict=True):
-            column.append(value)
+    def add(
+        self, time_s: float, waiting: int, running: int, kv_usage: float,
+        mixed_sms: int, prefill_sms: int, decode_sms: int,
+    ) -> None:  # fmt: skip
+        # Once per state change: spelt out, not zipped (a row is always the seven columns).
+        a = self._appends
+        a[0](time_s)
+        a[1](waiting)
+        a[2](running)
+        a[3](kv_usage)
+        a[4](mixed_sms)
+        a[5](prefill_sms)
+        a[6](decode_sms)
 
     def __len__(self) -> int:
         return len(self.columns[0])

@@ -21,7 +21,7 @@ to stream.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -213,16 +213,24 @@ class SchedulingCore:
             self.stats.partition_changes += 1
             self._sample()
         settled = part == asked.partition  # the policy keeps the partition of this state
+        plain = type(self).view is SchedulingCore.view
+        first = True
         for lane in self.partition.lanes:
             if lane in self.in_flight:
                 continue
-            view = self.view(lane)
             # Only the first lane asked sees the state the partition was chosen for: nothing
             # has changed since, so a core's own views differ at most in the clock's reading.
-            if settled:
-                plain = type(self).view is SchedulingCore.view
-                view.partition_settled = view.now == asked.now if plain else same_state(view, asked)
-                settled = False
+            # When the clock reads the same, that view is the one already asked (with the
+            # partition now in force), not a copy of it.
+            if first and plain and self.now() == asked.now:
+                view = asked
+                view.partition = self.partition
+                view.partition_settled = settled
+            else:
+                view = self.view(lane)
+                if first and settled:
+                    view.partition_settled = False if plain else same_state(view, asked)
+            first = False
             batch = self.policy.next_batch(view, lane)
             if batch is not None:
                 self._launch(lane, batch)
@@ -308,7 +316,7 @@ class SchedulingCore:
 
     # ----------------------------------------------------------------- completing
     def _apply(
-        self, run: Run, now: float, step_ends: np.ndarray, tokens: Iterator[int] | None = None
+        self, run: Run, now: float, step_ends: Sequence[float], tokens: Iterator[int] | None = None
     ) -> None:
         """``run`` ended at ``now`` (its iterations at ``step_ends``): apply its tokens, finish
         and drop requests, record it. ``tokens`` are the sampled ids, when there are any."""
@@ -339,19 +347,30 @@ class SchedulingCore:
         k = run.steps
         times = step_ends if k > 1 else now
         self.tokens.add(first_tokens, now)
-        if batch.decode:
+        decode = batch.decode
+        if decode:
             self.decode_steps += k
-            self.tokens.add([req.id for req in batch.decode], times)
-        for req in batch.decode:
-            req.in_flight = False
-            req.kv_tokens += k
-            req.generated += k
-            if keep:
-                req.token_times.append(times)
-            if emit is not None:
+            self.tokens.add([req.id for req in decode], times)
+        if emit is not None:
+            for req in decode:
+                req.in_flight = False
+                req.kv_tokens += k
+                req.generated += k
+                if keep:
+                    req.token_times.append(times)
                 emit(req, next(tokens))
-            if req.generated >= req.output_tokens:
-                finished.append(req)
+                if req.generated >= req.output_tokens:
+                    finished.append(req)
+        else:
+            # A simulated batch of hundreds of decodes, nothing to stream: a tighter loop.
+            for req in decode:
+                req.in_flight = False
+                req.kv_tokens += k
+                if keep:
+                    req.token_times.append(times)
+                req.generated = generated = req.generated + k
+                if generated >= req.output_tokens:
+                    finished.append(req)
         if self._aborting:
             ran = [c.request for c in batch.prefill] + batch.decode
             finished += [r for r in ran if r.id in self._aborting and r not in finished]
@@ -392,7 +411,7 @@ class SchedulingCore:
         """``req`` finished its prefill and goes on decoding (a hook for two-GPU engines)."""
 
     # ----------------------------------------------------------------- recording
-    def _record(self, run: Run, step_ends: np.ndarray) -> None:
+    def _record(self, run: Run, step_ends: Sequence[float]) -> None:
         self._iters.add(run, step_ends)
         self.stats.iterations += 1
 

@@ -29,10 +29,11 @@ FIRST_PIECE = 16
 
 def steady_steps(
     sim: Simulator, batch: Batch, lane: Lane, sms: int, co: Run | None, shape: BatchShape
-) -> tuple[int, np.ndarray | None]:
+) -> tuple[int, list[float] | np.ndarray | None]:
     """How many identical decode iterations can pass before anything could change.
 
-    Also returns the predicted durations when it had to compute them (at least ``steps``).
+    Also returns the predicted durations when it had to compute them (at least ``steps``):
+    a list when they were predicted one by one, else an array.
     """
     if not sim.config.fast_forward or batch.prefill or not batch.decode:
         return 1, None
@@ -67,11 +68,11 @@ def steady_steps(
             first.append(d)
             end += d
             if end >= budget:
-                return len(first), np.array(first)
-        pieces.append(np.array(first))
+                return len(first), first
         done = len(first)
         if done == limit:
-            return limit, pieces[0]
+            return limit, first
+        pieces.append(np.array(first))
     predict = sim.model.predict_decode_run
     size = FIRST_PIECE
     while True:

@@ -63,7 +63,8 @@ class EngineConfig:
 class SimRun(Run):
     """A run under the fluid model: its progress re-rated whenever its co-runner changes."""
 
-    step_fraction: np.ndarray = None  # cumulative share of the run's work done after each step
+    # The cumulative share of the run's work done after each step (a list for short runs).
+    step_fraction: np.ndarray | list[float] | None = None
     duration: float = 0.0  # total duration under the current co-runner
     remaining: float = 1.0  # fraction of the work left at ``last``
     last: float = 0.0
@@ -182,32 +183,46 @@ class Simulator(SchedulingCore):
         steps, durations = (
             steady_steps(self, batch, lane, sms, co, shape) if batch.steady_steps > 1 else (1, None)
         )
-        if durations is not None:
-            durations = durations[:steps]
-        elif steps > 1:
-            durations = self.model.predict_decode_run(
-                shape.n_decode, shape.decode_ctx_sum, steps, sms, co_shape, co_sms
+        if steps == 1:
+            # Most runs: one iteration, in plain floats (its one fraction done is 1.0).
+            total = (
+                float(durations[0])
+                if durations is not None
+                else self.model.predict(shape, sms, co_shape, co_sms)
             )
+            predicted, fraction = (total,), None
+        elif isinstance(durations, list):
+            # A short run predicted step by step: summed and scaled in plain floats, the same
+            # sequential additions and divisions as numpy's cumsum and quotient.
+            total, cum = 0.0, []
+            for d in durations:
+                total += d
+                cum.append(total)
+            predicted, fraction = durations, [c / total for c in cum]
         else:
-            durations = np.array([self.model.predict(shape, sms, co_shape, co_sms)])
-        cum = np.cumsum(durations)
-        total = float(cum[-1])
-        run = SimRun(
+            if durations is None:
+                durations = self.model.predict_decode_run(
+                    shape.n_decode, shape.decode_ctx_sum, steps, sms, co_shape, co_sms
+                )
+            predicted = np.asarray(durations[:steps], dtype=np.float64)
+            cum = np.cumsum(predicted)
+            total = float(cum[-1])
+            fraction = cum / total
+        return SimRun(
             lane,
             batch,
             shape,
             sms,
             steps,
             now,
-            durations,
+            predicted,
             co_label=run_label(co),
-            step_fraction=cum / total,
+            step_fraction=fraction,
             duration=total,
             last=now,
             end=now + total,
+            breaks=[(now, 0.0)],
         )
-        run.breaks.append((now, 0.0))
-        return run
 
     def _execute(self, run: SimRun, kv: KVCache) -> None:
         co = self._co_runner(run.lane)
@@ -250,16 +265,28 @@ class Simulator(SchedulingCore):
         now = self.env.now
         if run.steps > 1:
             run.breaks.append((now, 1.0))
-            bt, bf = zip(*run.breaks, strict=True)
-            step_ends = np.interp(run.step_fraction, bf, bt)
+            if len(run.breaks) == 2 and isinstance(run.step_fraction, list):
+                step_ends = np.array(_interp_once(run.step_fraction, run.breaks[0][0], now))
+            else:
+                bt, bf = zip(*run.breaks, strict=True)
+                step_ends = np.interp(run.step_fraction, bf, bt)
             step_ends[-1] = now
         else:
-            step_ends = np.array([now])
+            step_ends = (now,)
         self._apply(run, now, step_ends)
         co = self._co_runner(run.lane)
         if co is not None:
             self._rerate(co)
         self._dispatch()
+
+
+def _interp_once(fractions: list[float], start: float, end: float) -> list[float]:
+    """``np.interp(fractions, (0, 1), (start, end))`` in plain floats, element for element:
+    numpy's formula ``slope * (x - x0) + y0`` with its ends taken exactly."""
+    slope = (end - start) / (1.0 - 0.0)
+    return [
+        end if x >= 1.0 else start if x <= 0.0 else slope * (x - 0.0) + start for x in fractions
+    ]
 
 
 def make_simulator(
