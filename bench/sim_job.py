@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from child_process import run_child  # noqa: E402  (beside this file)
 
 # A day-scale job for an H100 serving Llama-3.1-8B with chat-like lengths (mean prompt 1,000
 # tokens, mean output 250, both lognormal): vllm's default limits serve about 22 requests/s
@@ -74,24 +74,8 @@ def run_job(
             "--plots" if plots else "--no-plots",
         ]
         log = Path(tmp) / "job.log"
-        start = time.perf_counter()
-        with open(log, "w") as fh:
-            proc = subprocess.Popen(
-                cmd, stdout=fh, stderr=subprocess.STDOUT, preexec_fn=_limit_memory(cap)
-            )
-            timed_out = False
-            while True:
-                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-                if pid:
-                    break
-                if time.perf_counter() - start > timeout_s:
-                    proc.kill()
-                    timed_out = True
-                    pid, status, usage = os.wait4(proc.pid, 0)
-                    break
-                time.sleep(0.05)
-        wall = time.perf_counter() - start
-        code = os.waitstatus_to_exitcode(status)
+        child = run_child(cmd, log, timeout_s, preexec_fn=_limit_memory(cap), poll_s=0.05)
+        code, timed_out = child["returncode"], child["timed_out"]
         text = log.read_text(errors="replace").replace(tmp, "TMP").replace(str(ROOT), ".")
         for prefix in {sys.prefix, sys.base_prefix}:
             text = text.replace(prefix, "PYTHON")
@@ -115,9 +99,9 @@ def run_job(
         "memory_cap_kind": "address space (RLIMIT_AS)",
         "outcome": outcome,
         "ok": code == 0 and not timed_out,
-        "wall_s": wall,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
-        "peak_rss_mb": usage.ru_maxrss / 1024.0,  # kilobytes on Linux
+        "wall_s": child["process_wall_s"],
+        "cpu_s": child["cpu_s"],
+        "peak_rss_mb": child["peak_rss_mb"],
         "files": files,
         "latency_model": summary.get("latency_model"),
         "simulated_serving_s": summary.get("simulated_s"),

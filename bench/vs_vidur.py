@@ -39,6 +39,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from child_process import run_child  # noqa: E402  (beside this file)
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / ".bench-venv"
 VENV = BENCH_DIR / "vidur"
@@ -234,33 +237,6 @@ def prepare_trace(
 # ---------------------------------------------------------------- child processes
 
 
-def run_child(cmd: list[str], env: dict, timeout: float, log: Path, cwd: Path) -> dict:
-    """Run a command, wait for it with wait4 (its own rusage: peak RSS), kill it past timeout."""
-    start = time.perf_counter()
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd)
-        timed_out = False
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() - start > timeout:
-                proc.kill()
-                timed_out = True
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.02)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - start
-    return {
-        "returncode": proc.returncode,
-        "timed_out": timed_out,
-        "process_wall_s": wall,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
-        "peak_rss_mb": usage.ru_maxrss / 1024.0,  # kilobytes on Linux
-    }
-
-
 def log_tail(log: Path, lines: int = 15) -> str:
     text = log.read_text(errors="replace").replace(str(ROOT), ".").splitlines()
     return "\n".join(text[-lines:])
@@ -347,7 +323,7 @@ def run_twin(n: int, trace: Path, args: argparse.Namespace, kv_blocks: int, tag:
         str(kv_blocks),
     ]
     log = WORK / f"twin_{n}_{tag}.log"
-    proc = run_child(cmd, dict(os.environ), args.timeout, log, ROOT)
+    proc = run_child(cmd, log, args.timeout, dict(os.environ), ROOT)
     if proc["returncode"] != 0 or not out.exists():
         return {**proc, "ok": False, "error": log_tail(log)}
     res = json.loads(out.read_text())
@@ -529,7 +505,7 @@ def run_vidur(
         *vidur_flags(trace, n, args, scheduler, kv_blocks, run_dir / "out"),
     ]
     log = run_dir / "vidur.log"
-    proc = run_child(cmd, env, args.timeout, log, run_dir)
+    proc = run_child(cmd, log, args.timeout, env, run_dir)
     if proc["returncode"] != 0 or not out.exists():
         why = "timed out" if proc["timed_out"] else f"exit {proc['returncode']}"
         return {**proc, "ok": False, "error": f"{why}: {log_tail(log)}"}
