@@ -351,26 +351,16 @@ class SchedulingCore:
         if decode:
             self.decode_steps += k
             self.tokens.add([req.id for req in decode], times)
-        if emit is not None:
-            for req in decode:
-                req.in_flight = False
-                req.kv_tokens += k
-                req.generated += k
-                if keep:
-                    req.token_times.append(times)
+        for req in decode:
+            req.in_flight = False
+            req.kv_tokens += k
+            req.generated += k
+            if keep:
+                req.token_times.append(times)
+            if emit is not None:
                 emit(req, next(tokens))
-                if req.generated >= req.output_tokens:
-                    finished.append(req)
-        else:
-            # A simulated batch of hundreds of decodes, nothing to stream: a tighter loop.
-            for req in decode:
-                req.in_flight = False
-                req.kv_tokens += k
-                if keep:
-                    req.token_times.append(times)
-                req.generated = generated = req.generated + k
-                if generated >= req.output_tokens:
-                    finished.append(req)
+            if req.generated >= req.output_tokens:
+                finished.append(req)
         if self._aborting:
             ran = [c.request for c in batch.prefill] + batch.decode
             finished += [r for r in ran if r.id in self._aborting and r not in finished]
