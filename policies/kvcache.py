@@ -67,7 +67,8 @@ class KVCache:
         return self.extra_blocks(request_id, total_tokens) <= len(self._free)
 
     def grow(self, request_id: int, total_tokens: int) -> list[int]:
-        """Allocate what the request needs to hold ``total_tokens``; returns the new block ids."""
+        """Allocate what the request needs to hold ``total_tokens``; returns the new block ids
+        in the order they join its block table."""
         need = self.extra_blocks(request_id, total_tokens)
         if need == 0:
             return []
@@ -76,9 +77,8 @@ class KVCache:
                 f"request {request_id} needs {need} blocks, {len(self._free)} free: "
                 "the policy must check the KV budget (or preempt) before committing"
             )
-        new = self._free[-need:]
-        del self._free[-need:]
-        self._tables.setdefault(request_id, []).extend(reversed(new))
+        new = self._take(need)
+        self._tables.setdefault(request_id, []).extend(new)
         return new
 
     def _take(self, n: int) -> list[int]:
@@ -118,7 +118,6 @@ class KVCache:
                 "the policy must check the KV budget (or preempt) before committing"
             )
         blocks = self._take(total)
-        tables = self._tables
         i = 0
         for rid, n in plan:
             tables.setdefault(rid, []).extend(blocks[i : i + n])
