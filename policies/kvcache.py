@@ -97,31 +97,58 @@ class KVCache:
         """
         bs = self.block_size
         tables = self._tables
-        reach = steps + bs - 1  # blocks for k tokens: (k + bs - 1) // bs
-        try:  # a request needs blocks when its new tokens overflow the ones it holds
-            plan = [
-                (r.id, (r.kv_tokens + reach) // bs - len(tables[r.id]))
-                for r in requests
-                if r.kv_tokens + steps > len(tables[r.id]) * bs
-            ]
+        # A request always holds the blocks of its ``kv_tokens`` (an engine grows it before
+        # computing them), so the room left in its blocks, held * bs - kv_tokens, is at least
+        # (-kv_tokens) % bs: only a request whose room by that count is under ``steps`` can
+        # need a block, and its table says whether it does.
+        try:
+            if steps == 1:  # most runs: a block each for the requests whose blocks are full
+                full = [
+                    r.id
+                    for r in requests
+                    if not r.kv_tokens % bs and len(tables[r.id]) * bs == r.kv_tokens
+                ]
+                if full:
+                    self._check_fits(len(full), len(full))
+                    for rid, block in zip(full, self._take(len(full)), strict=True):
+                        tables[rid].append(block)
+                return
+            reach = steps + bs - 1  # blocks for k tokens: (k + bs - 1) // bs
+            if steps < bs:
+                plan = [
+                    (r.id, n)
+                    for r in requests
+                    if -r.kv_tokens % bs < steps
+                    and (n := (r.kv_tokens + reach) // bs - len(tables[r.id])) > 0
+                ]
+            else:  # a run this long takes a block for nearly every request
+                plan = [
+                    (r.id, (r.kv_tokens + reach) // bs - len(tables[r.id]))
+                    for r in requests
+                    if r.kv_tokens + steps > len(tables[r.id]) * bs
+                ]
         except KeyError:  # a request holding no block yet
             held = self.held
+            reach = steps + bs - 1
             plan = [
                 (r.id, n) for r in requests if (n := (r.kv_tokens + reach) // bs - held(r.id)) > 0
             ]
         if not plan:
             return
         total = sum(n for _, n in plan)
-        if total > self.free_blocks:
-            raise KVExhausted(
-                f"{len(plan)} decode requests need {total} blocks, {self.free_blocks} free: "
-                "the policy must check the KV budget (or preempt) before committing"
-            )
+        self._check_fits(len(plan), total)
         blocks = self._take(total)
         i = 0
         for rid, n in plan:
             tables.setdefault(rid, []).extend(blocks[i : i + n])
             i += n
+
+    def _check_fits(self, requests: int, blocks: int) -> None:
+        if blocks > self.free_blocks:
+            raise KVExhausted(
+                f"{requests} decode requests need {blocks} blocks, {self.free_blocks} free: "
+                "the policy must check the KV budget (or preempt) before committing"
+            )
 
     def free(self, request_id: int) -> int:
         """Return the request's blocks to the pool; returns how many were freed."""
@@ -215,12 +242,14 @@ class KVBudget:
         bs = cache.block_size
         tables = cache._tables
         if not self._extra:
-            # A request needs a block when its held ones are full: kv_tokens >= held * bs.
+            # A request needs a block when its held ones are full, kv_tokens >= held * bs; as
+            # it holds the blocks of its kv_tokens, only one on a block boundary can.
             try:
                 return {
-                    r.id: (r.kv_tokens + bs) // bs - len(tables[r.id])
+                    r.id: n
                     for r in requests
-                    if r.kv_tokens >= len(tables[r.id]) * bs
+                    if not r.kv_tokens % bs
+                    and (n := (r.kv_tokens + bs) // bs - len(tables[r.id])) > 0
                 }
             except KeyError:  # a request holding no block yet
                 pass

@@ -171,6 +171,49 @@ def test_grow_decodes_allocates_what_growing_one_by_one_does(state, data):
     assert cache_state(kv) == cache_state(one_by_one)
 
 
+@settings(max_examples=200, deadline=None)
+@given(state=engine_states(spare=400), data=st.data())
+def test_grow_decodes_by_one_a_few_or_many_steps_allocates_what_growing_one_by_one_does(
+    state, data
+):
+    """Each of the regimes ``grow_decodes`` filters differently: one step (block boundaries),
+    fewer steps than a block holds, a block or more; the pool is large enough for all."""
+    kv, reqs = state
+    reqs = [r for r in reqs if not r.in_flight]
+    bs = kv.block_size
+    regime = data.draw(st.sampled_from(["one", "under a block", "a block or more"]))
+    if regime == "one":
+        steps = 1
+    elif regime == "under a block":
+        steps = data.draw(st.integers(min(2, bs), max(1, bs - 1)))
+    else:
+        steps = data.draw(st.integers(bs, 3 * bs))
+    if blocks_to_grow(kv, reqs, steps) > kv.free_blocks:
+        return
+    one_by_one = copy.deepcopy(kv)
+    for r in reqs:
+        one_by_one.grow(r.id, r.kv_tokens + steps)
+    kv.grow_decodes(reqs, steps)
+    assert cache_state(kv) == cache_state(one_by_one)
+
+
+@settings(max_examples=300, deadline=None)
+@given(state=st.one_of(engine_states(), prefix_cache_with_history()), data=st.data())
+def test_decode_needs_are_the_blocks_each_next_token_takes(state, data):
+    """``decode_needs`` equals asking ``need`` request by request, on a fresh budget and on
+    one that already planned growths and preemptions."""
+    kv, reqs = state
+    reqs = [r for r in reqs if not r.in_flight]
+    budget = kv.budget()
+    for r in reqs:
+        if data.draw(st.integers(0, 4)) == 0:
+            budget.try_grow(r.id, r.kv_tokens + data.draw(st.integers(1, 20)))
+        elif data.draw(st.integers(0, 6)) == 0:
+            budget.release(r.id)
+    expected = {r.id: n for r in reqs if (n := budget.need(r.id, r.kv_tokens + 1))}
+    assert budget.decode_needs(reqs) == expected
+
+
 def cache_state(kv):
     state = {"tables": kv._tables, "free": kv.free_blocks}
     if isinstance(kv, PrefixKVCache):
