@@ -143,6 +143,17 @@ class KVCache:
             tables.setdefault(rid, []).extend(blocks[i : i + n])
             i += n
 
+    def room(self, requests: Sequence[Request]) -> list[int]:
+        """The tokens each request can still add before it needs a new block:
+        held * block_size - kv_tokens, in order (one pass, for a run's KV limit)."""
+        bs = self.block_size
+        tables = self._tables
+        try:
+            return [len(tables[r.id]) * bs - r.kv_tokens for r in requests]
+        except KeyError:  # a request holding no block yet
+            held = self.held
+            return [held(r.id) * bs - r.kv_tokens for r in requests]
+
     def _check_fits(self, requests: int, blocks: int) -> None:
         if blocks > self.free_blocks:
             raise KVExhausted(

@@ -214,6 +214,17 @@ def test_decode_needs_are_the_blocks_each_next_token_takes(state, data):
     assert budget.decode_needs(reqs) == expected
 
 
+@settings(max_examples=100, deadline=None)
+@given(state=st.one_of(engine_states(), prefix_cache_with_history()), data=st.data())
+def test_room_is_each_requests_unfilled_block_tokens(state, data):
+    kv, reqs = state
+    reqs = data.draw(st.permutations(reqs))
+    if reqs and data.draw(st.booleans()):  # one holding no block yet (waiting)
+        reqs = [*reqs, Request(999, 0.0, 5, 5)]
+    bs = kv.block_size
+    assert kv.room(reqs) == [kv.held(r.id) * bs - r.kv_tokens for r in reqs]
+
+
 def cache_state(kv):
     state = {"tables": kv._tables, "free": kv.free_blocks}
     if isinstance(kv, PrefixKVCache):
