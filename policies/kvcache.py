@@ -97,39 +97,26 @@ class KVCache:
         """
         bs = self.block_size
         tables = self._tables
-        # A request always holds the blocks of its ``kv_tokens`` (an engine grows it before
-        # computing them), so the room left in its blocks, held * bs - kv_tokens, is at least
-        # (-kv_tokens) % bs: only a request whose room by that count is under ``steps`` can
-        # need a block, and its table says whether it does.
-        try:
-            if steps == 1:  # most runs: a block each for the requests whose blocks are full
-                full = [
-                    r.id
-                    for r in requests
-                    if not r.kv_tokens % bs and len(tables[r.id]) * bs == r.kv_tokens
-                ]
-                if full:
-                    self._check_fits(len(full), len(full))
-                    for rid, block in zip(full, self._take(len(full)), strict=True):
+        if steps <= bs:  # most runs: one block at most for each request
+            try:
+                crossing = self._crossing(requests, steps)
+            except KeyError:  # a request holding no block yet
+                pass
+            else:
+                if crossing:
+                    self._check_fits(len(crossing), len(crossing))
+                    for rid, block in zip(crossing, self._take(len(crossing)), strict=True):
                         tables[rid].append(block)
                 return
-            reach = steps + bs - 1  # blocks for k tokens: (k + bs - 1) // bs
-            if steps < bs:
-                plan = [
-                    (r.id, n)
-                    for r in requests
-                    if -r.kv_tokens % bs < steps
-                    and (n := (r.kv_tokens + reach) // bs - len(tables[r.id])) > 0
-                ]
-            else:  # a run this long takes a block for nearly every request
-                plan = [
-                    (r.id, (r.kv_tokens + reach) // bs - len(tables[r.id]))
-                    for r in requests
-                    if r.kv_tokens + steps > len(tables[r.id]) * bs
-                ]
-        except KeyError:  # a request holding no block yet
+        reach = steps + bs - 1  # blocks for k tokens: (k + bs - 1) // bs
+        try:
+            plan = [
+                (r.id, (r.kv_tokens + reach) // bs - len(tables[r.id]))
+                for r in requests
+                if r.kv_tokens + steps > len(tables[r.id]) * bs
+            ]
+        except KeyError:
             held = self.held
-            reach = steps + bs - 1
             plan = [
                 (r.id, n) for r in requests if (n := (r.kv_tokens + reach) // bs - held(r.id)) > 0
             ]
@@ -142,6 +129,29 @@ class KVCache:
         for rid, n in plan:
             tables.setdefault(rid, []).extend(blocks[i : i + n])
             i += n
+
+    def _crossing(self, requests: Sequence[Request], steps: int) -> list[int]:
+        """The requests whose next ``steps`` tokens (at most a block's worth) overflow the
+        blocks they hold, each by one block; KeyError when one holds none.
+
+        A request always holds the blocks of its ``kv_tokens`` (an engine grows it before
+        computing them), so the room left in its blocks is at least (-kv_tokens) % bs: only a
+        request whose room by that count is under ``steps`` can overflow, and its table says
+        whether it does.
+        """
+        bs = self.block_size
+        tables = self._tables
+        if steps == 1:  # the requests on a block boundary whose blocks are all full
+            return [
+                r.id
+                for r in requests
+                if not r.kv_tokens % bs and len(tables[r.id]) * bs == r.kv_tokens
+            ]
+        return [
+            r.id
+            for r in requests
+            if -r.kv_tokens % bs < steps and len(tables[r.id]) * bs < r.kv_tokens + steps
+        ]
 
     def room(self, requests: Sequence[Request]) -> list[int]:
         """The tokens each request can still add before it needs a new block:
