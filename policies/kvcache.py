@@ -259,21 +259,12 @@ class KVBudget:
     def decode_needs(self, requests: Sequence[Request]) -> dict[int, int]:
         """The blocks ``try_grow`` would take for each request's next token: request id ->
         blocks, for the requests that need any (one crossing into a new block, mostly)."""
-        cache = self.cache
-        bs = cache.block_size
-        tables = cache._tables
-        if not self._extra:
-            # A request needs a block when its held ones are full, kv_tokens >= held * bs; as
-            # it holds the blocks of its kv_tokens, only one on a block boundary can.
+        if not self._extra:  # nothing planned yet: the cache's blocks are the budget's
             try:
-                return {
-                    r.id: n
-                    for r in requests
-                    if not r.kv_tokens % bs
-                    and (n := (r.kv_tokens + bs) // bs - len(tables[r.id])) > 0
-                }
+                return dict.fromkeys(self.cache._crossing(requests, 1), 1)
             except KeyError:  # a request holding no block yet
                 pass
+        bs = self.cache.block_size
         held = self.held
         return {r.id: n for r in requests if (n := (r.kv_tokens + bs) // bs - held(r.id)) > 0}
 
