@@ -259,12 +259,20 @@ class KVBudget:
     def decode_needs(self, requests: Sequence[Request]) -> dict[int, int]:
         """The blocks ``try_grow`` would take for each request's next token: request id ->
         blocks, for the requests that need any (one crossing into a new block, mostly)."""
+        cache = self.cache
+        bs = cache.block_size
         if not self._extra:  # nothing planned yet: the cache's blocks are the budget's
+            # ``KVCache._crossing(requests, 1)``, inlined: a block each for the requests on a
+            # block boundary whose blocks are all full.
+            tables = cache._tables
             try:
-                return dict.fromkeys(self.cache._crossing(requests, 1), 1)
+                return {
+                    r.id: 1
+                    for r in requests
+                    if not r.kv_tokens % bs and len(tables[r.id]) * bs == r.kv_tokens
+                }
             except KeyError:  # a request holding no block yet
                 pass
-        bs = self.cache.block_size
         held = self.held
         return {r.id: n for r in requests if (n := (r.kv_tokens + bs) // bs - held(r.id)) > 0}
 
