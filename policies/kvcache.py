@@ -16,9 +16,11 @@ class KVCache:
     """Fixed-size blocks handed out from a free list; a request's blocks form its block table.
 
     The runtime indexes its paged KV tensors with these block ids, and the simulator uses the
-    same object, so both run out of memory at the same moment. This cache shares nothing: the
-    prefix-caching hooks (``match``, ``acquire``, ``commit``, ``keep_for_recompute``) do nothing
-    here; ``policies.prefix_cache.PrefixKVCache`` implements them.
+    same object, so both run out of memory at the same moment. A request always holds the
+    blocks of its ``kv_tokens`` (an engine grows it before computing them): the decode passes
+    rely on it to look up only the requests on a block boundary. This cache shares nothing:
+    the prefix-caching hooks (``match``, ``acquire``, ``commit``, ``keep_for_recompute``) do
+    nothing here; ``policies.prefix_cache.PrefixKVCache`` implements them.
     """
 
     prefix_caching = False
@@ -109,13 +111,13 @@ class KVCache:
                         tables[rid].append(block)
                 return
         reach = steps + bs - 1  # blocks for k tokens: (k + bs - 1) // bs
-        try:
+        try:  # a request needs blocks when its new tokens overflow the ones it holds
             plan = [
                 (r.id, (r.kv_tokens + reach) // bs - len(tables[r.id]))
                 for r in requests
                 if r.kv_tokens + steps > len(tables[r.id]) * bs
             ]
-        except KeyError:
+        except KeyError:  # a request holding no block yet
             held = self.held
             plan = [
                 (r.id, n) for r in requests if (n := (r.kv_tokens + reach) // bs - held(r.id)) > 0
