@@ -226,7 +226,13 @@ class SchedulingPolicy:
             if view.partition_settled or self.partition(view) == view.partition:
                 batch.steady_steps = self.steady_limit(view, batch)
                 batch.through_arrivals = self.split_ignores_arrivals and view.partition.is_split
+                batch.arrivals_queue = self.arrivals_queue(view)
         return batch
+
+    def arrivals_queue(self, view: EngineView) -> bool:
+        """Whether, during a steady decode batch, an arrival would only queue behind a head
+        this policy cannot admit: never assumed by default."""
+        return False
 
     def steady_limit(self, view: EngineView, batch: Batch) -> int:
         """How many steps the promise holds; policies whose choices change with KV use cap it."""

@@ -85,3 +85,17 @@ class VllmPolicy(SchedulingPolicy):
         if batch.is_empty and not preempted:
             return None
         return self.steady(batch, view)
+
+    def arrivals_queue(self, view: EngineView) -> bool:
+        # A decode-only batch while requests wait means the queue's head was not admitted: no
+        # token budget, no free sequence or too little KV. None of these loosens during a
+        # steady run (the budget and the running count stay, free KV only shrinks and cached
+        # prefixes are only evicted), and in first-come order an arrival waits behind the
+        # head. Policies built on this one that re-split or reorder the queue say nothing.
+        cls = type(self)
+        return (
+            bool(view.waiting)
+            and not view.partition.is_split
+            and cls.partition is SchedulingPolicy.partition
+            and cls.order_waiting is SchedulingPolicy.order_waiting
+        )

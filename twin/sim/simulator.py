@@ -233,7 +233,7 @@ class Simulator(SchedulingCore):
     def _horizon(self, lane: Lane, co: Run | None, batch: Batch) -> float:
         """The next moment something outside a steady run could change its lane's decision."""
         if co is None:
-            horizon = self._next_arrival()
+            horizon = math.inf if batch.arrivals_queue else self._next_arrival()
         elif batch.through_arrivals and co.lane is Lane.PREFILL:
             horizon = co.end  # arrivals only queue behind the running prefill batch
         else:
