@@ -78,6 +78,10 @@ class Batch:
     ``arrivals_queue`` widens it on one lane for a policy whose queue's head cannot be admitted
     before the promise ends: an arrival joins the queue behind that head, so the promise holds
     through arrivals.
+
+    ``then`` is a promise about the steps after a batch with prefill chunks: the steady
+    decode batch (``steady_steps`` and all) the policy would return next if nothing changed
+    but this batch's own progress. Engines may run both as one (the simulator does).
     """
 
     prefill: list[PrefillChunk] = field(default_factory=list)
@@ -86,6 +90,7 @@ class Batch:
     steady_steps: int = 1
     through_arrivals: bool = False
     arrivals_queue: bool = False
+    then: Batch | None = None
 
     @property
     def is_empty(self) -> bool:

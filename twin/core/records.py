@@ -56,6 +56,21 @@ class Run:
     # plain floats for short runs.
     predicted: Sequence[float]
     co_label: str = ""
+    # A batch with prefill chunks may be followed, in the same run, by the steady decode
+    # batch its policy promised after it (``Batch.then``): ``steps - 1`` iterations of it.
+    tail: Batch | None = None
+    tail_shape: BatchShape | None = None
+
+    def parts(self, step_ends: Sequence[float]) -> list[tuple[Run, Sequence[float]]]:
+        """The run as the runs it stands for, each with its step ends: itself, or its first
+        step and its tail."""
+        if self.tail is None:
+            return [(self, step_ends)]
+        first = Run(self.lane, self.batch, self.shape, self.sms, 1, self.start,
+                    self.predicted[:1], self.co_label)  # fmt: skip
+        tail = Run(self.lane, self.tail, self.tail_shape, self.sms, self.steps - 1,
+                   step_ends[0], self.predicted[1:], self.co_label)  # fmt: skip
+        return [(first, step_ends[:1]), (tail, step_ends[1:])]
 
 
 def run_label(run: Run | None) -> str:

@@ -274,11 +274,19 @@ class SchedulingCore:
         run = self._plan(lane, batch, shape, sms, co, now)
         steps = run.steps
         kv.grow_decodes(batch.decode, steps)
+        if run.tail is not None:  # the prompts just prefilled decode the steps after the first
+            for chunk in batch.prefill:
+                kv.grow(chunk.request.id, chunk.start + chunk.length + steps - 1)
         for req in batch.decode:
             req.in_flight = True
         self.in_flight[lane] = run
         if self.record_decisions:
-            self.decisions.append((lane.value, str(self.partition), batch.describe(), steps))
+            split = str(self.partition)
+            if run.tail is None:
+                self.decisions.append((lane.value, split, batch.describe(), steps))
+            else:
+                self.decisions.append((lane.value, split, batch.describe(), 1))
+                self.decisions.append((lane.value, split, run.tail.describe(), steps - 1))
         try:
             self._execute(run, kv)
         except Exception:
@@ -327,26 +335,28 @@ class SchedulingCore:
         finished: list[Request] = []
         prefilled: list[Request] = []
         first_tokens: list[int] = []
+        k = run.steps
+        tail = run.tail
+        first_end = now if tail is None else float(step_ends[0])
         for chunk in batch.prefill:
             req = chunk.request
             req.in_flight = False
             req.kv_tokens = chunk.start + chunk.length
             if req.kv_tokens >= req.prefill_target:
                 if req.generated == 0:
-                    req.first_token_s = now
+                    req.first_token_s = first_end
                 req.generated += 1
                 first_tokens.append(req.id)
                 if keep:
-                    req.token_times.append(now)
+                    req.token_times.append(first_end)
                 if emit is not None:
                     emit(req, next(tokens))
                 if req.generated >= req.output_tokens:
                     finished.append(req)
                 else:
                     prefilled.append(req)
-        k = run.steps
         times = step_ends if k > 1 else now
-        self.tokens.add(first_tokens, now)
+        self.tokens.add(first_tokens, first_end)
         decode = batch.decode
         if decode:
             self.decode_steps += k
@@ -361,6 +371,8 @@ class SchedulingCore:
                 emit(req, next(tokens))
             if req.generated >= req.output_tokens:
                 finished.append(req)
+        if tail is not None:
+            self._apply_tail(prefilled, k - 1, step_ends, finished, emit, tokens)
         if self._aborting:
             ran = [c.request for c in batch.prefill] + batch.decode
             finished += [r for r in ran if r.id in self._aborting and r not in finished]
@@ -371,6 +383,31 @@ class SchedulingCore:
             self._prefill_done(req)
         self._record(run, step_ends)
         self._sample()
+
+    def _apply_tail(
+        self,
+        prefilled: list[Request],
+        steps: int,
+        step_ends: Sequence[float],
+        finished: list[Request],
+        emit,
+        tokens: Iterator[int] | None,
+    ) -> None:
+        """The decode steps a run's just-prefilled prompts ran after its first step."""
+        times = step_ends[1:] if steps > 1 else float(step_ends[-1])
+        if not prefilled:
+            return
+        self.tokens.add([req.id for req in prefilled], times)
+        keep = self.keep_token_times
+        for req in prefilled:
+            req.kv_tokens += steps
+            req.generated += steps
+            if keep:
+                req.token_times.append(times)
+            if emit is not None:
+                emit(req, next(tokens))
+            if req.generated >= req.output_tokens:
+                finished.append(req)
 
     def _finish(self, req: Request, now: float) -> None:
         req.finish_s = now
@@ -402,8 +439,13 @@ class SchedulingCore:
 
     # ----------------------------------------------------------------- recording
     def _record(self, run: Run, step_ends: Sequence[float]) -> None:
-        self._iters.add(run, step_ends)
-        self.stats.iterations += 1
+        if run.tail is None:
+            self._iters.add(run, step_ends)
+            self.stats.iterations += 1
+            return
+        for part, ends in run.parts(step_ends):
+            self._iters.add(part, ends)
+            self.stats.iterations += 1
 
     def _sample(self) -> None:
         p = self.partition

@@ -29,7 +29,7 @@ from twin.core import Run, SchedulingCore, run_label
 from twin.core.aborts import abort_schedule
 from twin.core.contention import rerate
 from twin.errors import SimulationError
-from twin.sim.fast_forward import steady_steps
+from twin.sim.fast_forward import steady_steps, tail_steps
 
 
 @dataclass(frozen=True)
@@ -180,9 +180,46 @@ class Simulator(SchedulingCore):
         self, lane: Lane, batch: Batch, shape: BatchShape, sms: int, co: Run | None, now: float
     ) -> SimRun:
         co_shape, co_sms = (co.shape, co.sms) if co else (None, 0)
+        if batch.then is not None and co is None and self.config.fast_forward:
+            return self._plan_with_tail(lane, batch, shape, sms, now)
         steps, durations = (
             steady_steps(self, batch, lane, sms, co, shape) if batch.steady_steps > 1 else (1, None)
         )
+        return self._new_run(lane, batch, shape, sms, co, now, steps, durations)
+
+    def _plan_with_tail(
+        self, lane: Lane, batch: Batch, shape: BatchShape, sms: int, now: float
+    ) -> SimRun:
+        """A batch with prefill chunks and the steady decode steps its policy promised after
+        it, as one run (of the batch alone when no step of the promise can follow)."""
+        first = self.model.predict(shape, sms, None, 0)
+        steps, durations, tail_shape = tail_steps(self, batch, shape, lane, sms, first)
+        if not steps:
+            return self._new_run(lane, batch, shape, sms, None, now, 1, (first,))
+        if durations is None:
+            durations = self.model.predict_decode_run(
+                tail_shape.n_decode, tail_shape.decode_ctx_sum, steps, sms, None, 0
+            )
+        if isinstance(durations, list):
+            durations = [first, *durations[:steps]]
+        else:
+            durations = np.concatenate(([first], durations[:steps]))
+        run = self._new_run(lane, batch, shape, sms, None, now, steps + 1, durations)
+        run.tail, run.tail_shape = batch.then, tail_shape
+        return run
+
+    def _new_run(
+        self,
+        lane: Lane,
+        batch: Batch,
+        shape: BatchShape,
+        sms: int,
+        co: Run | None,
+        now: float,
+        steps: int,
+        durations: list[float] | np.ndarray | None,
+    ) -> SimRun:
+        co_shape, co_sms = (co.shape, co.sms) if co else (None, 0)
         if steps == 1:
             # Most runs: one iteration, in plain floats (its one fraction done is 1.0).
             total = (
