@@ -85,7 +85,8 @@ def tail_steps(
     n = len(reqs)
     # ``shape`` is the first step's; the tail's first step attends to every request's
     # tokens after it, plus one.
-    ctx = shape.decode_ctx_sum + len(decodes) + sum(c.start + c.length for c in chunks) + len(chunks)
+    prompts = sum(c.start + c.length for c in chunks)
+    ctx = shape.decode_ctx_sum + len(decodes) + prompts + len(chunks)
     shape = BatchShape.decode(n, ctx)
     budget = sim._horizon(lane, None, then) - sim.env.now - first_s
     if budget <= 0:
