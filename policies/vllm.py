@@ -101,16 +101,15 @@ class VllmPolicy(SchedulingPolicy):
         if not all(c.completes for c in batch.prefill) or not self.keeps_partition():
             return None
         p = self.params
-        then = Batch(decode=[*view.running, *(c.request for c in admitted)])
-        waiting = len(view.waiting) - len(admitted)
-        if waiting:
+        n = len(view.running) + len(admitted)
+        queued = len(view.waiting) > len(admitted)
+        if queued:
             # The queue's head is admitted at the next step unless something that does not
             # loosen while the batch decodes keeps it out: no token budget or no sequence
             # then, or too little KV now (the next step's budget is at least this step's
             # rest, so its chunk is no shorter, and decoding only takes blocks). A prefix
             # cached by this step's chunks could shorten its chunk, so a head with hashes
             # under prefix caching is asked again.
-            n = len(then.decode)
             spent = budget - sum(c.length for c in admitted) <= 0
             full = p.max_num_seqs - n <= 0
             if p.max_num_batched_tokens - n > 0 and not full:
@@ -118,7 +117,7 @@ class VllmPolicy(SchedulingPolicy):
                 cached = kv.cache.prefix_caching and bool(head.block_hashes)
                 if spent or cached:
                     return None
-            then.arrivals_queue = True
+        then = Batch(decode=[*view.running, *(c.request for c in admitted)], arrivals_queue=queued)
         then.steady_steps = self.steady_limit(view, then)
         return then
 

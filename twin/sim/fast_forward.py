@@ -63,6 +63,9 @@ def tail_steps(
     (``Batch.then``) can follow its first step, ``first_s`` long, on a lane with no
     co-runner; with their predicted durations when computed and the tail's shape."""
     then = batch.then
+    budget = sim._horizon(lane, None, then) - sim.env.now - first_s
+    if budget <= 0:  # something changes during the first step
+        return 0, None, None
     reqs = then.decode
     # After the first step every request holds one more token: the decodes one more, the
     # prompts their first; the tail's limits count from there.
@@ -88,9 +91,6 @@ def tail_steps(
     prompts = sum(c.start + c.length for c in chunks)
     ctx = shape.decode_ctx_sum + len(decodes) + prompts + len(chunks)
     shape = BatchShape.decode(n, ctx)
-    budget = sim._horizon(lane, None, then) - sim.env.now - first_s
-    if budget <= 0:
-        return 0, None, None
     steps, durations = run_length(sim, n, ctx, limit, budget, sms, None, 0)
     return steps, durations, shape
 
