@@ -82,6 +82,9 @@ class Batch:
     ``then`` is a promise about the steps after a batch with prefill chunks: the steady
     decode batch (``steady_steps`` and all) the policy would return next if nothing changed
     but this batch's own progress. Engines may run both as one (the simulator does).
+
+    ``past_finishes`` widens a steady promise past its requests' finishes: when some finish,
+    the batch of the rest is steady with the same promise (nothing else runs or waits).
     """
 
     prefill: list[PrefillChunk] = field(default_factory=list)
@@ -91,6 +94,7 @@ class Batch:
     through_arrivals: bool = False
     arrivals_queue: bool = False
     then: Batch | None = None
+    past_finishes: bool = False
 
     @property
     def is_empty(self) -> bool:

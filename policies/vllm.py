@@ -117,7 +117,11 @@ class VllmPolicy(SchedulingPolicy):
                 cached = kv.cache.prefix_caching and bool(head.block_hashes)
                 if spent or cached:
                     return None
-        then = Batch(decode=[*view.running, *(c.request for c in admitted)], arrivals_queue=queued)
+        then = Batch(
+            decode=[*view.running, *(c.request for c in admitted)],
+            arrivals_queue=queued,
+            past_finishes=not queued,
+        )
         then.steady_steps = self.steady_limit(view, then)
         return then
 
@@ -128,6 +132,16 @@ class VllmPolicy(SchedulingPolicy):
         return (
             cls.partition is SchedulingPolicy.partition
             and cls.order_waiting is SchedulingPolicy.order_waiting
+        )
+
+    def past_finishes(self, view: EngineView, batch: Batch) -> bool:
+        # Every running request decodes and nobody waits: when some finish, the next step
+        # decodes the rest, with no one to admit and nothing to prefill.
+        return (
+            not view.waiting
+            and len(batch.decode) == len(view.running)
+            and not view.partition.is_split
+            and self.keeps_partition()
         )
 
     def arrivals_queue(self, view: EngineView) -> bool:

@@ -56,21 +56,51 @@ class Run:
     # plain floats for short runs.
     predicted: Sequence[float]
     co_label: str = ""
-    # A batch with prefill chunks may be followed, in the same run, by the steady decode
-    # batch its policy promised after it (``Batch.then``): ``steps - 1`` iterations of it.
-    tail: Batch | None = None
-    tail_shape: BatchShape | None = None
+    # The steady decode iterations the policy promised after the batch, run in the same
+    # run: after its prefill step, or past its requests' finishes (``twin.sim.phases``).
+    phase: DecodePhase | None = None
 
     def parts(self, step_ends: Sequence[float]) -> list[tuple[Run, Sequence[float]]]:
         """The run as the runs it stands for, each with its step ends: itself, or its first
-        step and its tail."""
-        if self.tail is None:
+        step and the segments of its decode phase."""
+        phase = self.phase
+        if phase is None:
             return [(self, step_ends)]
-        first = Run(self.lane, self.batch, self.shape, self.sms, 1, self.start,
-                    self.predicted[:1], self.co_label)  # fmt: skip
-        tail = Run(self.lane, self.tail, self.tail_shape, self.sms, self.steps - 1,
-                   step_ends[0], self.predicted[1:], self.co_label)  # fmt: skip
-        return [(first, step_ends[:1]), (tail, step_ends[1:])]
+        parts: list[tuple[Run, Sequence[float]]] = []
+        i = 0
+        if phase.offset:
+            first = Run(self.lane, self.batch, self.shape, self.sms, 1, self.start,
+                        self.predicted[:1], self.co_label)  # fmt: skip
+            parts.append((first, step_ends[:1]))
+            i = 1
+        for shape, k in phase.segments:
+            start = float(step_ends[i - 1]) if i else self.start
+            part = Run(self.lane, self.batch, shape, self.sms, k, start,
+                       self.predicted[i : i + k], self.co_label)  # fmt: skip
+            parts.append((part, step_ends[i : i + k]))
+            i += k
+        return parts
+
+
+@dataclass(slots=True)
+class DecodePhase:
+    """A run's decode iterations after its first ``offset`` steps (1: its prefill step):
+    ``segments`` of steady decode batches (each one's shape and iterations) of ``members``
+    (each generating up to its ``remaining`` tokens in the phase; finished ones drop out)."""
+
+    offset: int
+    segments: list[tuple[BatchShape, int]]
+    members: list
+    remaining: list[int]
+
+    def batches(self) -> list[tuple[list, int]]:
+        """Each segment's decode requests and iterations (what a policy decided for it)."""
+        out, start = [], 0
+        pairs = list(zip(self.members, self.remaining, strict=True))
+        for _, k in self.segments:
+            out.append(([m for m, r in pairs if r > start], k))
+            start += k
+        return out
 
 
 def run_label(run: Run | None) -> str:

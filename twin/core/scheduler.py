@@ -273,25 +273,47 @@ class SchedulingCore:
         sms = self.partition.sms_beside(lane, co.sms if co else 0, self.gpu.num_sms)
         run = self._plan(lane, batch, shape, sms, co, now)
         steps = run.steps
-        kv.grow_decodes(batch.decode, steps)
-        if run.tail is not None:  # the prompts just prefilled decode the steps after the first
-            for chunk in batch.prefill:
-                kv.grow(chunk.request.id, chunk.start + chunk.length + steps - 1)
+        if run.phase is None:
+            kv.grow_decodes(batch.decode, steps)
+        else:
+            self._grow_phase(kv, batch, run.phase.offset, steps)
         for req in batch.decode:
             req.in_flight = True
         self.in_flight[lane] = run
         if self.record_decisions:
-            split = str(self.partition)
-            if run.tail is None:
-                self.decisions.append((lane.value, split, batch.describe(), steps))
-            else:
-                self.decisions.append((lane.value, split, batch.describe(), 1))
-                self.decisions.append((lane.value, split, run.tail.describe(), steps - 1))
+            self._record_decisions(lane, batch, run)
         try:
             self._execute(run, kv)
         except Exception:
             del self.in_flight[lane]  # it never started: its requests belong to no running batch
             raise
+
+    def _grow_phase(self, kv: KVCache, batch: Batch, offset: int, steps: int) -> None:
+        """KV for a run with a decode phase: each request to the tokens it will hold when it
+        finishes or the run ends (the prompts prefilled in its first step from then on)."""
+        full = [r for r in batch.decode if r.output_tokens - r.generated >= steps]
+        kv.grow_decodes(full, steps)
+        if len(full) < len(batch.decode):
+            for r in batch.decode:
+                if r.output_tokens - r.generated < steps:
+                    kv.grow(r.id, r.kv_tokens + r.output_tokens - r.generated)
+        if offset:
+            for chunk in batch.prefill:
+                req = chunk.request
+                # One token comes with the prefill; the rest from the decode steps after it.
+                left = max(0, req.output_tokens - req.generated - 1)
+                kv.grow(req.id, chunk.start + chunk.length + min(left, steps - 1))
+
+    def _record_decisions(self, lane: Lane, batch: Batch, run: Run) -> None:
+        split = str(self.partition)
+        phase = run.phase
+        if phase is None:
+            self.decisions.append((lane.value, split, batch.describe(), run.steps))
+            return
+        if phase.offset:
+            self.decisions.append((lane.value, split, batch.describe(), 1))
+        for decode, k in phase.batches():
+            self.decisions.append((lane.value, split, Batch(decode=decode).describe(), k))
 
     def _preempt(self, req: Request) -> None:
         if req.in_flight:
@@ -336,8 +358,9 @@ class SchedulingCore:
         prefilled: list[Request] = []
         first_tokens: list[int] = []
         k = run.steps
-        tail = run.tail
-        first_end = now if tail is None else float(step_ends[0])
+        phase = run.phase
+        first_end = float(step_ends[0]) if phase is not None and phase.offset else now
+        finish_at: dict[int, float] = {}  # requests finishing before the run's end
         for chunk in batch.prefill:
             req = chunk.request
             req.in_flight = False
@@ -353,53 +376,64 @@ class SchedulingCore:
                     emit(req, next(tokens))
                 if req.generated >= req.output_tokens:
                     finished.append(req)
+                    if first_end != now:
+                        finish_at[req.id] = first_end
                 else:
                     prefilled.append(req)
-        times = step_ends if k > 1 else now
         self.tokens.add(first_tokens, first_end)
         decode = batch.decode
-        if decode:
-            self.decode_steps += k
-            self.tokens.add([req.id for req in decode], times)
-        for req in decode:
-            req.in_flight = False
-            req.kv_tokens += k
-            req.generated += k
-            if keep:
-                req.token_times.append(times)
-            if emit is not None:
-                emit(req, next(tokens))
-            if req.generated >= req.output_tokens:
-                finished.append(req)
-        if tail is not None:
-            self._apply_tail(prefilled, k - 1, step_ends, finished, emit, tokens)
+        if phase is not None:
+            self.decode_steps += k if decode else k - phase.offset
+            groups: dict[tuple[int, int], list[Request]] = {}
+            for req in decode:
+                key = (0, min(req.output_tokens - req.generated, k))
+                groups.setdefault(key, []).append(req)
+            if phase.offset:
+                for req in prefilled:
+                    key = (1, min(req.output_tokens - req.generated, k - 1))
+                    groups.setdefault(key, []).append(req)
+            for (start, n), reqs in groups.items():
+                self._apply_steps(reqs, n, step_ends[start : start + n], finished, finish_at,
+                                  emit, tokens)  # fmt: skip
+        else:
+            if decode:
+                self.decode_steps += k
+            self._apply_steps(decode, k, step_ends if k > 1 else (now,), finished, None, emit,
+                              tokens)  # fmt: skip
         if self._aborting:
+            # A run passes no abort but in its last step: requests that finished before it
+            # were gone when their clients left.
+            for rid in finish_at:
+                self._aborting.discard(rid)
             ran = [c.request for c in batch.prefill] + batch.decode
             finished += [r for r in ran if r.id in self._aborting and r not in finished]
             prefilled = [r for r in prefilled if r.id not in self._aborting]
         for req in finished:
-            self._finish(req, now)
+            self._finish(req, finish_at.get(req.id, now) if finish_at else now)
         for req in prefilled:
             self._prefill_done(req)
         self._record(run, step_ends)
         self._sample()
 
-    def _apply_tail(
+    def _apply_steps(
         self,
-        prefilled: list[Request],
+        reqs: list[Request],
         steps: int,
-        step_ends: Sequence[float],
+        ends: Sequence[float],
         finished: list[Request],
+        finish_at: dict[int, float] | None,
         emit,
         tokens: Iterator[int] | None,
     ) -> None:
-        """The decode steps a run's just-prefilled prompts ran after its first step."""
-        times = step_ends[1:] if steps > 1 else float(step_ends[-1])
-        if not prefilled:
+        """``reqs`` each decoded ``steps`` tokens, ending at ``ends``."""
+        if not reqs or not steps:
             return
-        self.tokens.add([req.id for req in prefilled], times)
+        times = ends if steps > 1 else float(ends[0])
+        self.tokens.add([req.id for req in reqs], times)
         keep = self.keep_token_times
-        for req in prefilled:
+        last = float(ends[-1])
+        for req in reqs:
+            req.in_flight = False
             req.kv_tokens += steps
             req.generated += steps
             if keep:
@@ -408,6 +442,8 @@ class SchedulingCore:
                 emit(req, next(tokens))
             if req.generated >= req.output_tokens:
                 finished.append(req)
+                if finish_at is not None:
+                    finish_at[req.id] = last
 
     def _finish(self, req: Request, now: float) -> None:
         req.finish_s = now
@@ -439,7 +475,7 @@ class SchedulingCore:
 
     # ----------------------------------------------------------------- recording
     def _record(self, run: Run, step_ends: Sequence[float]) -> None:
-        if run.tail is None:
+        if run.phase is None:
             self._iters.add(run, step_ends)
             self.stats.iterations += 1
             return

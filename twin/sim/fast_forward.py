@@ -56,45 +56,6 @@ def steady_steps(
     )  # fmt: skip
 
 
-def tail_steps(
-    sim: Simulator, batch: Batch, shape: BatchShape, lane: Lane, sms: int, first_s: float
-) -> tuple[int, list[float] | np.ndarray | None, BatchShape | None]:
-    """How many iterations of the steady decode batch promised after ``batch``
-    (``Batch.then``) can follow its first step, ``first_s`` long, on a lane with no
-    co-runner; with their predicted durations when computed and the tail's shape."""
-    then = batch.then
-    budget = sim._horizon(lane, None, then) - sim.env.now - first_s
-    if budget <= 0:  # something changes during the first step
-        return 0, None, None
-    reqs = then.decode
-    # After the first step every request holds one more token: the decodes one more, the
-    # prompts their first; the tail's limits count from there.
-    limit = min(
-        then.steady_steps,
-        sim.config.max_steps_per_event - 1,
-        min([r.output_tokens - r.generated for r in reqs]) - 1,
-    )
-    if limit < 1:
-        return 0, None, None
-    chunks = batch.prefill
-    decodes = batch.decode
-    bs = sim.kv.block_size
-    held = sim.kv.held
-    slack = [held(r.id) * bs - r.kv_tokens - 1 for r in decodes]
-    slack += [held(c.request.id) * bs - c.start - c.length for c in chunks]
-    limit = _kv_limit(sim.kv.free_blocks, bs, slack, limit)
-    if limit < 1:
-        return 0, None, None
-    n = len(reqs)
-    # ``shape`` is the first step's; the tail's first step attends to every request's
-    # tokens after it, plus one.
-    prompts = sum(c.start + c.length for c in chunks)
-    ctx = shape.decode_ctx_sum + len(decodes) + prompts + len(chunks)
-    shape = BatchShape.decode(n, ctx)
-    steps, durations = run_length(sim, n, ctx, limit, budget, sms, None, 0)
-    return steps, durations, shape
-
-
 def run_length(
     sim: Simulator, n: int, ctx: int, limit: int, budget: float, sms: int, co_shape, co_sms: int
 ) -> tuple[int, list[float] | np.ndarray | None]:
@@ -152,17 +113,27 @@ def kv_steps(kv: KVCache, reqs: list[Request], limit: int) -> int:
     if len(reqs) * -(-limit // bs) <= free:
         return limit
     held = kv.held
-    return _kv_limit(free, bs, [held(r.id) * bs - r.kv_tokens for r in reqs], limit)
+    return kv_limit(free, bs, [held(r.id) * bs - r.kv_tokens for r in reqs], limit)
 
 
-def _kv_limit(free: int, bs: int, slack: list[int], limit: int) -> int:
+def kv_limit(
+    free: int, bs: int, slack: list[int], limit: int, caps: list[int] | None = None
+) -> int:
     """The most steps (up to ``limit``) requests with ``slack`` tokens of room each in the
-    blocks they hold can grow by with ``free`` blocks (a negative slack: blocks owed)."""
+    blocks they hold can grow by with ``free`` blocks (a negative slack: blocks owed); a
+    request with a cap stops growing after that many steps."""
     if len(slack) * -(-(limit + 1) // bs) <= free:
         return limit
+    if caps is None:
 
-    def blocks(m: int) -> int:
-        return sum(-(-(m - s) // bs) for s in slack if m > s)
+        def blocks(m: int) -> int:
+            return sum(-(-(m - s) // bs) for s in slack if m > s)
+    else:
+
+        def blocks(m: int) -> int:
+            return sum(
+                -(-(g - s) // bs) for s, c in zip(slack, caps, strict=True) if (g := min(m, c)) > s
+            )
 
     if blocks(limit) <= free:
         return limit

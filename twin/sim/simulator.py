@@ -29,7 +29,8 @@ from twin.core import Run, SchedulingCore, run_label
 from twin.core.aborts import abort_schedule
 from twin.core.contention import rerate
 from twin.errors import SimulationError
-from twin.sim.fast_forward import steady_steps, tail_steps
+from twin.sim.fast_forward import steady_steps
+from twin.sim.phases import plan_phase
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,9 @@ class Simulator(SchedulingCore):
             per_id = workload.prefix_block_tokens
             for req, ids in zip(self._pending, workload.prefix_hashes, strict=True):
                 req.content, req.tokens_per_id = ids, per_id
+        # A steady run may pass its requests' finishes when nothing outside it hears of them
+        # before it ends (a closed loop's clients do: each sends its next request).
+        self.runs_past_finishes = True
         self._aborts = abort_schedule(aborts, workload.arrival_s)
         self._aborted = 0  # how many of ``_aborts`` have happened
 
@@ -179,33 +183,64 @@ class Simulator(SchedulingCore):
     def _plan(
         self, lane: Lane, batch: Batch, shape: BatchShape, sms: int, co: Run | None, now: float
     ) -> SimRun:
-        co_shape, co_sms = (co.shape, co.sms) if co else (None, 0)
-        if batch.then is not None and co is None and self.config.fast_forward:
-            return self._plan_with_tail(lane, batch, shape, sms, now)
+        if co is None and self.config.fast_forward:
+            if batch.then is not None:
+                return self._plan_then(lane, batch, shape, sms, now)
+            if batch.past_finishes and self.runs_past_finishes and batch.steady_steps > 1:
+                run = self._plan_past_finishes(lane, batch, shape, sms, now)
+                if run is not None:
+                    return run
         steps, durations = (
             steady_steps(self, batch, lane, sms, co, shape) if batch.steady_steps > 1 else (1, None)
         )
         return self._new_run(lane, batch, shape, sms, co, now, steps, durations)
 
-    def _plan_with_tail(
+    def _plan_then(
         self, lane: Lane, batch: Batch, shape: BatchShape, sms: int, now: float
     ) -> SimRun:
         """A batch with prefill chunks and the steady decode steps its policy promised after
         it, as one run (of the batch alone when no step of the promise can follow)."""
         first = self.model.predict(shape, sms, None, 0)
-        steps, durations, tail_shape = tail_steps(self, batch, shape, lane, sms, first)
+        then = batch.then
+        decodes = batch.decode
+        chunks = batch.prefill
+        # After the first step the decodes hold a token more, the prompts their first.
+        members = [*decodes, *(c.request for c in chunks)]
+        tokens = [r.kv_tokens + 1 for r in decodes] + [c.start + c.length for c in chunks]
+        remaining = [r.output_tokens - r.generated - 1 for r in members]
+        past = then.past_finishes and self.runs_past_finishes
+        budget = self._horizon(lane, None, then) - now - first
+        promised = min(then.steady_steps, self.config.max_steps_per_event - 1)
+        steps, durations, phase = plan_phase(
+            self, members, tokens, remaining, promised, past, budget, sms
+        )
         if not steps:
             return self._new_run(lane, batch, shape, sms, None, now, 1, (first,))
-        if durations is None:
-            durations = self.model.predict_decode_run(
-                tail_shape.n_decode, tail_shape.decode_ctx_sum, steps, sms, None, 0
-            )
         if isinstance(durations, list):
-            durations = [first, *durations[:steps]]
+            durations = [first, *durations]
         else:
-            durations = np.concatenate(([first], durations[:steps]))
+            durations = np.concatenate(([first], durations))
         run = self._new_run(lane, batch, shape, sms, None, now, steps + 1, durations)
-        run.tail, run.tail_shape = batch.then, tail_shape
+        phase.offset = 1
+        run.phase = phase
+        return run
+
+    def _plan_past_finishes(
+        self, lane: Lane, batch: Batch, shape: BatchShape, sms: int, now: float
+    ) -> SimRun | None:
+        """A steady decode batch that goes on past its requests' finishes, as one run; None
+        when it would not pass one (a plain steady run then)."""
+        reqs = batch.decode
+        remaining = [r.output_tokens - r.generated for r in reqs]
+        budget = self._horizon(lane, None, batch) - now
+        steps, durations, phase = plan_phase(
+            self, reqs, [r.kv_tokens for r in reqs], remaining, batch.steady_steps, True,
+            budget, sms,
+        )  # fmt: skip
+        if phase is None or len(phase.segments) < 2:
+            return None
+        run = self._new_run(lane, batch, shape, sms, None, now, steps, durations)
+        run.phase = phase
         return run
 
     def _new_run(

@@ -1,0 +1,90 @@
+"""Decode phases: steady decode iterations a run goes on with, past its first step or finishes.
+
+A policy may promise more than one steady batch. After a batch with prefill chunks it may
+promise the decode batch of every request that follows (``Batch.then``); a steady decode
+batch of every running request with nobody waiting may promise that, as its requests finish,
+the rest go on alike (``Batch.past_finishes``). The simulator then runs these iterations in
+the same event: a run is its first step (when it prefills) and a decode phase of segments,
+each a steady decode batch of the requests still decoding, cut where one finishes. A phase
+ends where the first of these comes: the promise's limit, the KV cache filling (counted as if
+finished requests kept their blocks, so it never ends late), or the horizon.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from policies import BatchShape, Request
+from twin.core import DecodePhase
+from twin.sim.fast_forward import kv_limit, run_length
+
+if TYPE_CHECKING:
+    from twin.sim.simulator import Simulator
+
+
+def plan_phase(
+    sim: Simulator,
+    members: list[Request],
+    tokens: list[int],
+    remaining: list[int],
+    promised: int,
+    past_finishes: bool,
+    budget: float,
+    sms: int,
+) -> tuple[int, list[float] | np.ndarray, DecodePhase | None]:
+    """How many decode iterations ``members`` run (holding ``tokens`` each at the phase's
+    start, with ``remaining`` tokens each to generate), within ``promised`` iterations and
+    ``budget`` seconds; their predicted durations; and the phase's segments."""
+    limit = min(promised, sim.config.max_steps_per_event)
+    limit = min(limit, max(remaining) if past_finishes else min(remaining))
+    if limit < 1 or budget <= 0:
+        return 0, [], None
+    bs = sim.kv.block_size
+    held = sim.kv.held
+    slack = [held(r.id) * bs - t for r, t in zip(members, tokens, strict=True)]
+    caps = remaining if past_finishes else None
+    limit = kv_limit(sim.kv.free_blocks, bs, slack, limit, caps)
+    if limit < 1:
+        return 0, [], None
+    # Segment bounds: the iterations at which members finish, inside the limit.
+    bounds = sorted({r for r in remaining if r < limit}) if past_finishes else []
+    bounds.append(limit)
+    order = sorted(range(len(members)), key=remaining.__getitem__) if len(bounds) > 1 else None
+    n, ctx = len(members), sum(tokens)
+    gone = 0  # members finished before the current segment
+    start, done, left = 0, 0, budget
+    pieces: list = []
+    segments: list[tuple[BatchShape, int]] = []
+    for bound in bounds:
+        if order is not None:
+            while gone < n and remaining[order[gone]] <= start:
+                ctx -= tokens[order[gone]]
+                gone += 1
+        if bound <= start:  # members done before the phase's first step
+            continue
+        active = n - gone
+        # The segment's first iteration attends to each active member's tokens, grown by
+        # ``start``, plus the new one.
+        seg_ctx = ctx + active * (start + 1)
+        steps, durations = run_length(sim, active, seg_ctx, bound - start, left, sms, None, 0)
+        if durations is None:
+            durations = sim.model.predict_decode_run(active, seg_ctx, steps, sms, None, 0)
+        durations = durations[:steps]
+        segments.append((BatchShape.decode(active, seg_ctx), steps))
+        pieces.append(durations)
+        done += steps
+        spent = sum(durations) if not math.isinf(left) else 0.0  # in order, as a cumsum
+        if steps < bound - start or spent >= left:
+            break
+        left -= spent
+        start = bound
+    if len(pieces) == 1:
+        durations = pieces[0]
+    elif all(isinstance(p, list) for p in pieces):
+        durations = [d for p in pieces for d in p]
+    else:
+        durations = np.concatenate([np.asarray(p, dtype=np.float64) for p in pieces])
+    return done, durations, DecodePhase(0, segments, members, remaining)
