@@ -43,12 +43,15 @@ def plan_phase(
     if limit < 1 or budget <= 0:
         return 0, [], None
     bs = sim.kv.block_size
-    held = sim.kv.held
-    slack = [held(r.id) * bs - t for r, t in zip(members, tokens, strict=True)]
-    caps = remaining if past_finishes else None
-    limit = kv_limit(sim.kv.free_blocks, bs, slack, limit, caps)
-    if limit < 1:
-        return 0, [], None
+    free = sim.kv.free_blocks
+    # Each member owes at most the block of its next token: when the blocks of ``limit``
+    # more tokens each fit, nothing else counts.
+    if len(members) * -(-(limit + 1) // bs) > free:
+        held = sim.kv.held
+        slack = [held(r.id) * bs - t for r, t in zip(members, tokens, strict=True)]
+        limit = kv_limit(free, bs, slack, limit, remaining if past_finishes else None)
+        if limit < 1:
+            return 0, [], None
     # Segment bounds: the iterations at which members finish, inside the limit.
     bounds = sorted({r for r in remaining if r < limit}) if past_finishes else []
     bounds.append(limit)
