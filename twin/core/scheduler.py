@@ -63,6 +63,21 @@ def same_state(a: EngineView, b: EngineView) -> bool:
 _STATE_FIELDS = tuple(f.name for f in fields(EngineView) if f.name != "partition_settled")
 
 
+def _by_tokens(reqs: list[Request], steps: int, start: int) -> list[tuple[int, int, list]]:
+    """``reqs`` decoding from step ``start`` for up to ``steps`` steps, grouped by how many
+    tokens each makes (all ``steps`` unless it finishes first): (start, tokens, requests)."""
+    full = [r for r in reqs if r.output_tokens - r.generated >= steps]
+    groups = [(start, steps, full)]
+    if len(full) < len(reqs):
+        short: dict[int, list[Request]] = {}
+        for r in reqs:
+            n = r.output_tokens - r.generated
+            if n < steps:
+                short.setdefault(n, []).append(r)
+        groups += [(start, n, group) for n, group in short.items()]
+    return groups
+
+
 class SchedulingCore:
     def __init__(
         self,
@@ -384,15 +399,10 @@ class SchedulingCore:
         decode = batch.decode
         if phase is not None:
             self.decode_steps += k if decode else k - phase.offset
-            groups: dict[tuple[int, int], list[Request]] = {}
-            for req in decode:
-                key = (0, min(req.output_tokens - req.generated, k))
-                groups.setdefault(key, []).append(req)
+            groups = _by_tokens(decode, k, 0)
             if phase.offset:
-                for req in prefilled:
-                    key = (1, min(req.output_tokens - req.generated, k - 1))
-                    groups.setdefault(key, []).append(req)
-            for (start, n), reqs in groups.items():
+                groups += _by_tokens(prefilled, k - 1, 1)
+            for start, n, reqs in groups:
                 self._apply_steps(reqs, n, step_ends[start : start + n], finished, finish_at,
                                   emit, tokens)  # fmt: skip
         else:

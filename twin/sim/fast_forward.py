@@ -129,11 +129,11 @@ def kv_limit(
         def blocks(m: int) -> int:
             return sum(-(-(m - s) // bs) for s in slack if m > s)
     else:
+        # A request whose cap is within the room it holds never takes a block.
+        pairs = [(s, c) for s, c in zip(slack, caps, strict=True) if c > s]
 
         def blocks(m: int) -> int:
-            return sum(
-                -(-(g - s) // bs) for s, c in zip(slack, caps, strict=True) if (g := min(m, c)) > s
-            )
+            return sum(-(-((m if m < c else c) - s) // bs) for s, c in pairs if m > s)
 
     if blocks(limit) <= free:
         return limit
