@@ -60,24 +60,19 @@ class Run:
     # run: after its prefill step, or past its requests' finishes (``twin.sim.phases``).
     phase: DecodePhase | None = None
 
-    def parts(self, step_ends: Sequence[float]) -> list[tuple[Run, Sequence[float]]]:
-        """The run as the runs it stands for, each with its step ends: itself, or its first
+    def parts(self, step_ends: Sequence[float]) -> list[tuple[BatchShape, int, float]]:
+        """The runs this one stands for, as (shape, iterations, start): itself, or its first
         step and the segments of its decode phase."""
         phase = self.phase
         if phase is None:
-            return [(self, step_ends)]
-        parts: list[tuple[Run, Sequence[float]]] = []
+            return [(self.shape, self.steps, self.start)]
+        parts = []
         i = 0
         if phase.offset:
-            first = Run(self.lane, self.batch, self.shape, self.sms, 1, self.start,
-                        self.predicted[:1], self.co_label)  # fmt: skip
-            parts.append((first, step_ends[:1]))
+            parts.append((self.shape, 1, self.start))
             i = 1
         for shape, k in phase.segments:
-            start = float(step_ends[i - 1]) if i else self.start
-            part = Run(self.lane, self.batch, shape, self.sms, k, start,
-                       self.predicted[i : i + k], self.co_label)  # fmt: skip
-            parts.append((part, step_ends[i : i + k]))
+            parts.append((shape, k, float(step_ends[i - 1]) if i else self.start))
             i += k
         return parts
 
@@ -160,22 +155,11 @@ class IterationLog:
         self.predicted = array("d")
 
     def add(self, run: Run, step_ends: Sequence[float]) -> None:
-        s = run.shape
-        prefill_ctx = sum(s.prefill_ctx)
-        self.lane.append(run.lane.value)
-        self.co_runner.append(run.co_label)
-        self.start.append(run.start)
-        self.ints.extend(
-            (
-                run.steps,
-                run.sms,
-                s.prefill_tokens,
-                len(s.prefill_q),
-                s.n_decode,
-                s.decode_ctx_sum + sum(s.prefill_q) + prefill_ctx,
-                prefill_ctx,
-            )
-        )
+        if run.phase is None:
+            self._row(run, run.shape, run.steps, run.start)
+        else:  # one row per run it stands for; their steps lie end to end
+            for shape, steps, start in run.parts(step_ends):
+                self._row(run, shape, steps, start)
         if len(step_ends) == 1:  # most runs: two scalars, cheaper than two byte copies
             self.ends.append(step_ends[0])
             self.predicted.append(run.predicted[0])
@@ -187,6 +171,23 @@ class IterationLog:
                 self.predicted.frombytes(
                     np.ascontiguousarray(run.predicted, dtype=np.float64).tobytes()
                 )
+
+    def _row(self, run: Run, s: BatchShape, steps: int, start: float) -> None:
+        prefill_ctx = sum(s.prefill_ctx)
+        self.lane.append(run.lane.value)
+        self.co_runner.append(run.co_label)
+        self.start.append(start)
+        self.ints.extend(
+            (
+                steps,
+                run.sms,
+                s.prefill_tokens,
+                len(s.prefill_q),
+                s.n_decode,
+                s.decode_ctx_sum + sum(s.prefill_q) + prefill_ctx,
+                prefill_ctx,
+            )
+        )
 
     def __len__(self) -> int:
         return len(self.start)

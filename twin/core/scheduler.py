@@ -485,13 +485,8 @@ class SchedulingCore:
 
     # ----------------------------------------------------------------- recording
     def _record(self, run: Run, step_ends: Sequence[float]) -> None:
-        if run.phase is None:
-            self._iters.add(run, step_ends)
-            self.stats.iterations += 1
-            return
-        for part, ends in run.parts(step_ends):
-            self._iters.add(part, ends)
-            self.stats.iterations += 1
+        self._iters.add(run, step_ends)
+        self.stats.iterations += 1 if run.phase is None else len(run.parts(step_ends))
 
     def _sample(self) -> None:
         p = self.partition
