@@ -30,7 +30,7 @@ from policies import Batch, BatchShape, EngineView, KVCache, Lane, Policy, Reque
 from policies.admission import reject, rejection_reason
 from policies.block_hash import attach_hashes
 from policies.view import LatencyModel
-from twin.core.records import IterationLog, Run, TimelineLog
+from twin.core.records import DecodePhase, IterationLog, Run, TimelineLog
 from twin.core.tokens import TokenLog
 from twin.errors import SchedulingError
 
@@ -404,7 +404,8 @@ class SchedulingCore:
                 groups += _by_tokens(prefilled, k - 1, 1)
             for start, n, reqs in groups:
                 self._apply_steps(reqs, n, step_ends[start : start + n], finished, finish_at,
-                                  emit, tokens)  # fmt: skip
+                                  emit, tokens, log=False)  # fmt: skip
+            self._log_phase(batch, phase, step_ends)
         else:
             if decode:
                 self.decode_steps += k
@@ -434,12 +435,15 @@ class SchedulingCore:
         finish_at: dict[int, float] | None,
         emit,
         tokens: Iterator[int] | None,
+        log: bool = True,
     ) -> None:
-        """``reqs`` each decoded ``steps`` tokens, ending at ``ends``."""
+        """``reqs`` each decoded ``steps`` tokens, ending at ``ends`` (logged unless the
+        caller logs them)."""
         if not reqs or not steps:
             return
         times = ends if steps > 1 else float(ends[0])
-        self.tokens.add([req.id for req in reqs], times)
+        if log:
+            self.tokens.add([req.id for req in reqs], times)
         keep = self.keep_token_times
         last = float(ends[-1])
         for req in reqs:
@@ -454,6 +458,19 @@ class SchedulingCore:
                 finished.append(req)
                 if finish_at is not None:
                     finish_at[req.id] = last
+
+    def _log_phase(self, batch: Batch, phase: DecodePhase, step_ends: Sequence[float]) -> None:
+        """Log a run's decode tokens as the runs it stands for would be: each segment's step
+        ends once, with the requests decoding in it."""
+        i = 0
+        if phase.offset:
+            if batch.decode:
+                self.tokens.add([req.id for req in batch.decode], float(step_ends[0]))
+            i = 1
+        for reqs, k in phase.batches():
+            self.tokens.add([req.id for req in reqs], step_ends[i : i + k] if k > 1 else
+                            float(step_ends[i]))  # fmt: skip
+            i += k
 
     def _finish(self, req: Request, now: float) -> None:
         req.finish_s = now
