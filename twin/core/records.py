@@ -87,6 +87,7 @@ class DecodePhase:
     segments: list[tuple[BatchShape, int]]
     members: list
     remaining: list[int]
+    whole: bool = False  # every member decodes in every step: none finishes before the end
 
     def batches(self) -> list[tuple[list, int]]:
         """Each segment's decode requests and iterations (what a policy decided for it)."""

@@ -291,7 +291,7 @@ class SchedulingCore:
         if run.phase is None:
             kv.grow_decodes(batch.decode, steps)
         else:
-            self._grow_phase(kv, batch, run.phase.offset, steps)
+            self._grow_phase(kv, batch, run.phase, steps)
         for req in batch.decode:
             req.in_flight = True
         self.in_flight[lane] = run
@@ -303,16 +303,19 @@ class SchedulingCore:
             del self.in_flight[lane]  # it never started: its requests belong to no running batch
             raise
 
-    def _grow_phase(self, kv: KVCache, batch: Batch, offset: int, steps: int) -> None:
+    def _grow_phase(self, kv: KVCache, batch: Batch, phase: DecodePhase, steps: int) -> None:
         """KV for a run with a decode phase: each request to the tokens it will hold when it
         finishes or the run ends (the prompts prefilled in its first step from then on)."""
-        full = [r for r in batch.decode if r.output_tokens - r.generated >= steps]
+        if phase.whole:
+            full = batch.decode
+        else:
+            full = [r for r in batch.decode if r.output_tokens - r.generated >= steps]
         kv.grow_decodes(full, steps)
         if len(full) < len(batch.decode):
             for r in batch.decode:
                 if r.output_tokens - r.generated < steps:
                     kv.grow(r.id, r.kv_tokens + r.output_tokens - r.generated)
-        if offset:
+        if phase.offset:
             for chunk in batch.prefill:
                 req = chunk.request
                 # One token comes with the prefill; the rest from the decode steps after it.
@@ -399,9 +402,10 @@ class SchedulingCore:
         decode = batch.decode
         if phase is not None:
             self.decode_steps += k if decode else k - phase.offset
-            groups = _by_tokens(decode, k, 0)
+            whole = phase.whole
+            groups = [(0, k, decode)] if whole else _by_tokens(decode, k, 0)
             if phase.offset:
-                groups += _by_tokens(prefilled, k - 1, 1)
+                groups += [(1, k - 1, prefilled)] if whole else _by_tokens(prefilled, k - 1, 1)
             for start, n, reqs in groups:
                 self._apply_steps(reqs, n, step_ends[start : start + n], finished, finish_at,
                                   emit, tokens, log=False)  # fmt: skip
@@ -467,7 +471,7 @@ class SchedulingCore:
             if batch.decode:
                 self.tokens.add([req.id for req in batch.decode], float(step_ends[0]))
             i = 1
-        for reqs, k in phase.batches():
+        for reqs, k in [(phase.members, phase.segments[0][1])] if phase.whole else phase.batches():
             self.tokens.add([req.id for req in reqs], step_ends[i : i + k] if k > 1 else
                             float(step_ends[i]))  # fmt: skip
             i += k

@@ -90,4 +90,5 @@ def plan_phase(
         durations = [d for p in pieces for d in p]
     else:
         durations = np.concatenate([np.asarray(p, dtype=np.float64) for p in pieces])
-    return done, durations, DecodePhase(0, segments, members, remaining)
+    whole = min(remaining) >= done
+    return done, durations, DecodePhase(0, segments, members, remaining, whole)
