@@ -183,7 +183,8 @@ class Simulator(SchedulingCore):
     def _plan(
         self, lane: Lane, batch: Batch, shape: BatchShape, sms: int, co: Run | None, now: float
     ) -> SimRun:
-        if co is None and self.config.fast_forward:
+        # Phases are planned on one lane: a re-rated run keeps one shape for all its steps.
+        if co is None and self.config.fast_forward and not self.partition.is_split:
             if batch.then is not None:
                 return self._plan_then(lane, batch, shape, sms, now)
             if batch.past_finishes and self.runs_past_finishes and batch.steady_steps > 1:
