@@ -88,6 +88,10 @@ class DecodePhase:
     members: list
     remaining: list[int]
     whole: bool = False  # every member decodes in every step: none finishes before the end
+    # With finishes inside: the members latest to finish first, and how many of them decode
+    # in each segment (a segment's members are the first that many).
+    by_finish: list | None = None
+    counts: list[int] | None = None
 
     def batches(self) -> list[tuple[list, int]]:
         """Each segment's decode requests and iterations (what a policy decided for it)."""

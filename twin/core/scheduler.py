@@ -471,9 +471,14 @@ class SchedulingCore:
             if batch.decode:
                 self.tokens.add([req.id for req in batch.decode], float(step_ends[0]))
             i = 1
-        for reqs, k in [(phase.members, phase.segments[0][1])] if phase.whole else phase.batches():
-            self.tokens.add([req.id for req in reqs], step_ends[i : i + k] if k > 1 else
-                            float(step_ends[i]))  # fmt: skip
+        if phase.by_finish is None:
+            ids = [req.id for req in phase.members]
+            counts = [len(ids)] * len(phase.segments)
+        else:
+            ids = [req.id for req in phase.by_finish]
+            counts = phase.counts
+        for (_, k), n in zip(phase.segments, counts, strict=True):
+            self.tokens.add(ids[:n], step_ends[i : i + k] if k > 1 else float(step_ends[i]))
             i += k
 
     def _finish(self, req: Request, now: float) -> None:

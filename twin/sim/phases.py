@@ -61,6 +61,7 @@ def plan_phase(
     start, done, left = 0, 0, budget
     pieces: list = []
     segments: list[tuple[BatchShape, int]] = []
+    counts: list[int] = []  # members decoding in each segment
     for bound in bounds:
         if order is not None:
             while gone < n and remaining[order[gone]] <= start:
@@ -69,6 +70,7 @@ def plan_phase(
         if bound <= start:  # members done before the phase's first step
             continue
         active = n - gone
+        counts.append(active)
         # The segment's first iteration attends to each active member's tokens, grown by
         # ``start``, plus the new one.
         seg_ctx = ctx + active * (start + 1)
@@ -91,4 +93,9 @@ def plan_phase(
     else:
         durations = np.concatenate([np.asarray(p, dtype=np.float64) for p in pieces])
     whole = min(remaining) >= done
-    return done, durations, DecodePhase(0, segments, members, remaining, whole)
+    phase = DecodePhase(0, segments, members, remaining, whole)
+    if order is not None:
+        # Latest to finish first: each segment's members are the first ``counts`` of these.
+        phase.by_finish = [members[i] for i in reversed(order)]
+        phase.counts = counts
+    return done, durations, phase
