@@ -448,19 +448,31 @@ class SchedulingCore:
         times = ends if steps > 1 else float(ends[0])
         if log:
             self.tokens.add([req.id for req in reqs], times)
-        keep = self.keep_token_times
-        last = float(ends[-1])
-        for req in reqs:
-            req.in_flight = False
-            req.kv_tokens += steps
-            req.generated += steps
-            if keep:
-                req.token_times.append(times)
-            if emit is not None:
-                emit(req, next(tokens))
-            if req.generated >= req.output_tokens:
-                finished.append(req)
-                if finish_at is not None:
+        done: list[Request] = []
+        if self.keep_token_times or emit is not None:
+            keep = self.keep_token_times
+            for req in reqs:
+                req.in_flight = False
+                req.kv_tokens += steps
+                req.generated += steps
+                if keep:
+                    req.token_times.append(times)
+                if emit is not None:
+                    emit(req, next(tokens))
+                if req.generated >= req.output_tokens:
+                    done.append(req)
+        else:  # a simulation of many requests: nothing to stream or keep per request
+            for req in reqs:
+                req.in_flight = False
+                req.kv_tokens += steps
+                req.generated += steps
+                if req.generated >= req.output_tokens:
+                    done.append(req)
+        if done:
+            finished += done
+            if finish_at is not None:
+                last = float(ends[-1])
+                for req in done:
                     finish_at[req.id] = last
 
     def _log_phase(self, batch: Batch, phase: DecodePhase, step_ends: Sequence[float]) -> None:

@@ -13,6 +13,7 @@ finished requests kept their blocks, so it never ends late), or the horizon.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,48 +28,52 @@ if TYPE_CHECKING:
 
 def plan_phase(
     sim: Simulator,
-    members: list[Request],
-    tokens: list[int],
+    members: Callable[[], list[Request]],
     remaining: list[int],
+    token_of: Callable[[int], int],
+    ctx: int,
     promised: int,
     past_finishes: bool,
     budget: float,
     sms: int,
 ) -> tuple[int, list[float] | np.ndarray, DecodePhase | None]:
-    """How many decode iterations ``members`` run (holding ``tokens`` each at the phase's
-    start, with ``remaining`` tokens each to generate), within ``promised`` iterations and
-    ``budget`` seconds; their predicted durations; and the phase's segments."""
+    """How many decode iterations the phase's members run within ``promised`` iterations and
+    ``budget`` seconds, their predicted durations, and the phase.
+
+    Member ``i`` has ``remaining[i]`` tokens to generate and holds ``token_of(i)`` tokens at
+    the phase's start (``ctx`` in all); ``members()`` lists them (asked only for a phase).
+    """
     limit = min(promised, sim.config.max_steps_per_event)
-    limit = min(limit, max(remaining) if past_finishes else min(remaining))
+    low = min(remaining)
+    limit = min(limit, max(remaining) if past_finishes else low)
     if limit < 1 or budget <= 0:
         return 0, [], None
+    n = len(remaining)
     bs = sim.kv.block_size
     free = sim.kv.free_blocks
     # Each member owes at most the block of its next token: when the blocks of ``limit``
     # more tokens each fit, nothing else counts.
-    if len(members) * -(-(limit + 1) // bs) > free:
+    if n * -(-(limit + 1) // bs) > free:
         held = sim.kv.held
-        slack = [held(r.id) * bs - t for r, t in zip(members, tokens, strict=True)]
+        slack = [held(r.id) * bs - token_of(i) for i, r in enumerate(members())]
         limit = kv_limit(free, bs, slack, limit, remaining if past_finishes else None)
         if limit < 1:
             return 0, [], None
-    # Segment bounds: the iterations at which members finish, inside the limit.
-    bounds = sorted({r for r in remaining if r < limit}) if past_finishes else []
-    bounds.append(limit)
-    order = sorted(range(len(members)), key=remaining.__getitem__) if len(bounds) > 1 else None
-    n, ctx = len(members), sum(tokens)
+    # Members by finish, when some finish inside the limit: the segments end where they do.
+    order = sorted(range(n), key=remaining.__getitem__) if low < limit else None
     gone = 0  # members finished before the current segment
     start, done, left = 0, 0, budget
     pieces: list = []
     segments: list[tuple[BatchShape, int]] = []
     counts: list[int] = []  # members decoding in each segment
-    for bound in bounds:
+    while start < limit:
+        bound = limit
         if order is not None:
             while gone < n and remaining[order[gone]] <= start:
-                ctx -= tokens[order[gone]]
+                ctx -= token_of(order[gone])
                 gone += 1
-        if bound <= start:  # members done before the phase's first step
-            continue
+            if gone < n and remaining[order[gone]] < limit:
+                bound = remaining[order[gone]]
         active = n - gone
         counts.append(active)
         # The segment's first iteration attends to each active member's tokens, grown by
@@ -92,10 +97,10 @@ def plan_phase(
         durations = [d for p in pieces for d in p]
     else:
         durations = np.concatenate([np.asarray(p, dtype=np.float64) for p in pieces])
-    whole = min(remaining) >= done
-    phase = DecodePhase(0, segments, members, remaining, whole)
-    if order is not None:
+    listed = members()
+    phase = DecodePhase(0, segments, listed, remaining, low >= done)
+    if order is not None and low < done:
         # Latest to finish first: each segment's members are the first ``counts`` of these.
-        phase.by_finish = [members[i] for i in reversed(order)]
+        phase.by_finish = [listed[i] for i in reversed(order)]
         phase.counts = counts
     return done, durations, phase

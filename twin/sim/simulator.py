@@ -203,18 +203,29 @@ class Simulator(SchedulingCore):
         it, as one run (of the batch alone when no step of the promise can follow)."""
         first = self.model.predict(shape, sms, None, 0)
         then = batch.then
+        budget = self._horizon(lane, None, then) - now - first
+        if budget <= 0:  # something changes during the first step
+            return self._new_run(lane, batch, shape, sms, None, now, 1, (first,))
         decodes = batch.decode
         chunks = batch.prefill
+        nd = len(decodes)
         # After the first step the decodes hold a token more, the prompts their first.
-        members = [*decodes, *(c.request for c in chunks)]
-        tokens = [r.kv_tokens + 1 for r in decodes] + [c.start + c.length for c in chunks]
-        remaining = [r.output_tokens - r.generated - 1 for r in members]
+        remaining = [r.output_tokens - r.generated - 1 for r in decodes]
+        remaining += [c.request.output_tokens - c.request.generated - 1 for c in chunks]
+
+        def token_of(i: int) -> int:
+            if i < nd:
+                return decodes[i].kv_tokens + 1
+            c = chunks[i - nd]
+            return c.start + c.length
+
+        ctx = shape.decode_ctx_sum + sum(c.start + c.length for c in chunks)
         past = then.past_finishes and self.runs_past_finishes
-        budget = self._horizon(lane, None, then) - now - first
         promised = min(then.steady_steps, self.config.max_steps_per_event - 1)
         steps, durations, phase = plan_phase(
-            self, members, tokens, remaining, promised, past, budget, sms
-        )
+            self, lambda: [*decodes, *(c.request for c in chunks)], remaining, token_of, ctx,
+            promised, past, budget, sms,
+        )  # fmt: skip
         if not steps:
             return self._new_run(lane, batch, shape, sms, None, now, 1, (first,))
         if isinstance(durations, list):
@@ -231,12 +242,14 @@ class Simulator(SchedulingCore):
     ) -> SimRun | None:
         """A steady decode batch that goes on past its requests' finishes, as one run; None
         when it would not pass one (a plain steady run then)."""
+        budget = self._horizon(lane, None, batch) - now
         reqs = batch.decode
         remaining = [r.output_tokens - r.generated for r in reqs]
-        budget = self._horizon(lane, None, batch) - now
+        if min(remaining) >= batch.steady_steps or budget <= 0:
+            return None  # no finish inside the promise: a plain steady run
         steps, durations, phase = plan_phase(
-            self, reqs, [r.kv_tokens for r in reqs], remaining, batch.steady_steps, True,
-            budget, sms,
+            self, lambda: reqs, remaining, lambda i: reqs[i].kv_tokens,
+            shape.decode_ctx_sum - len(reqs), batch.steady_steps, True, budget, sms,
         )  # fmt: skip
         if phase is None or len(phase.segments) < 2:
             return None
