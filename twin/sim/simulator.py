@@ -119,6 +119,7 @@ class Simulator(SchedulingCore):
         # A steady run may pass its requests' finishes when nothing outside it hears of them
         # before it ends (a closed loop's clients do: each sends its next request).
         self.runs_past_finishes = True
+        self.events = 0  # runs completed: each one event, however many batches it stands for
         self._aborts = abort_schedule(aborts, workload.arrival_s)
         self._aborted = 0  # how many of ``_aborts`` have happened
 
@@ -349,6 +350,7 @@ class Simulator(SchedulingCore):
 
     def _complete(self, run: SimRun) -> None:
         now = self.env.now
+        self.events += 1
         if run.steps > 1:
             run.breaks.append((now, 1.0))
             if len(run.breaks) == 2 and isinstance(run.step_fraction, list):
