@@ -59,16 +59,20 @@ def plan_phase(
         limit = kv_limit(free, bs, slack, limit, remaining if past_finishes else None)
         if limit < 1:
             return 0, [], None
-    # Members by finish, when some finish inside the limit: the segments end where they do.
-    order = sorted(range(n), key=remaining.__getitem__) if low < limit else None
+    # Members by finish, once the phase reaches its first finish: segments end where they
+    # do. Most phases end at the horizon before it, and need no order.
+    order = None
     gone = 0  # members finished before the current segment
     start, done, left = 0, 0, budget
     pieces: list = []
     segments: list[tuple[BatchShape, int]] = []
     counts: list[int] = []  # members decoding in each segment
     while start < limit:
-        bound = limit
+        bound = low if low < limit else limit
+        if order is None and low <= start < limit:
+            order = sorted(range(n), key=remaining.__getitem__)
         if order is not None:
+            bound = limit
             while gone < n and remaining[order[gone]] <= start:
                 ctx -= token_of(order[gone])
                 gone += 1
