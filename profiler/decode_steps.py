@@ -59,7 +59,22 @@ def roofline_steps(
         share = hbm / ((gb + ab + ob) / t + other)
         return busy(af, ab, share if share < 1.0 else 1.0) + overhead
 
-    return step
+    if not alone:
+        return step
+    # Alone, the GEMMs' and the other operators' times do not change from step to step:
+    # ``busy`` at full share with those two terms taken once (the same values, added in
+    # the same order).
+    c_op, m_op = gf / g_rate, gb / g_bw
+    t_gemm = c_op if c_op > m_op else m_op
+    c_op, m_op = of / o_rate, ob / o_bw
+    t_other = c_op if c_op > m_op else m_op
+
+    def alone_step(j: int) -> float:
+        ctx = float(ctx_sum + n_decode * j)
+        c_op, m_op = flops_per_pair * ctx / a_rate, (q_bytes + kv_per_ctx * ctx) / a_bw
+        return t_gemm + (c_op if c_op > m_op else m_op) + t_other + overhead
+
+    return alone_step
 
 
 def measured_steps(
