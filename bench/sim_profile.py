@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         "scale": args.scale,
         "requests": len(workload),
         "iterations": int(len(result.iterations["start_s"])),
-        "events": len(getattr(sim, "_iters", [])),
+        "events": getattr(sim, "events", None) or len(getattr(sim, "_iters", [])),
         "simulate_cpu_s": round(sim_cpu, 2),
         "cpu_s": round(time.process_time() - cpu, 2),
         "wall_s": round(time.perf_counter() - wall, 2),

@@ -92,7 +92,7 @@ def one_run(trace: str, scale: float, policy: str, fast_forward: bool) -> dict:
         "simulate_s": simulated,
         "requests": len(workload),
         "iterations": int(len(result.iterations["start_s"])),
-        "events": len(sim._iters),
+        "events": getattr(sim, "events", None) or len(sim._iters),
         "simulated_serving_s": result.end_s,
         "latency_model": model.label,
     }

@@ -287,7 +287,7 @@ def twin_child(args: argparse.Namespace) -> None:
         "loop_s": t_run - t_setup,
         "metrics_s": t_end - t_run,
         "iterations": int(len(result.iterations["start_s"])),
-        "events": len(sim._iters),
+        "events": getattr(sim, "events", None) or len(sim._iters),
         "summary": summary,
         "metrics": {
             **{

@@ -226,7 +226,19 @@ class SchedulingPolicy:
             if view.partition_settled or self.partition(view) == view.partition:
                 batch.steady_steps = self.steady_limit(view, batch)
                 batch.through_arrivals = self.split_ignores_arrivals and view.partition.is_split
+                batch.arrivals_queue = self.arrivals_queue(view)
+                batch.past_finishes = self.past_finishes(view, batch)
         return batch
+
+    def past_finishes(self, view: EngineView, batch: Batch) -> bool:
+        """Whether the steady ``batch`` goes on alike as its requests finish (the batch of
+        the rest is what this policy would return): never assumed by default."""
+        return False
+
+    def arrivals_queue(self, view: EngineView) -> bool:
+        """Whether, during a steady decode batch, an arrival would only queue behind a head
+        this policy cannot admit: never assumed by default."""
+        return False
 
     def steady_limit(self, view: EngineView, batch: Batch) -> int:
         """How many steps the promise holds; policies whose choices change with KV use cap it."""

@@ -74,6 +74,17 @@ class Batch:
     ``through_arrivals`` widens the promise for a decode lane of a split partition: while the
     prefill lane is busy, an arrival changes neither this batch nor the partition (the arrival
     only waits in the queue), so the promise lasts until the prefill lane's batch ends.
+
+    ``arrivals_queue`` widens it on one lane for a policy whose queue's head cannot be admitted
+    before the promise ends: an arrival joins the queue behind that head, so the promise holds
+    through arrivals.
+
+    ``then`` is a promise about the steps after a batch with prefill chunks: the steady
+    decode batch (``steady_steps`` and all) the policy would return next if nothing changed
+    but this batch's own progress. Engines may run both as one (the simulator does).
+
+    ``past_finishes`` widens a steady promise past its requests' finishes: when some finish,
+    the batch of the rest is steady with the same promise (nothing else runs or waits).
     """
 
     prefill: list[PrefillChunk] = field(default_factory=list)
@@ -81,6 +92,9 @@ class Batch:
     preempt: list[Request] = field(default_factory=list)
     steady_steps: int = 1
     through_arrivals: bool = False
+    arrivals_queue: bool = False
+    then: Batch | None = None
+    past_finishes: bool = False
 
     @property
     def is_empty(self) -> bool:

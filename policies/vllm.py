@@ -75,13 +75,79 @@ class VllmPolicy(SchedulingPolicy):
         budget = p.max_num_batched_tokens - len(decodes)
         chunks = self.continue_prefills(view, prefilling, budget, kv, preempted, scheduled)
         budget -= sum(c.length for c in chunks)
+        admitted: list = []
         if not preempted:
             free_seqs = p.max_num_seqs - len(view.running)
             busy = bool(scheduled)
-            chunks += self.admit_waiting(self.order_waiting(view), budget, kv, free_seqs, busy)
+            admitted = self.admit_waiting(self.order_waiting(view), budget, kv, free_seqs, busy)
         if preempted:  # a later preemption may take a request granted a decode step
             decodes = [r for r in decodes if r not in preempted]
-        batch = Batch(prefill=chunks, decode=decodes, preempt=preempted)
+        batch = Batch(prefill=chunks + admitted, decode=decodes, preempt=preempted)
         if batch.is_empty and not preempted:
             return None
+        if batch.prefill and not preempted and len(decodes) == len(decoding):
+            if len(chunks) == len(prefilling):
+                batch.then = self.decoding_after(view, batch, admitted, budget, kv)
+            return batch
         return self.steady(batch, view)
+
+    def decoding_after(
+        self, view: EngineView, batch: Batch, admitted: list, budget: int, kv: KVBudget
+    ) -> Batch | None:
+        """The steady decode batch this policy would return after ``batch``, which runs every
+        request (each decoding one, each prefilling one's chunk) if every chunk ends its
+        prompt: or None when the next step could differ (a prompt left to prefill, or a
+        waiting request the next step could admit)."""
+        if not all(c.completes for c in batch.prefill) or not self.keeps_partition():
+            return None
+        p = self.params
+        n = len(view.running) + len(admitted)
+        queued = len(view.waiting) > len(admitted)
+        if queued:
+            # The queue's head is admitted at the next step unless something that does not
+            # loosen while the batch decodes keeps it out: no token budget or no sequence
+            # then, or too little KV now (the next step's budget is at least this step's
+            # rest, so its chunk is no shorter, and decoding only takes blocks). A prefix
+            # cached by this step's chunks could shorten its chunk, so a head with hashes
+            # under prefix caching is asked again.
+            spent = budget - sum(c.length for c in admitted) <= 0
+            full = p.max_num_seqs - n <= 0
+            if p.max_num_batched_tokens - n > 0 and not full:
+                head = view.waiting[len(admitted)]
+                cached = kv.cache.prefix_caching and bool(head.block_hashes)
+                if spent or cached:
+                    return None
+        then = Batch(
+            decode=[*view.running, *(c.request for c in admitted)],
+            arrivals_queue=queued,
+            past_finishes=not queued,
+        )
+        then.steady_steps = self.steady_limit(view, then)
+        return then
+
+    def keeps_partition(self) -> bool:
+        """Whether this policy's partition and queue order are the base ones: aggregated
+        always, first come first served (what the promises through a queue rely on)."""
+        cls = type(self)
+        return (
+            cls.partition is SchedulingPolicy.partition
+            and cls.order_waiting is SchedulingPolicy.order_waiting
+        )
+
+    def past_finishes(self, view: EngineView, batch: Batch) -> bool:
+        # Every running request decodes and nobody waits: when some finish, the next step
+        # decodes the rest, with no one to admit and nothing to prefill.
+        return (
+            not view.waiting
+            and len(batch.decode) == len(view.running)
+            and not view.partition.is_split
+            and self.keeps_partition()
+        )
+
+    def arrivals_queue(self, view: EngineView) -> bool:
+        # A decode-only batch while requests wait means the queue's head was not admitted: no
+        # token budget, no free sequence or too little KV. None of these loosens during a
+        # steady run (the budget and the running count stay, free KV only shrinks and cached
+        # prefixes are only evicted), and in first-come order an arrival waits behind the
+        # head. Policies built on this one that re-split or reorder the queue say nothing.
+        return bool(view.waiting) and not view.partition.is_split and self.keeps_partition()

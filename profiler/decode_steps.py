@@ -29,6 +29,9 @@ def roofline_steps(
     co_sms: int,
 ) -> Callable[[int], float]:
     """``LatencyModel.predict_decode_run``'s steps: the per-class roofline on ``sms``."""
+    alone = co_runner is None or co_runner.is_empty
+    if alone:
+        return _alone_steps(model, n_decode, ctx_sum, sms)
     c = model.costs
     gf, gb = c.gemm(n_decode, n_decode)
     of, ob = c.other(n_decode)
@@ -38,8 +41,7 @@ def roofline_steps(
     (g_rate, g_bw), (a_rate, a_bw), (o_rate, o_bw) = (
         model.curves(op, sms) for op in ("gemm", "attn_decode", "other")
     )
-    alone = co_runner is None or co_runner.is_empty
-    other = 0.0 if alone else model.demand(co_runner, co_sms)[1]
+    other = model.demand(co_runner, co_sms)[1]
     hbm = model.hbm_bandwidth
 
     def busy(af: float, ab: float, share: float) -> float:
@@ -54,10 +56,44 @@ def roofline_steps(
         ctx = float(ctx_sum + n_decode * j)
         af, ab = flops_per_pair * ctx, q_bytes + kv_per_ctx * ctx
         t = busy(af, ab, 1.0)
-        if alone:
-            return t + overhead
         share = hbm / ((gb + ab + ob) / t + other)
         return busy(af, ab, share if share < 1.0 else 1.0) + overhead
+
+    return step
+
+
+def _alone_steps(
+    model: LatencyModel, n_decode: int, ctx_sum: int, sms: int
+) -> Callable[[int], float]:
+    """``roofline_steps`` with no co-runner: the GEMMs' and the other operators' times do
+    not change from step to step, so they are taken once per batch size and SMs (the same
+    values, added in the same order as the vectorised run adds them)."""
+    consts = model.__dict__.setdefault("_alone_step_consts", {})
+    key = (n_decode, sms)
+    hit = consts.get(key)
+    if hit is None:
+        c = model.costs
+        gf, gb = c.gemm(n_decode, n_decode)
+        of, ob = c.other(n_decode)
+        (g_rate, g_bw), (a_rate, a_bw), (o_rate, o_bw) = (
+            model.curves(op, sms) for op in ("gemm", "attn_decode", "other")
+        )
+        c_op, m_op = gf / g_rate, gb / g_bw
+        t_gemm = c_op if c_op > m_op else m_op
+        c_op, m_op = of / o_rate, ob / o_bw
+        t_other = c_op if c_op > m_op else m_op
+        q_bytes = c.attn_q_bytes * n_decode
+        hit = consts[key] = (
+            t_gemm, t_other, c.attn_flops_per_pair, c.attn_kv_bytes_per_ctx, q_bytes, a_rate,
+            a_bw,
+        )  # fmt: skip
+    t_gemm, t_other, flops_per_pair, kv_per_ctx, q_bytes, a_rate, a_bw = hit
+    overhead = model.overhead_s(BatchShape.decode(n_decode, ctx_sum))
+
+    def step(j: int) -> float:
+        ctx = float(ctx_sum + n_decode * j)
+        c_op, m_op = flops_per_pair * ctx / a_rate, (q_bytes + kv_per_ctx * ctx) / a_bw
+        return t_gemm + (c_op if c_op > m_op else m_op) + t_other + overhead
 
     return step
 

@@ -31,9 +31,9 @@ def expanded(kept):
     """Each run's iterations row by row, straight from the run objects."""
     rows = []
     for run, ends in kept:
-        s = run.shape
-        ctx0 = s.decode_ctx_sum + sum(s.prefill_q) + sum(s.prefill_ctx)
         for i, end in enumerate(ends):
+            s, j = _step_shape(run, i)
+            ctx0 = s.decode_ctx_sum + sum(s.prefill_q) + sum(s.prefill_ctx)
             rows.append(
                 {
                     "lane": run.lane.value,
@@ -43,13 +43,30 @@ def expanded(kept):
                     "prefill_tokens": s.prefill_tokens,
                     "prefill_chunks": len(s.prefill_q),
                     "decode_requests": s.n_decode,
-                    "context_tokens": ctx0 + s.n_decode * i,
+                    "context_tokens": ctx0 + s.n_decode * j,
                     "prefill_context_tokens": sum(s.prefill_ctx),
                     "predicted_s": run.predicted[i],
                     "co_runner": run.co_label,
                 }
             )
     return pd.DataFrame(rows, columns=ITERATION_COLUMNS)
+
+
+def _step_shape(run, i):
+    """The shape of a run's ``i``-th iteration's segment and the iteration's place in it: a
+    run's batch throughout, or with a decode phase its first step then each segment's."""
+    phase = run.phase
+    if phase is None:
+        return run.shape, i
+    if phase.offset:
+        if i == 0:
+            return run.shape, 0
+        i -= 1
+    for shape, k in phase.segments:
+        if i < k:
+            return shape, i
+        i -= k
+    raise AssertionError("an iteration past the run's segments")
 
 
 @pytest.mark.parametrize("policy", ["vllm", "nexus"])
@@ -59,6 +76,9 @@ def test_iteration_table_equals_the_runs_expanded(h100_model, policy):
     sim.run()
     table = pd.DataFrame(sim.iteration_table())
     assert any(run.steps > 1 for run, _ in sim.kept)  # steady runs were fast-forwarded
+    if policy == "vllm":  # prefill steps with the decoding after them, past finishes
+        assert any(run.phase is not None and run.phase.offset for run, _ in sim.kept)
+        assert any(run.phase is not None and len(run.phase.segments) > 1 for run, _ in sim.kept)
     pd.testing.assert_frame_equal(table, expanded(sim.kept), check_exact=True, check_dtype=False)
     assert table["end_s"].dtype == np.float64 and table["sms"].dtype == np.int64
     timeline = sim.timeline_table()

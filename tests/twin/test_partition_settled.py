@@ -16,10 +16,15 @@ class OwnViews(Simulator):
         return super().view(lane)
 
 
+# vLLM asks its partition for decode-only batches: with few sequences, requests wait and
+# finishes end its steady runs (with nobody waiting, its runs go on past them).
+PARAMS = {"vllm": {"max_num_seqs": 8}}
+
+
 def decisions(policy, model, monkeypatch, engine=Simulator, compare=True):
     if not compare:
         monkeypatch.setattr(scheduler, "same_state", lambda a, b: False)
-    pol = policies.get(policy)
+    pol = policies.get(policy, **PARAMS.get(policy, {}))
     calls = 0
     partition = pol.partition
 

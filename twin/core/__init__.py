@@ -5,7 +5,7 @@ completion and aborts); ``records`` what it records per batch and over time; ``c
 the fluid model of two lanes sharing HBM, for engines that keep time by prediction.
 """
 
-from twin.core.records import Run, run_label
+from twin.core.records import DecodePhase, Run, run_label
 from twin.core.scheduler import EngineStats, SchedulingCore
 
-__all__ = ["EngineStats", "Run", "SchedulingCore", "run_label"]
+__all__ = ["DecodePhase", "EngineStats", "Run", "SchedulingCore", "run_label"]

@@ -56,6 +56,51 @@ class Run:
     # plain floats for short runs.
     predicted: Sequence[float]
     co_label: str = ""
+    # The steady decode iterations the policy promised after the batch, run in the same
+    # run: after its prefill step, or past its requests' finishes (``twin.sim.phases``).
+    phase: DecodePhase | None = None
+
+    def parts(self, step_ends: Sequence[float]) -> list[tuple[BatchShape, int, float]]:
+        """The runs this one stands for, as (shape, iterations, start): itself, or its first
+        step and the segments of its decode phase."""
+        phase = self.phase
+        if phase is None:
+            return [(self.shape, self.steps, self.start)]
+        parts = []
+        i = 0
+        if phase.offset:
+            parts.append((self.shape, 1, self.start))
+            i = 1
+        for shape, k in phase.segments:
+            parts.append((shape, k, float(step_ends[i - 1]) if i else self.start))
+            i += k
+        return parts
+
+
+@dataclass(slots=True)
+class DecodePhase:
+    """A run's decode iterations after its first ``offset`` steps (1: its prefill step):
+    ``segments`` of steady decode batches (each one's shape and iterations) of ``members``
+    (each generating up to its ``remaining`` tokens in the phase; finished ones drop out)."""
+
+    offset: int
+    segments: list[tuple[BatchShape, int]]
+    members: list
+    remaining: list[int]
+    whole: bool = False  # every member decodes in every step: none finishes before the end
+    # With finishes inside: the members latest to finish first, and how many of them decode
+    # in each segment (a segment's members are the first that many).
+    by_finish: list | None = None
+    counts: list[int] | None = None
+
+    def batches(self) -> list[tuple[list, int]]:
+        """Each segment's decode requests and iterations (what a policy decided for it)."""
+        out, start = [], 0
+        pairs = list(zip(self.members, self.remaining, strict=True))
+        for _, k in self.segments:
+            out.append(([m for m, r in pairs if r > start], k))
+            start += k
+        return out
 
 
 def run_label(run: Run | None) -> str:
@@ -115,22 +160,11 @@ class IterationLog:
         self.predicted = array("d")
 
     def add(self, run: Run, step_ends: Sequence[float]) -> None:
-        s = run.shape
-        prefill_ctx = sum(s.prefill_ctx)
-        self.lane.append(run.lane.value)
-        self.co_runner.append(run.co_label)
-        self.start.append(run.start)
-        self.ints.extend(
-            (
-                run.steps,
-                run.sms,
-                s.prefill_tokens,
-                len(s.prefill_q),
-                s.n_decode,
-                s.decode_ctx_sum + sum(s.prefill_q) + prefill_ctx,
-                prefill_ctx,
-            )
-        )
+        if run.phase is None:
+            self._row(run, run.shape, run.steps, run.start)
+        else:  # one row per run it stands for; their steps lie end to end
+            for shape, steps, start in run.parts(step_ends):
+                self._row(run, shape, steps, start)
         if len(step_ends) == 1:  # most runs: two scalars, cheaper than two byte copies
             self.ends.append(step_ends[0])
             self.predicted.append(run.predicted[0])
@@ -142,6 +176,23 @@ class IterationLog:
                 self.predicted.frombytes(
                     np.ascontiguousarray(run.predicted, dtype=np.float64).tobytes()
                 )
+
+    def _row(self, run: Run, s: BatchShape, steps: int, start: float) -> None:
+        prefill_ctx = sum(s.prefill_ctx)
+        self.lane.append(run.lane.value)
+        self.co_runner.append(run.co_label)
+        self.start.append(start)
+        self.ints.extend(
+            (
+                steps,
+                run.sms,
+                s.prefill_tokens,
+                len(s.prefill_q),
+                s.n_decode,
+                s.decode_ctx_sum + sum(s.prefill_q) + prefill_ctx,
+                prefill_ctx,
+            )
+        )
 
     def __len__(self) -> int:
         return len(self.start)

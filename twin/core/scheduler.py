@@ -30,7 +30,7 @@ from policies import Batch, BatchShape, EngineView, KVCache, Lane, Policy, Reque
 from policies.admission import reject, rejection_reason
 from policies.block_hash import attach_hashes
 from policies.view import LatencyModel
-from twin.core.records import IterationLog, Run, TimelineLog
+from twin.core.records import DecodePhase, IterationLog, Run, TimelineLog
 from twin.core.tokens import TokenLog
 from twin.errors import SchedulingError
 
@@ -61,6 +61,21 @@ def same_state(a: EngineView, b: EngineView) -> bool:
 
 
 _STATE_FIELDS = tuple(f.name for f in fields(EngineView) if f.name != "partition_settled")
+
+
+def _by_tokens(reqs: list[Request], steps: int, start: int) -> list[tuple[int, int, list]]:
+    """``reqs`` decoding from step ``start`` for up to ``steps`` steps, grouped by how many
+    tokens each makes (all ``steps`` unless it finishes first): (start, tokens, requests)."""
+    full = [r for r in reqs if r.output_tokens - r.generated >= steps]
+    groups = [(start, steps, full)]
+    if len(full) < len(reqs):
+        short: dict[int, list[Request]] = {}
+        for r in reqs:
+            n = r.output_tokens - r.generated
+            if n < steps:
+                short.setdefault(n, []).append(r)
+        groups += [(start, n, group) for n, group in short.items()]
+    return groups
 
 
 class SchedulingCore:
@@ -273,17 +288,50 @@ class SchedulingCore:
         sms = self.partition.sms_beside(lane, co.sms if co else 0, self.gpu.num_sms)
         run = self._plan(lane, batch, shape, sms, co, now)
         steps = run.steps
-        kv.grow_decodes(batch.decode, steps)
+        if run.phase is None:
+            kv.grow_decodes(batch.decode, steps)
+        else:
+            self._grow_phase(kv, batch, run.phase, steps)
         for req in batch.decode:
             req.in_flight = True
         self.in_flight[lane] = run
         if self.record_decisions:
-            self.decisions.append((lane.value, str(self.partition), batch.describe(), steps))
+            self._record_decisions(lane, batch, run)
         try:
             self._execute(run, kv)
         except Exception:
             del self.in_flight[lane]  # it never started: its requests belong to no running batch
             raise
+
+    def _grow_phase(self, kv: KVCache, batch: Batch, phase: DecodePhase, steps: int) -> None:
+        """KV for a run with a decode phase: each request to the tokens it will hold when it
+        finishes or the run ends (the prompts prefilled in its first step from then on)."""
+        if phase.whole:
+            full = batch.decode
+        else:
+            full = [r for r in batch.decode if r.output_tokens - r.generated >= steps]
+        kv.grow_decodes(full, steps)
+        if len(full) < len(batch.decode):
+            for r in batch.decode:
+                if r.output_tokens - r.generated < steps:
+                    kv.grow(r.id, r.kv_tokens + r.output_tokens - r.generated)
+        if phase.offset:
+            for chunk in batch.prefill:
+                req = chunk.request
+                # One token comes with the prefill; the rest from the decode steps after it.
+                left = max(0, req.output_tokens - req.generated - 1)
+                kv.grow(req.id, chunk.start + chunk.length + min(left, steps - 1))
+
+    def _record_decisions(self, lane: Lane, batch: Batch, run: Run) -> None:
+        split = str(self.partition)
+        phase = run.phase
+        if phase is None:
+            self.decisions.append((lane.value, split, batch.describe(), run.steps))
+            return
+        if phase.offset:
+            self.decisions.append((lane.value, split, batch.describe(), 1))
+        for decode, k in phase.batches():
+            self.decisions.append((lane.value, split, Batch(decode=decode).describe(), k))
 
     def _preempt(self, req: Request) -> None:
         if req.in_flight:
@@ -327,50 +375,123 @@ class SchedulingCore:
         finished: list[Request] = []
         prefilled: list[Request] = []
         first_tokens: list[int] = []
+        k = run.steps
+        phase = run.phase
+        first_end = float(step_ends[0]) if phase is not None and phase.offset else now
+        finish_at: dict[int, float] = {}  # requests finishing before the run's end
         for chunk in batch.prefill:
             req = chunk.request
             req.in_flight = False
             req.kv_tokens = chunk.start + chunk.length
             if req.kv_tokens >= req.prefill_target:
                 if req.generated == 0:
-                    req.first_token_s = now
+                    req.first_token_s = first_end
                 req.generated += 1
                 first_tokens.append(req.id)
                 if keep:
-                    req.token_times.append(now)
+                    req.token_times.append(first_end)
                 if emit is not None:
                     emit(req, next(tokens))
                 if req.generated >= req.output_tokens:
                     finished.append(req)
+                    if first_end != now:
+                        finish_at[req.id] = first_end
                 else:
                     prefilled.append(req)
-        k = run.steps
-        times = step_ends if k > 1 else now
-        self.tokens.add(first_tokens, now)
+        self.tokens.add(first_tokens, first_end)
         decode = batch.decode
-        if decode:
-            self.decode_steps += k
-            self.tokens.add([req.id for req in decode], times)
-        for req in decode:
-            req.in_flight = False
-            req.kv_tokens += k
-            req.generated += k
-            if keep:
-                req.token_times.append(times)
-            if emit is not None:
-                emit(req, next(tokens))
-            if req.generated >= req.output_tokens:
-                finished.append(req)
+        if phase is not None:
+            self.decode_steps += k if decode else k - phase.offset
+            whole = phase.whole
+            groups = [(0, k, decode)] if whole else _by_tokens(decode, k, 0)
+            if phase.offset:
+                groups += [(1, k - 1, prefilled)] if whole else _by_tokens(prefilled, k - 1, 1)
+            for start, n, reqs in groups:
+                self._apply_steps(reqs, n, step_ends[start : start + n], finished, finish_at,
+                                  emit, tokens, log=False)  # fmt: skip
+            self._log_phase(batch, phase, step_ends)
+        else:
+            if decode:
+                self.decode_steps += k
+            self._apply_steps(decode, k, step_ends if k > 1 else (now,), finished, None, emit,
+                              tokens)  # fmt: skip
         if self._aborting:
+            # A run passes no abort but in its last step: requests that finished before it
+            # were gone when their clients left.
+            for rid in finish_at:
+                self._aborting.discard(rid)
             ran = [c.request for c in batch.prefill] + batch.decode
             finished += [r for r in ran if r.id in self._aborting and r not in finished]
             prefilled = [r for r in prefilled if r.id not in self._aborting]
         for req in finished:
-            self._finish(req, now)
+            self._finish(req, finish_at.get(req.id, now) if finish_at else now)
         for req in prefilled:
             self._prefill_done(req)
         self._record(run, step_ends)
         self._sample()
+
+    def _apply_steps(
+        self,
+        reqs: list[Request],
+        steps: int,
+        ends: Sequence[float],
+        finished: list[Request],
+        finish_at: dict[int, float] | None,
+        emit,
+        tokens: Iterator[int] | None,
+        log: bool = True,
+    ) -> None:
+        """``reqs`` each decoded ``steps`` tokens, ending at ``ends`` (logged unless the
+        caller logs them)."""
+        if not reqs or not steps:
+            return
+        times = ends if steps > 1 else float(ends[0])
+        if log:
+            self.tokens.add([req.id for req in reqs], times)
+        done: list[Request] = []
+        if self.keep_token_times or emit is not None:
+            keep = self.keep_token_times
+            for req in reqs:
+                req.in_flight = False
+                req.kv_tokens += steps
+                req.generated += steps
+                if keep:
+                    req.token_times.append(times)
+                if emit is not None:
+                    emit(req, next(tokens))
+                if req.generated >= req.output_tokens:
+                    done.append(req)
+        else:  # a simulation of many requests: nothing to stream or keep per request
+            for req in reqs:
+                req.in_flight = False
+                req.kv_tokens += steps
+                req.generated += steps
+                if req.generated >= req.output_tokens:
+                    done.append(req)
+        if done:
+            finished += done
+            if finish_at is not None:
+                last = float(ends[-1])
+                for req in done:
+                    finish_at[req.id] = last
+
+    def _log_phase(self, batch: Batch, phase: DecodePhase, step_ends: Sequence[float]) -> None:
+        """Log a run's decode tokens as the runs it stands for would be: each segment's step
+        ends once, with the requests decoding in it."""
+        i = 0
+        if phase.offset:
+            if batch.decode:
+                self.tokens.add([req.id for req in batch.decode], float(step_ends[0]))
+            i = 1
+        if phase.by_finish is None:
+            ids = [req.id for req in phase.members]
+            counts = [len(ids)] * len(phase.segments)
+        else:
+            ids = [req.id for req in phase.by_finish]
+            counts = phase.counts
+        for (_, k), n in zip(phase.segments, counts, strict=True):
+            self.tokens.add(ids[:n], step_ends[i : i + k] if k > 1 else float(step_ends[i]))
+            i += k
 
     def _finish(self, req: Request, now: float) -> None:
         req.finish_s = now
@@ -403,7 +524,7 @@ class SchedulingCore:
     # ----------------------------------------------------------------- recording
     def _record(self, run: Run, step_ends: Sequence[float]) -> None:
         self._iters.add(run, step_ends)
-        self.stats.iterations += 1
+        self.stats.iterations += 1 if run.phase is None else len(run.parts(step_ends))
 
     def _sample(self) -> None:
         p = self.partition

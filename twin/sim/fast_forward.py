@@ -49,11 +49,21 @@ def steady_steps(
     if limit <= 1:
         return 1, None
     horizon = sim._horizon(lane, co, batch)
-    if math.isinf(horizon):
-        return limit, None
     co_shape, co_sms = (co.shape, co.sms) if co else (None, 0)
-    budget = horizon - sim.env.now
-    n, ctx = shape.n_decode, shape.decode_ctx_sum
+    return run_length(
+        sim, shape.n_decode, shape.decode_ctx_sum, limit, horizon - sim.env.now, sms, co_shape,
+        co_sms,
+    )  # fmt: skip
+
+
+def run_length(
+    sim: Simulator, n: int, ctx: int, limit: int, budget: float, sms: int, co_shape, co_sms: int
+) -> tuple[int, list[float] | np.ndarray | None]:
+    """How many of ``limit`` steady steps of ``n`` decodes over ``ctx`` context pass before
+    ``budget`` seconds (the step under way then completes), with their predicted durations
+    when computed (at least that many)."""
+    if math.isinf(budget):
+        return limit, None
     # The iteration running when the horizon arrives still completes; the next one is
     # decided with the new state. Predicted only up to that iteration, a step at a time in
     # plain floats where the model can, else in pieces; either way the ends accumulate in
@@ -103,10 +113,27 @@ def kv_steps(kv: KVCache, reqs: list[Request], limit: int) -> int:
     if len(reqs) * -(-limit // bs) <= free:
         return limit
     held = kv.held
-    slack = [held(r.id) * bs - r.kv_tokens for r in reqs]
+    return kv_limit(free, bs, [held(r.id) * bs - r.kv_tokens for r in reqs], limit)
 
-    def blocks(m: int) -> int:
-        return sum(-(-(m - s) // bs) for s in slack if m > s)
+
+def kv_limit(
+    free: int, bs: int, slack: list[int], limit: int, caps: list[int] | None = None
+) -> int:
+    """The most steps (up to ``limit``) requests with ``slack`` tokens of room each in the
+    blocks they hold can grow by with ``free`` blocks (a negative slack: blocks owed); a
+    request with a cap stops growing after that many steps."""
+    if len(slack) * -(-(limit + 1) // bs) <= free:
+        return limit
+    if caps is None:
+
+        def blocks(m: int) -> int:
+            return sum(-(-(m - s) // bs) for s in slack if m > s)
+    else:
+        # A request whose cap is within the room it holds never takes a block.
+        pairs = [(s, c) for s, c in zip(slack, caps, strict=True) if c > s]
+
+        def blocks(m: int) -> int:
+            return sum(-(-((m if m < c else c) - s) // bs) for s, c in pairs if m > s)
 
     if blocks(limit) <= free:
         return limit

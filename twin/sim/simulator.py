@@ -30,6 +30,7 @@ from twin.core.aborts import abort_schedule
 from twin.core.contention import rerate
 from twin.errors import SimulationError
 from twin.sim.fast_forward import steady_steps
+from twin.sim.phases import plan_phase
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,10 @@ class Simulator(SchedulingCore):
             per_id = workload.prefix_block_tokens
             for req, ids in zip(self._pending, workload.prefix_hashes, strict=True):
                 req.content, req.tokens_per_id = ids, per_id
+        # A steady run may pass its requests' finishes when nothing outside it hears of them
+        # before it ends (a closed loop's clients do: each sends its next request).
+        self.runs_past_finishes = True
+        self.events = 0  # runs completed: each one event, however many batches it stands for
         self._aborts = abort_schedule(aborts, workload.arrival_s)
         self._aborted = 0  # how many of ``_aborts`` have happened
 
@@ -179,10 +184,92 @@ class Simulator(SchedulingCore):
     def _plan(
         self, lane: Lane, batch: Batch, shape: BatchShape, sms: int, co: Run | None, now: float
     ) -> SimRun:
-        co_shape, co_sms = (co.shape, co.sms) if co else (None, 0)
+        # Phases are planned on one lane: a re-rated run keeps one shape for all its steps.
+        if co is None and self.config.fast_forward and not self.partition.is_split:
+            if batch.then is not None:
+                return self._plan_then(lane, batch, shape, sms, now)
+            if batch.past_finishes and self.runs_past_finishes and batch.steady_steps > 1:
+                run = self._plan_past_finishes(lane, batch, shape, sms, now)
+                if run is not None:
+                    return run
         steps, durations = (
             steady_steps(self, batch, lane, sms, co, shape) if batch.steady_steps > 1 else (1, None)
         )
+        return self._new_run(lane, batch, shape, sms, co, now, steps, durations)
+
+    def _plan_then(
+        self, lane: Lane, batch: Batch, shape: BatchShape, sms: int, now: float
+    ) -> SimRun:
+        """A batch with prefill chunks and the steady decode steps its policy promised after
+        it, as one run (of the batch alone when no step of the promise can follow)."""
+        first = self.model.predict(shape, sms, None, 0)
+        then = batch.then
+        budget = self._horizon(lane, None, then) - now - first
+        if budget <= 0:  # something changes during the first step
+            return self._new_run(lane, batch, shape, sms, None, now, 1, (first,))
+        decodes = batch.decode
+        chunks = batch.prefill
+        nd = len(decodes)
+        # After the first step the decodes hold a token more, the prompts their first.
+        remaining = [r.output_tokens - r.generated - 1 for r in decodes]
+        remaining += [c.request.output_tokens - c.request.generated - 1 for c in chunks]
+
+        def token_of(i: int) -> int:
+            if i < nd:
+                return decodes[i].kv_tokens + 1
+            c = chunks[i - nd]
+            return c.start + c.length
+
+        ctx = shape.decode_ctx_sum + sum(c.start + c.length for c in chunks)
+        past = then.past_finishes and self.runs_past_finishes
+        promised = min(then.steady_steps, self.config.max_steps_per_event - 1)
+        steps, durations, phase = plan_phase(
+            self, lambda: [*decodes, *(c.request for c in chunks)], remaining, token_of, ctx,
+            promised, past, budget, sms,
+        )  # fmt: skip
+        if not steps:
+            return self._new_run(lane, batch, shape, sms, None, now, 1, (first,))
+        if isinstance(durations, list):
+            durations = [first, *durations]
+        else:
+            durations = np.concatenate(([first], durations))
+        run = self._new_run(lane, batch, shape, sms, None, now, steps + 1, durations)
+        phase.offset = 1
+        run.phase = phase
+        return run
+
+    def _plan_past_finishes(
+        self, lane: Lane, batch: Batch, shape: BatchShape, sms: int, now: float
+    ) -> SimRun | None:
+        """A steady decode batch that goes on past its requests' finishes, as one run; None
+        when it would not pass one (a plain steady run then)."""
+        budget = self._horizon(lane, None, batch) - now
+        reqs = batch.decode
+        remaining = [r.output_tokens - r.generated for r in reqs]
+        if min(remaining) >= batch.steady_steps or budget <= 0:
+            return None  # no finish inside the promise: a plain steady run
+        steps, durations, phase = plan_phase(
+            self, lambda: reqs, remaining, lambda i: reqs[i].kv_tokens,
+            shape.decode_ctx_sum - len(reqs), batch.steady_steps, True, budget, sms,
+        )  # fmt: skip
+        if phase is None or len(phase.segments) < 2:
+            return None
+        run = self._new_run(lane, batch, shape, sms, None, now, steps, durations)
+        run.phase = phase
+        return run
+
+    def _new_run(
+        self,
+        lane: Lane,
+        batch: Batch,
+        shape: BatchShape,
+        sms: int,
+        co: Run | None,
+        now: float,
+        steps: int,
+        durations: list[float] | np.ndarray | None,
+    ) -> SimRun:
+        co_shape, co_sms = (co.shape, co.sms) if co else (None, 0)
         if steps == 1:
             # Most runs: one iteration, in plain floats (its one fraction done is 1.0).
             total = (
@@ -233,7 +320,7 @@ class Simulator(SchedulingCore):
     def _horizon(self, lane: Lane, co: Run | None, batch: Batch) -> float:
         """The next moment something outside a steady run could change its lane's decision."""
         if co is None:
-            horizon = self._next_arrival()
+            horizon = math.inf if batch.arrivals_queue else self._next_arrival()
         elif batch.through_arrivals and co.lane is Lane.PREFILL:
             horizon = co.end  # arrivals only queue behind the running prefill batch
         else:
@@ -263,6 +350,7 @@ class Simulator(SchedulingCore):
 
     def _complete(self, run: SimRun) -> None:
         now = self.env.now
+        self.events += 1
         if run.steps > 1:
             run.breaks.append((now, 1.0))
             if len(run.breaks) == 2 and isinstance(run.step_fraction, list):
