@@ -112,8 +112,7 @@ def kv_steps(kv: KVCache, reqs: list[Request], limit: int) -> int:
     # more than ``ceil(limit / bs)`` new blocks: when all of those fit, nothing else counts.
     if len(reqs) * -(-limit // bs) <= free:
         return limit
-    held = kv.held
-    return kv_limit(free, bs, [held(r.id) * bs - r.kv_tokens for r in reqs], limit)
+    return kv_limit(free, bs, kv.room(reqs), limit)
 
 
 def kv_limit(
