@@ -66,11 +66,10 @@ def measure(trace: str, scale: float, repeats: int) -> dict:
             rows[keep].append(row)
     pd.testing.assert_frame_equal(frames[True], frames[False], check_exact=True)
     out: dict = {"scale": scale, "requests": len(workload), "records_equal": True}
-    for keep, name in ((True, "kept"), (False, "not_kept")):
-        for key in ("loop_cpu_s", "metrics_cpu_s"):
-            out[f"{name}_{key}"] = round(statistics.median(r[key] for r in rows[keep]), 3)
     for key in ("loop_cpu_s", "metrics_cpu_s"):
-        out[f"ratio_{key}_off_over_on"] = round(out[f"not_kept_{key}"] / out[f"kept_{key}"], 3)
+        on, off = (statistics.median(r[key] for r in rows[keep]) for keep in (True, False))
+        out[f"kept_{key}"], out[f"not_kept_{key}"] = round(on, 4), round(off, 4)
+        out[f"ratio_{key}_off_over_on"] = round(off / on, 3) if on > 0 else None
     out["latency_model"] = rows[True][0]["latency_model"]
     return out
 

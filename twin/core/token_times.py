@@ -14,8 +14,10 @@ import numpy as np
 
 from twin.core.tokens import TokenLog, int_array, lookup_positions, request_positions
 
-PAIRS_PER_CHUNK = 1 << 20  # (entry, request) pairs keyed or expanded at once
-TOKENS_PER_CHUNK = 1 << 22  # tokens gathered at once: bounds the index temporaries
+# Pairs keyed or expanded, and tokens gathered, at once: they bound the temporaries, and
+# chunks this small stay in the caches (faster than larger ones, measured at 1x and 4x).
+PAIRS_PER_CHUNK = 1 << 17
+TOKENS_PER_CHUNK = 1 << 18
 
 
 def request_token_times(log: TokenLog, request_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -45,23 +47,28 @@ def request_token_times(log: TokenLog, request_ids: np.ndarray) -> tuple[np.ndar
     keys.sort(kind="stable")
 
     out = np.empty(int(np.dot(entry_size, steps)), dtype=np.float64)
-    counts = np.zeros(n, dtype=np.int64)
+    ends = np.zeros(n, dtype=np.int64)  # where each request's times end in ``out``
     filled = 0
     for k0 in range(0, keys.size, PAIRS_PER_CHUNK):
         pos, entry = np.divmod(keys[k0 : k0 + PAIRS_PER_CHUNK], entries)
         size = steps[entry]
-        counts += np.bincount(pos, weights=size, minlength=n).astype(np.int64)
-        filled = _gather(out, filled, time_start[entry], size, times)
-    return out, np.cumsum(counts)
+        pair_end = np.cumsum(size)  # the tokens of the chunk up to each pair's end
+        last = np.ones(pos.size, dtype=bool)  # a request's last pair in the chunk
+        last[:-1] = pos[1:] != pos[:-1]
+        ends[pos[last]] = filled + pair_end[last]  # a later chunk may carry the request on
+        _gather(out, filled, time_start[entry], size, pair_end, times)
+        filled += int(pair_end[-1])
+    return out, np.maximum.accumulate(ends)  # a request without tokens ends where the last did
 
 
-def _gather(out: np.ndarray, at: int, first: np.ndarray, size: np.ndarray, times) -> int:
+def _gather(
+    out: np.ndarray, at: int, first: np.ndarray, size: np.ndarray, ends: np.ndarray, times
+) -> None:
     """Write the ``size`` times from ``first`` of each pair, pair after pair, into ``out`` from
-    ``at``; returns where the writing ended."""
-    if size.size and (size == 1).all():  # single-step entries only: one time a pair
+    ``at`` (``ends``: the cumulative sizes)."""
+    if (size == 1).all():  # single-step entries only: one time a pair
         out[at : at + size.size] = times[first]
-        return at + size.size
-    ends = np.cumsum(size)
+        return
     p0 = 0
     while p0 < size.size:
         base = int(ends[p0 - 1]) if p0 else 0
@@ -69,10 +76,9 @@ def _gather(out: np.ndarray, at: int, first: np.ndarray, size: np.ndarray, times
         part = size[p0:p1]
         total = int(ends[p1 - 1]) - base
         before = ends[p0:p1] - part - base  # the tokens of this part's earlier pairs
-        out[at : at + total] = times[np.arange(total) + np.repeat(first[p0:p1] - before, part)]
-        at += total
+        src = np.arange(total) + np.repeat(first[p0:p1] - before, part)
+        out[at + base : at + base + total] = times[src]
         p0 = p1
-    return at
 
 
 def split_times(times: np.ndarray, ends: np.ndarray) -> list[np.ndarray]:
