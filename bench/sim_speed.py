@@ -75,7 +75,7 @@ def one_run(trace: str, scale: float, policy: str, fast_forward: bool) -> dict:
         from twin.outputs.metrics import keep_token_times, request_tokens
 
         kept = keep_token_times(None, len(workload))
-        sim.keep_token_times = kept
+        sim.keep_token_times = kept and not times_from_log()
     except ImportError:
         request_tokens = None
     result = sim.run()
@@ -96,6 +96,16 @@ def one_run(trace: str, scale: float, policy: str, fast_forward: bool) -> dict:
         "simulated_serving_s": result.end_s,
         "latency_model": model.label,
     }
+
+
+def times_from_log() -> bool:
+    """Whether the tree builds the records' token times from the token log (so the requests
+    need not keep their own), as ``twin simulate`` then runs."""
+    try:
+        import twin.core.token_times  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def naive_run(trace: str, scale: float, policy: str) -> dict:

@@ -269,9 +269,10 @@ def twin_child(args: argparse.Namespace) -> None:
     t_setup = time.perf_counter()
     c_setup = time.process_time()
     sim = Simulator(wl, policy, model, Slo(), EngineConfig(num_kv_blocks=args.kv_blocks))
-    # What ``twin simulate`` keeps by default (token times for runs up to 100k requests).
+    # What ``twin simulate`` writes by default (token times for runs up to 100k requests),
+    # and as it does, from the token log rather than from per-request lists.
     kept = keep_token_times(None, len(wl))
-    sim.keep_token_times = kept
+    sim.keep_token_times = False
     result = sim.run()
     t_run = time.perf_counter()
     tokens = request_tokens(result.requests, sim.tokens)

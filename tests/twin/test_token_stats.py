@@ -8,12 +8,15 @@ np.percentile per request and over all gaps); the log's statistics must match it
 import gc
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import policies
 import traces
 from policies import Slo
+from twin.core import token_times as token_times_module
 from twin.core import tokens as token_module
+from twin.core.token_times import request_token_times, split_times
 from twin.core.tokens import TokenLog, token_stats, weighted_percentile
 from twin.outputs.metrics import PERCENTILES, records_frame, request_tokens, summarize
 from twin.sim import EngineConfig, Simulator
@@ -195,3 +198,64 @@ def test_the_log_widens_its_ids_past_32_bits():
     stats = token_stats(log, np.array([1, 2, 1 << 40]), np.array([True, True, True]))
     assert stats.tokens.tolist() == [2, 3, 1]
     assert stats.tbt_max_s.tolist()[:2] == [0.5, 1.0]
+
+
+@pytest.mark.parametrize("chunk", [None, (1, 1), (7, 37)])
+@pytest.mark.parametrize("case", CASES)
+def test_token_times_from_the_log_are_the_requests_own(runs, case, chunk, monkeypatch):
+    sim, requests = runs[case]
+    if chunk is not None:  # a few pairs and tokens at a time: entries across chunks' edges
+        monkeypatch.setattr(token_times_module, "PAIRS_PER_CHUNK", chunk[0])
+        monkeypatch.setattr(token_times_module, "TOKENS_PER_CHUNK", chunk[1])
+    ids = np.array([r.id for r in requests])
+    times, ends = request_token_times(sim.tokens, ids)
+    rebuilt = split_times(times, ends)
+    assert len(rebuilt) == len(requests)
+    for r, t in zip(requests, rebuilt, strict=True):
+        own = r.token_times_array()
+        assert t.dtype == own.dtype == np.float64
+        assert np.array_equal(t, own)  # element for element, in the engine's order
+
+
+def test_records_of_a_run_without_per_request_times_hold_the_same_times(h100_model):
+    wl = traces.load("azure-code").first(150).scale_rate(3.0)
+    frames = []
+    for keep in (True, False):
+        sim = Simulator(wl, policies.get("nexus"), h100_model)
+        sim.keep_token_times = keep
+        requests = sim.run().requests
+        tokens = request_tokens(requests, sim.tokens, "p90")
+        frames.append(records_frame(requests, tokens, token_times=True))
+    kept, lean = frames
+    assert all(r.token_times == [] for r in requests)
+    assert [len(t) for t in lean["token_times_s"]] == [r.generated for r in requests]
+    pd.testing.assert_frame_equal(lean, kept, check_exact=True)
+    with pytest.raises(ValueError, match="kept no token times"):
+        records_frame(requests)  # without the log there is nothing to build them from
+
+
+def test_token_times_follow_request_ids_in_any_order():
+    log = TokenLog()
+    log.add([7, 3], np.array([0.5, 0.75]))
+    log.add([3], 1.0)
+    log.add([9, 7], 1.5)
+    times, ends = request_token_times(log, np.array([9, 3, 5, 7]))
+    got = [t.tolist() for t in split_times(times, ends)]
+    assert got == [[1.5], [0.5, 0.75, 1.0], [], [0.5, 0.75, 1.5]]
+    empty = split_times(*request_token_times(TokenLog(), np.array([1, 2])))
+    assert [t.size for t in empty] == [0, 0] and all(t.dtype == np.float64 for t in empty)
+
+
+def test_records_refuse_statistics_of_other_requests(runs):
+    sim, requests = runs["nexus split"]
+    tokens = request_tokens(requests, sim.tokens)
+    with pytest.raises(ValueError, match="other requests"):
+        records_frame(requests[1:], tokens)
+
+
+@pytest.mark.parametrize("high", [5, 1 << 20, 1 << 60])  # the last: keys past 63 bits
+def test_sorting_by_request_is_the_stable_argsort(high):
+    pos = np.random.default_rng(3).integers(0, high, size=5000)
+    order = np.argsort(pos, kind="stable")
+    sp, got = token_module._sort_by_request(pos)
+    assert np.array_equal(got, order) and np.array_equal(sp, pos[order])

@@ -92,6 +92,9 @@ class TokenStats:
     time_counts: np.ndarray  # ...weighted by how many finished requests got a token then
     # "p90": each finished request's TBT percentile (NaN for the others), when asked
     tbt_percentile_s: dict[str, np.ndarray] = field(default_factory=dict)
+    # The log and request ids these came from: each request's token times can be rebuilt
+    log: TokenLog | None = field(default=None, repr=False)
+    request_ids: np.ndarray | None = field(default=None, repr=False)
     _sorted: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @property
@@ -169,15 +172,15 @@ def token_stats(
     finished = np.asarray(finished, dtype=bool)
     n = request_ids.size
     ids = np.frombuffer(log.ids, dtype=f"i{log.ids.itemsize}") if len(log.ids) else np.empty(0)
-    id_end = _int_array(log.id_end)
+    id_end = int_array(log.id_end)
     times = np.frombuffer(log.times, dtype=np.float64) if len(log.times) else np.empty(0)
-    time_end = _int_array(log.time_end)
+    time_end = int_array(log.time_end)
     time_start = np.concatenate(([0], time_end[:-1])).astype(np.int64)
     steps = time_end - time_start
     entry_first = times[time_start] if len(time_start) else np.empty(0)
     entry_last = times[time_end - 1] if len(time_end) else np.empty(0)
     entry_size = np.diff(id_end, prepend=0)
-    position = _positions(request_ids)
+    position = request_positions(request_ids)
 
     # An entry's own gaps (between its steps), and the largest of them (NaN: one step).
     diffs = np.diff(times)
@@ -206,11 +209,12 @@ def token_stats(
         a = int(id_end[e0 - 1]) if e0 else 0
         b = int(id_end[e1 - 1])
         entry = np.repeat(np.arange(e0, e1), entry_size[e0:e1])
-        pos = _lookup(position, request_ids, ids[a:b].astype(np.int64))
-        order = np.argsort(pos, kind="stable")  # each request's entries, in time order
-        sp, se = pos[order], entry[order]
+        pos = lookup_positions(position, request_ids, ids[a:b].astype(np.int64))
+        sp, order = _sort_by_request(pos)  # each request's entries, in time order
+        se = entry[order]
         starts = np.ones(sp.size, dtype=bool)
         starts[1:] = sp[1:] != sp[:-1]
+        group_at = np.flatnonzero(starts)
         ends = np.ones(sp.size, dtype=bool)
         ends[:-1] = starts[1:]
         prev = np.empty(sp.size, dtype=np.int64)  # the entry of the request's previous token
@@ -219,11 +223,11 @@ def token_stats(
         joined = prev >= 0
         f = entry_first[se]
         gap = np.where(joined, f - entry_last[prev], np.nan)  # into this entry from there
-        tokens += np.bincount(sp, weights=steps[se], minlength=n).astype(np.int64)
-        head = sp[starts]
+        head = sp[starts]  # distinct: a request is one group of the chunk
+        tokens[head] += np.add.reduceat(steps[se], group_at) if group_at.size else 0
         first[head] = np.where(np.isnan(first[head]), f[starts], first[head])
         latest[sp[ends]] = se[ends]
-        group_max = np.fmax.reduceat(np.fmax(gap, entry_max[se]), np.flatnonzero(starts))
+        group_max = np.fmax.reduceat(np.fmax(gap, entry_max[se]), group_at)
         largest[head] = np.fmax(largest[head], group_max)
         done = finished[sp]
         finished_per_entry[e0:e1] += np.bincount(se[done] - e0, minlength=e1 - e0)
@@ -253,17 +257,33 @@ def token_stats(
         gap_counts=gap_counts,
         time_values=times[time_weight > 0],
         time_counts=time_weight[time_weight > 0],
+        log=log,
+        request_ids=request_ids,
     )
     if percentiles:
         stats.tbt_percentile_s = _per_request_percentiles(own_gaps, n, percentiles)
     return stats
 
 
-def _int_array(buf: array) -> np.ndarray:
+def _sort_by_request(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``pos`` sorted, stably, and the order that sorts it: one sort of the keys
+    ``pos << bits | index`` (distinct, so in the order a stable argsort gives), faster than
+    the argsort and its gather; the argsort itself when the keys would not fit 63 bits."""
+    bits = max(int(pos.size - 1).bit_length(), 1)
+    if pos.size == 0 or int(pos.max()).bit_length() + bits > 62:
+        order = np.argsort(pos, kind="stable")
+        return pos[order], order
+    keys = np.left_shift(pos, bits)
+    keys |= np.arange(pos.size, dtype=np.int64)
+    keys.sort(kind="stable")
+    return keys >> bits, keys & ((1 << bits) - 1)
+
+
+def int_array(buf: array) -> np.ndarray:
     return np.frombuffer(buf, dtype=np.int64) if len(buf) else np.empty(0, np.int64)
 
 
-def _positions(request_ids: np.ndarray) -> np.ndarray | None:
+def request_positions(request_ids: np.ndarray) -> np.ndarray | None:
     """Sort order of the ids, to look each logged id up by binary search (None: 0..n-1)."""
     if np.array_equal(request_ids, np.arange(request_ids.size)):
         return None
@@ -273,7 +293,9 @@ def _positions(request_ids: np.ndarray) -> np.ndarray | None:
     return order
 
 
-def _lookup(order: np.ndarray | None, request_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+def lookup_positions(
+    order: np.ndarray | None, request_ids: np.ndarray, ids: np.ndarray
+) -> np.ndarray:
     """Each logged id's position among ``request_ids`` (``order`` None: the ids 0..n-1 in
     order, a simulation's, are their own positions)."""
     if order is None:

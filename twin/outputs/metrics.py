@@ -11,6 +11,7 @@ import pandas as pd
 
 from policies import Request, Slo, Status
 from twin.core.records import ITERATION_COLUMNS, TIMELINE_COLUMNS  # noqa: F401 (the layouts)
+from twin.core.token_times import request_token_times, split_times
 from twin.core.tokens import TokenLog, TokenStats, token_stats
 
 RECORD_COLUMNS = (
@@ -58,7 +59,7 @@ def request_tokens(
     each request's own token times."""
     ids = np.fromiter((r.id for r in requests), dtype=np.int64, count=len(requests))
     if log is None:
-        log = _times_log(requests, [r.token_times_array() for r in requests])
+        log = _times_log(requests, _request_times(requests))
     finished = np.fromiter(
         (r.status is Status.FINISHED for r in requests), dtype=bool, count=len(requests)
     )
@@ -74,12 +75,17 @@ def records_frame(
     requests: Sequence[Request], tokens: TokenStats | None = None, token_times: bool = True
 ) -> pd.DataFrame:
     """One row per request in the schema both engines write to records.parquet: with each
-    request's token times when ``token_times`` (from ``Request.token_times``), and always
-    with its token statistics (``tokens``, or computed here from the token times)."""
+    request's token times when ``token_times``, and always with its token statistics
+    (``tokens``, or computed here from ``Request.token_times``). The times come from the
+    token log ``tokens`` were computed from, when they were (the engine need not keep them
+    per request), else from ``Request.token_times``."""
     requests = list(requests)
-    times = [r.token_times_array() for r in requests] if token_times or tokens is None else None
+    times = None
     if tokens is None:
+        times = _request_times(requests)
         tokens = request_tokens(requests, _times_log(requests, times))
+    elif token_times:
+        times = logged_times(tokens, requests)
     columns = {
         "request_id": [r.id for r in requests],
         "arrival_s": [r.arrival_s for r in requests],
@@ -100,6 +106,27 @@ def records_frame(
         columns[f"tbt_{name}_s"] = values
     present = {k: v for k, v in columns.items() if v is not None}
     return pd.DataFrame(present, columns=list(present))  # built at once: one block a dtype
+
+
+def logged_times(tokens: TokenStats, requests: Sequence[Request]) -> list[np.ndarray]:
+    """Each request's token times from the log ``tokens`` came from (``Request.token_times``
+    when they came from none)."""
+    if tokens.log is None or tokens.request_ids is None:
+        return _request_times(requests)
+    ids = np.fromiter((r.id for r in requests), dtype=np.int64, count=len(requests))
+    if not np.array_equal(ids, tokens.request_ids):
+        raise ValueError("records: the token statistics are of other requests than these")
+    return split_times(*request_token_times(tokens.log, ids))
+
+
+def _request_times(requests: Sequence[Request]) -> list[np.ndarray]:
+    """``Request.token_times``, which an engine that leaves them out cannot give."""
+    if any(r.generated and not r.token_times for r in requests):
+        raise ValueError(
+            "records: these requests kept no token times (keep_token_times off); build the "
+            "records from the engine's token log (request_tokens(requests, engine.tokens))"
+        )
+    return [r.token_times_array() for r in requests]
 
 
 def records_tokens(records: pd.DataFrame, statistic: str = "mean") -> TokenStats:
