@@ -398,7 +398,6 @@ class SchedulingCore:
                         finish_at[req.id] = first_end
                 else:
                     prefilled.append(req)
-        self.tokens.add(first_tokens, first_end)
         decode = batch.decode
         if phase is not None:
             self.decode_steps += k if decode else k - phase.offset
@@ -409,12 +408,18 @@ class SchedulingCore:
             for start, n, reqs in groups:
                 self._apply_steps(reqs, n, step_ends[start : start + n], finished, finish_at,
                                   emit, tokens, log=False)  # fmt: skip
-            self._log_phase(batch, phase, step_ends)
-        else:
+            if not phase.offset:
+                self.tokens.add(first_tokens, first_end)
+            self._log_phase(phase, step_ends)
+        elif k == 1:  # the prompts' first tokens and the decodes' come at the same time
             if decode:
-                self.decode_steps += k
-            self._apply_steps(decode, k, step_ends if k > 1 else (now,), finished, None, emit,
-                              tokens)  # fmt: skip
+                self.decode_steps += 1
+            self.tokens.add(first_tokens + [req.id for req in decode], now)
+            self._apply_steps(decode, 1, (now,), finished, None, emit, tokens, log=False)
+        else:
+            self.tokens.add(first_tokens, now)
+            self.decode_steps += k
+            self._apply_steps(decode, k, step_ends, finished, None, emit, tokens)
         if self._aborting:
             # A run passes no abort but in its last step: requests that finished before it
             # were gone when their clients left.
@@ -475,20 +480,19 @@ class SchedulingCore:
                 for req in done:
                     finish_at[req.id] = last
 
-    def _log_phase(self, batch: Batch, phase: DecodePhase, step_ends: Sequence[float]) -> None:
+    def _log_phase(self, phase: DecodePhase, step_ends: Sequence[float]) -> None:
         """Log a run's decode tokens as the runs it stands for would be: each segment's step
-        ends once, with the requests decoding in it."""
-        i = 0
-        if phase.offset:
-            if batch.decode:
-                self.tokens.add([req.id for req in batch.decode], float(step_ends[0]))
-            i = 1
+        ends once, with the requests decoding in it. After a prefill step, every member got
+        a token at its end: the decodes their next, the prompts their first."""
         if phase.by_finish is None:
             ids = [req.id for req in phase.members]
             counts = [len(ids)] * len(phase.segments)
         else:
             ids = [req.id for req in phase.by_finish]
             counts = phase.counts
+        i = phase.offset
+        if i:
+            self.tokens.add(ids, float(step_ends[0]))
         for (_, k), n in zip(phase.segments, counts, strict=True):
             self.tokens.add(ids[:n], step_ends[i : i + k] if k > 1 else float(step_ends[i]))
             i += k
