@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from twin.core.tokens import TokenLog, int_array, lookup_positions, request_positions
+from twin.core.tokens import TokenLog, lookup_positions, request_positions
 
 # Pairs keyed or expanded, and tokens gathered, at once: they bound the temporaries, and
 # chunks this small stay in the caches (faster than larger ones, measured at 1x and 4x).
@@ -26,11 +26,7 @@ def request_token_times(log: TokenLog, request_ids: np.ndarray) -> tuple[np.ndar
     ``request_ids``."""
     request_ids = np.asarray(request_ids, dtype=np.int64)
     n = request_ids.size
-    ids = np.frombuffer(log.ids, dtype=f"i{log.ids.itemsize}") if len(log.ids) else np.empty(0)
-    id_end = int_array(log.id_end)
-    times = np.frombuffer(log.times, dtype=np.float64) if len(log.times) else np.empty(0)
-    time_end = int_array(log.time_end)
-    time_start = np.concatenate(([0], time_end[:-1])).astype(np.int64)
+    ids, id_end, times, time_start, time_end = log.columns()
     steps = time_end - time_start
     entries = steps.size
     entry_size = np.diff(id_end, prepend=0)

@@ -53,6 +53,18 @@ class TokenLog:
     def __len__(self) -> int:
         return len(self.id_end)
 
+    def columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The log as arrays, without copies: ``(ids, id_end, times, time_start, time_end)``;
+        entry ``e``'s ids end at ``id_end[e]``, its times are
+        ``times[time_start[e]:time_end[e]]``."""
+        kind = f"i{self.ids.itemsize}"
+        ids = np.frombuffer(self.ids, dtype=kind) if len(self.ids) else np.empty(0)
+        id_end = int_array(self.id_end)
+        times = np.frombuffer(self.times, dtype=np.float64) if len(self.times) else np.empty(0)
+        time_end = int_array(self.time_end)
+        time_start = np.concatenate(([0], time_end[:-1])).astype(np.int64)
+        return ids, id_end, times, time_start, time_end
+
     @property
     def nbytes(self) -> int:
         return sum(a.itemsize * len(a) for a in (self.ids, self.id_end, self.times, self.time_end))
@@ -171,11 +183,7 @@ def token_stats(
     request_ids = np.asarray(request_ids, dtype=np.int64)
     finished = np.asarray(finished, dtype=bool)
     n = request_ids.size
-    ids = np.frombuffer(log.ids, dtype=f"i{log.ids.itemsize}") if len(log.ids) else np.empty(0)
-    id_end = int_array(log.id_end)
-    times = np.frombuffer(log.times, dtype=np.float64) if len(log.times) else np.empty(0)
-    time_end = int_array(log.time_end)
-    time_start = np.concatenate(([0], time_end[:-1])).astype(np.int64)
+    ids, id_end, times, time_start, time_end = log.columns()
     steps = time_end - time_start
     entry_first = times[time_start] if len(time_start) else np.empty(0)
     entry_last = times[time_end - 1] if len(time_end) else np.empty(0)
