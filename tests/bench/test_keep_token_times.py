@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.bench.loader import load_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACE = "synthetic:n=80,rate=8,prompt=lognormal(300,0.5),output=lognormal(40,0.5),seed=1"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location(
-        "keep_token_times", ROOT / "bench" / "keep_token_times.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["keep_token_times"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_both_ways_give_the_same_records_and_ratios(capsys):
-    assert _load().main(["--trace", TRACE, "--scales", "1,3", "--repeats", "1"]) == 0
+    assert (
+        load_bench("keep_token_times").main(["--trace", TRACE, "--scales", "1,3", "--repeats", "1"])
+        == 0
+    )
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["scale"] for r in rows] == [1.0, 3.0]
     for row in rows:
@@ -45,4 +38,4 @@ def test_both_ways_give_the_same_records_and_ratios(capsys):
 )
 def test_bad_flags_get_one_line(args, message):
     with pytest.raises(SystemExit, match=message):
-        _load().main(["--trace", TRACE, *args])
+        load_bench("keep_token_times").main(["--trace", TRACE, *args])

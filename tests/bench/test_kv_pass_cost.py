@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.bench.loader import azure_trace, load_bench
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location(
-        "kv_pass_cost", ROOT / "bench" / "kv_pass_cost.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["kv_pass_cost"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _trace(tmp_path: Path) -> Path:
-    path = tmp_path / "azure.csv"
-    rows = [f"2023-11-16 18:15:{10 + i:02d}.5000000,{300 + 40 * i},{20 + 7 * i}" for i in range(8)]
-    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "\n".join(rows) + "\n")
-    return path
 
 
 def test_both_trees_time_the_same_runs_and_the_classes_get_their_own_functions_back(tmp_path):
@@ -34,8 +17,8 @@ def test_both_trees_time_the_same_runs_and_the_classes_get_their_own_functions_b
 
     before = (KVCache.grow_decodes, KVBudget.decode_needs)
     out = tmp_path / "cost.json"
-    _module().main(
-        ["--trace", str(_trace(tmp_path)), "--baseline", "HEAD", "--scales", "1,4"]
+    load_bench("kv_pass_cost").main(
+        ["--trace", str(azure_trace(tmp_path)), "--baseline", "HEAD", "--scales", "1,4"]
         + ["--repeats", "2", "--out", str(out)]
     )
     saved = json.loads(out.read_text())
@@ -63,9 +46,9 @@ def test_both_trees_time_the_same_runs_and_the_classes_get_their_own_functions_b
 )
 def test_bad_flags_are_named(tmp_path, flags, message):
     with pytest.raises(SystemExit, match=message):
-        _module().main(["--trace", str(_trace(tmp_path)), *flags])
+        load_bench("kv_pass_cost").main(["--trace", str(azure_trace(tmp_path)), *flags])
 
 
 def test_a_missing_trace_is_named(tmp_path):
     with pytest.raises(SystemExit, match="--trace: unknown trace"):
-        _module().main(["--trace", str(tmp_path / "none.csv")])
+        load_bench("kv_pass_cost").main(["--trace", str(tmp_path / "none.csv")])

@@ -2,35 +2,28 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.bench.loader import azure_trace, load_bench
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _trace(tmp_path: Path) -> Path:
-    path = tmp_path / "azure.csv"
-    rows = [f"2023-11-16 18:15:{10 + i:02d}.5000000,{300 + 40 * i},{20 + 7 * i}" for i in range(8)]
-    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "\n".join(rows) + "\n")
-    return path
 
 
 def test_each_rate_runs_the_naive_simulator_beside_twin(tmp_path):
     out = tmp_path / "speed.json"
-    _load("sim_speed").main(
-        ["--trace", str(_trace(tmp_path)), "--scales", "1,4", "--repeats", "1", "--no-stepping"]
+    load_bench("sim_speed").main(
+        [
+            "--trace",
+            str(azure_trace(tmp_path)),
+            "--scales",
+            "1,4",
+            "--repeats",
+            "1",
+            "--no-stepping",
+        ]
         + ["--out", str(out)]
     )
     runs = json.loads(out.read_text())["runs"]
@@ -45,8 +38,8 @@ def test_each_rate_runs_the_naive_simulator_beside_twin(tmp_path):
 
 def test_no_naive_skips_it(tmp_path):
     out = tmp_path / "speed.json"
-    _load("sim_speed").main(
-        ["--trace", str(_trace(tmp_path)), "--scales", "1", "--repeats", "1", "--no-stepping"]
+    load_bench("sim_speed").main(
+        ["--trace", str(azure_trace(tmp_path)), "--scales", "1", "--repeats", "1", "--no-stepping"]
         + ["--no-naive", "--out", str(out)]
     )
     assert "naive" not in json.loads(out.read_text())["runs"][0]
@@ -54,7 +47,7 @@ def test_no_naive_skips_it(tmp_path):
 
 def test_a_whole_job_writes_records_summary_and_plots_and_reports_its_cost(tmp_path):
     out = tmp_path / "jobs.json"
-    _load("sim_speed").main(["--job-requests", "40", "--out", str(out)])
+    load_bench("sim_speed").main(["--job-requests", "40", "--out", str(out)])
     saved = json.loads(out.read_text())
     job = saved["jobs"][0]
     assert job["ok"] and job["outcome"] == "finished" and job["requests"] == 40
@@ -65,7 +58,7 @@ def test_a_whole_job_writes_records_summary_and_plots_and_reports_its_cost(tmp_p
 
 
 def test_a_job_over_its_memory_cap_fails_cleanly():
-    sim_job = _load("sim_job")
+    sim_job = load_bench("sim_job")
     job = sim_job.run_job(sim_job.job_trace(20), memory_cap_gb=0.25, plots=False)
     assert not job["ok"]
     # Python says MemoryError; a BLAS that cannot start its threads under the cap may abort
@@ -77,7 +70,7 @@ def test_a_job_over_its_memory_cap_fails_cleanly():
 
 
 def test_a_job_past_its_time_limit_is_killed():
-    sim_job = _load("sim_job")
+    sim_job = load_bench("sim_job")
     job = sim_job.run_job(sim_job.job_trace(20), timeout_s=0.2)
     assert not job["ok"] and job["outcome"] == "killed after 0.2 s"
 
@@ -93,5 +86,5 @@ def test_a_job_past_its_time_limit_is_killed():
 )
 def test_bad_job_flags_are_named(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_:
-        _load("sim_speed").main(flags)
+        load_bench("sim_speed").main(flags)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
