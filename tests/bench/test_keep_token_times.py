@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from tests.bench.loader import load_bench
 
-ROOT = Path(__file__).resolve().parents[2]
 TRACE = "synthetic:n=80,rate=8,prompt=lognormal(300,0.5),output=lognormal(40,0.5),seed=1"
 
 

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from tests.bench.loader import azure_trace, load_bench
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_both_trees_time_the_same_runs_and_the_classes_get_their_own_functions_back(tmp_path):
