@@ -87,11 +87,20 @@ class DecodePhase:
     segments: list[tuple[BatchShape, int]]
     members: list
     remaining: list[int]
-    whole: bool = False  # every member decodes in every step: none finishes before the end
     # With finishes inside: the members latest to finish first, and how many of them decode
     # in each segment (a segment's members are the first that many).
     by_finish: list | None = None
     counts: list[int] | None = None
+
+    @property
+    def whole(self) -> bool:
+        """Every member decodes in every step: none finishes before the run's end."""
+        return self.by_finish is None
+
+    @property
+    def runs(self) -> int:
+        """How many runs this phase's run stands for: its prefill step and its segments."""
+        return self.offset + len(self.segments)
 
     def batches(self) -> list[tuple[list, int]]:
         """Each segment's decode requests and iterations (what a policy decided for it)."""

@@ -454,25 +454,17 @@ class SchedulingCore:
         if log:
             self.tokens.add([req.id for req in reqs], times)
         done: list[Request] = []
-        if self.keep_token_times or emit is not None:
-            keep = self.keep_token_times
-            for req in reqs:
-                req.in_flight = False
-                req.kv_tokens += steps
-                req.generated += steps
-                if keep:
-                    req.token_times.append(times)
-                if emit is not None:
-                    emit(req, next(tokens))
-                if req.generated >= req.output_tokens:
-                    done.append(req)
-        else:  # a simulation of many requests: nothing to stream or keep per request
-            for req in reqs:
-                req.in_flight = False
-                req.kv_tokens += steps
-                req.generated += steps
-                if req.generated >= req.output_tokens:
-                    done.append(req)
+        keep = self.keep_token_times
+        for req in reqs:
+            req.in_flight = False
+            req.kv_tokens += steps
+            req.generated += steps
+            if keep:
+                req.token_times.append(times)
+            if emit is not None:
+                emit(req, next(tokens))
+            if req.generated >= req.output_tokens:
+                done.append(req)
         if done:
             finished += done
             if finish_at is not None:
@@ -528,7 +520,7 @@ class SchedulingCore:
     # ----------------------------------------------------------------- recording
     def _record(self, run: Run, step_ends: Sequence[float]) -> None:
         self._iters.add(run, step_ends)
-        self.stats.iterations += 1 if run.phase is None else len(run.parts(step_ends))
+        self.stats.iterations += 1 if run.phase is None else run.phase.runs
 
     def _sample(self) -> None:
         p = self.partition

@@ -102,8 +102,8 @@ def plan_phase(
     else:
         durations = np.concatenate([np.asarray(p, dtype=np.float64) for p in pieces])
     listed = members()
-    phase = DecodePhase(0, segments, listed, remaining, low >= done)
-    if order is not None and low < done:
+    phase = DecodePhase(0, segments, listed, remaining)
+    if low < done:  # a member finished inside, so the loop sorted them by finish
         # Latest to finish first: each segment's members are the first ``counts`` of these.
         phase.by_finish = [listed[i] for i in reversed(order)]
         phase.counts = counts
