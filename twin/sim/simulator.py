@@ -242,7 +242,7 @@ class Simulator(SchedulingCore):
         self, lane: Lane, batch: Batch, shape: BatchShape, sms: int, now: float
     ) -> SimRun | None:
         """A steady decode batch that goes on past its requests' finishes, as one run; None
-        when it would not pass one (a plain steady run then)."""
+        when a plain steady run is that run's own (one step, or a promise no finish cuts)."""
         budget = self._horizon(lane, None, batch) - now
         reqs = batch.decode
         remaining = [r.output_tokens - r.generated for r in reqs]
@@ -252,10 +252,13 @@ class Simulator(SchedulingCore):
             self, lambda: reqs, remaining, lambda i: reqs[i].kv_tokens,
             shape.decode_ctx_sum - len(reqs), batch.steady_steps, True, budget, sms,
         )  # fmt: skip
-        if phase is None or len(phase.segments) < 2:
-            return None
+        if steps <= 1:
+            return None  # one step: predicted as any single iteration is
         run = self._new_run(lane, batch, shape, sms, None, now, steps, durations)
-        run.phase = phase
+        if len(phase.segments) > 1:
+            run.phase = phase
+        # One segment: the run a plain steady run would be (the same limits, horizon and
+        # durations), already planned.
         return run
 
     def _new_run(
