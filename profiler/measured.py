@@ -275,19 +275,8 @@ class MeasuredModel(LatencyModel):
         own = (fixed_bytes + ab) / alone
         return busy(np.minimum(1.0, self.hbm_bandwidth / (own + other))) + overhead
 
-    def decode_step_s(
-        self,
-        n_decode: int,
-        ctx_sum: int,
-        sms: int,
-        co_runner: BatchShape | None = None,
-        co_sms: int = 0,
-    ) -> Callable[[int], float] | None:
-        """Step j's seconds of the decode run ``predict_decode_run`` predicts, one step at a
-        time in plain floats: the same operations in the same order, so bit for bit."""
-        if type(self).predict_decode_run is not MeasuredModel.predict_decode_run:
-            return None  # a subclass that reshapes the run would have to reshape this too
-        return measured_steps(self, n_decode, ctx_sum, sms, co_runner, co_sms)
+    def _plain_decode_steps(self) -> tuple[Callable, Callable]:
+        return MeasuredModel.predict_decode_run, measured_steps
 
     def _fixed_decode_parts(self, n_decode: int) -> tuple:
         """The GEMM and elementwise parts of a decode step, which its context does not change."""

@@ -174,9 +174,14 @@ class LatencyModel(ABC):
         """Step j's seconds of the run ``predict_decode_run`` predicts, in plain floats and
         bit for bit (the same operations in the same order), for callers that want a few
         steps at a time; None where a model has only the vectorised form."""
-        if type(self).predict_decode_run is not LatencyModel.predict_decode_run:
+        run, steps = self._plain_decode_steps()
+        if type(self).predict_decode_run is not run:
             return None  # a subclass that reshapes the run would have to reshape this too
-        return roofline_steps(self, n_decode, ctx_sum, sms, co_runner, co_sms)
+        return steps(self, n_decode, ctx_sum, sms, co_runner, co_sms)
+
+    def _plain_decode_steps(self) -> tuple[Callable, Callable]:
+        """The ``predict_decode_run`` a plain-float step builder mirrors, and the builder."""
+        return LatencyModel.predict_decode_run, roofline_steps
 
     def predict_decode_run(
         self,
