@@ -49,7 +49,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def one_run(trace: str, scale: float, policy: str, fast_forward: bool) -> dict:
     """One simulation in this process, with whichever tree ``sys.path`` resolves."""
     import policies
-    import traces
     from policies import Slo
     from profiler import load_model_config
     from twin.latency import load_latency_model
@@ -60,9 +59,7 @@ def one_run(trace: str, scale: float, policy: str, fast_forward: bool) -> dict:
     except ImportError:  # a tree from before twin/outputs existed
         from twin.metrics import records_frame, summarize
 
-    workload = traces.load(trace)
-    if scale != 1.0:
-        workload = workload.scale_rate(scale)
+    workload = scaled_workload(trace, scale)
     start = time.perf_counter()
     cpu = time.process_time()
     # The tree's default latency model (measured tables here, the datasheet roofline before
@@ -98,6 +95,14 @@ def one_run(trace: str, scale: float, policy: str, fast_forward: bool) -> dict:
     }
 
 
+def scaled_workload(trace: str, scale: float):
+    """The trace with its request rate multiplied by ``scale``."""
+    import traces
+
+    workload = traces.load(trace)
+    return workload if scale == 1.0 else workload.scale_rate(scale)
+
+
 def times_from_log() -> bool:
     """Whether the tree builds the records' token times from the token log (so the requests
     need not keep their own), as ``twin simulate`` then runs."""
@@ -111,7 +116,6 @@ def times_from_log() -> bool:
 def naive_run(trace: str, scale: float, policy: str) -> dict:
     """The same workload through bench/naive_sim.py, in this process."""
     import policies
-    import traces
     from profiler import load_model_config
     from twin.latency import load_latency_model
     from twin.sim import EngineConfig
@@ -122,9 +126,7 @@ def naive_run(trace: str, scale: float, policy: str) -> dict:
     if policy != "vllm":
         raise SystemExit(f"--policy {policy}: the naive simulator schedules like vllm only")
     params = policies.get(policy).params
-    workload = traces.load(trace)
-    if scale != 1.0:
-        workload = workload.scale_rate(scale)
+    workload = scaled_workload(trace, scale)
     start = time.perf_counter()
     cpu = time.process_time()
     model = load_latency_model(load_model_config("llama-3.1-8b"))
