@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
-from pathlib import Path
 
 import simpy
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("event_loop", ROOT / "bench" / "event_loop.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.bench.loader import load_bench
 
 
 def _schedule(seed: int) -> list[tuple[float, float]]:
@@ -25,7 +16,7 @@ def _schedule(seed: int) -> list[tuple[float, float]]:
 
 
 def test_the_heap_loop_runs_events_in_simpys_order():
-    heap_clock = _module().HeapClock
+    heap_clock = load_bench("event_loop").HeapClock
     for seed in range(5):
         plan = _schedule(seed)
         seen_simpy: list[tuple[float, int]] = []
@@ -70,5 +61,5 @@ def test_the_heap_loop_runs_events_in_simpys_order():
 
 
 def test_both_loops_fire_every_batch_end():
-    module = _module()
+    module = load_bench("event_loop")
     assert module.on_simpy(500) == module.on_heap(500) == 500

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _naive():
-    spec = importlib.util.spec_from_file_location("naive_sim", ROOT / "bench" / "naive_sim.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["naive_sim"] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.bench.loader import load_bench
 
 
 class _Gpu:
@@ -39,7 +28,7 @@ class OneSecondPerPass:
 
 
 def test_one_request_takes_its_chunks_then_one_pass_per_output_token():
-    naive = _naive()
+    naive = load_bench("naive_sim")
     model = OneSecondPerPass()
     cfg = naive.NaiveConfig(num_kv_blocks=100, block_size=4, max_num_batched_tokens=4)
     out = naive.simulate([0.0], [10], [3], model, cfg)
@@ -53,7 +42,7 @@ def test_one_request_takes_its_chunks_then_one_pass_per_output_token():
 
 
 def test_a_full_kv_cache_preempts_the_last_admitted_and_everyone_still_finishes():
-    naive = _naive()
+    naive = load_bench("naive_sim")
     cfg = naive.NaiveConfig(num_kv_blocks=6, block_size=4, max_num_batched_tokens=64)
     out = naive.simulate([0.0, 0.0], [8, 8], [8, 8], OneSecondPerPass(), cfg)
     assert out.preemptions >= 1  # 2 x 16 tokens need 8 blocks, only 6 exist
@@ -62,7 +51,7 @@ def test_a_full_kv_cache_preempts_the_last_admitted_and_everyone_still_finishes(
 
 
 def test_requests_that_can_never_fit_are_rejected_and_idle_gaps_are_skipped():
-    naive = _naive()
+    naive = load_bench("naive_sim")
     cfg = naive.NaiveConfig(num_kv_blocks=2, block_size=4)
     out = naive.simulate([0.0, 100.0], [4, 100], [2, 2], OneSecondPerPass(), cfg)
     # two passes for the one that fits; the clock jumps to the other arrival, no idle passes
@@ -70,7 +59,7 @@ def test_requests_that_can_never_fit_are_rejected_and_idle_gaps_are_skipped():
 
 
 def test_bad_limits_are_refused_by_name():
-    naive = _naive()
+    naive = load_bench("naive_sim")
     with pytest.raises(ValueError, match="max_num_seqs"):
         naive.NaiveConfig(num_kv_blocks=10, max_num_seqs=0)
 
@@ -85,7 +74,7 @@ def test_at_light_load_it_times_requests_as_twins_vllm_policy_does():
     from twin.outputs.metrics import records_frame, request_metrics
     from twin.sim import EngineConfig, Simulator
 
-    naive = _naive()
+    naive = load_bench("naive_sim")
     wl = traces.load("synthetic:n=60,rate=4,prompt=lognormal(800,0.8),output=lognormal(60,0.8)")
     model = load_latency_model(load_model_config("llama-3.1-8b"))
     policy = policies.get("vllm")

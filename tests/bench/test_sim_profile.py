@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("sim_profile", ROOT / "bench" / "sim_profile.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.bench.loader import load_bench
 
 
 def _trace(tmp_path: Path) -> Path:
@@ -30,14 +22,16 @@ def _trace(tmp_path: Path) -> Path:
 
 
 def test_tiles_the_trace_end_to_end(tmp_path):
-    work = _module().tiled(str(_trace(tmp_path)), 7)
+    work = load_bench("sim_profile").tiled(str(_trace(tmp_path)), 7)
     assert len(work) == 9  # three copies of three requests
     assert np.all(np.diff(work.arrival_s) > 0)  # each copy starts after the last one ends
     assert list(work.output_tokens) == [44, 109, 5] * 3
 
 
 def test_one_profiled_run_reports_its_counts(tmp_path, capsys):
-    code = _module().main(["--trace", str(_trace(tmp_path)), "--requests", "6", "--top", "3"])
+    code = load_bench("sim_profile").main(
+        ["--trace", str(_trace(tmp_path)), "--requests", "6", "--top", "3"]
+    )
     assert code == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["requests"] == 6 and report["iterations"] > 0 and report["profiled"]

@@ -5,7 +5,6 @@ The parts that need Vidur run only where its environment is set up (``--setup``)
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -13,19 +12,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.bench.loader import load_bench
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _vs_vidur():
-    spec = importlib.util.spec_from_file_location("vs_vidur", ROOT / "bench" / "vs_vidur.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["vs_vidur"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cases_are_trace_at_rate_pairs():
-    parse = _vs_vidur().parse_cases
+    parse = load_bench("vs_vidur").parse_cases
     assert parse("azure-conv-full@1, azure-conv-full@2,a@b.csv@0.5") == [
         ("azure-conv-full", 1.0),
         ("azure-conv-full", 2.0),
@@ -37,7 +30,7 @@ def test_cases_are_trace_at_rate_pairs():
 
 
 def test_each_case_gets_its_own_clipped_trace_files(tmp_path, monkeypatch):
-    vs = _vs_vidur()
+    vs = load_bench("vs_vidur")
     monkeypatch.setattr(vs, "WORK", tmp_path)
     conv = vs.prepare_trace("azure-conv", [50, None], 1.0, tag="c0")
     fast = vs.prepare_trace("azure-conv", [50], 4.0, tag="c1")
@@ -54,7 +47,7 @@ def _args(**kw) -> argparse.Namespace:
 
 
 def test_twin_child_reports_wall_and_cpu_per_simulated_request(tmp_path, monkeypatch):
-    vs = _vs_vidur()
+    vs = load_bench("vs_vidur")
     monkeypatch.setattr(vs, "WORK", tmp_path)
     ((n, trace),) = vs.prepare_trace("azure-conv", [40], 2.0, tag="c0")
     runs = [vs.run_twin(n, trace, _args(), 6499, f"r{i}") for i in range(2)]
@@ -67,7 +60,7 @@ def test_twin_child_reports_wall_and_cpu_per_simulated_request(tmp_path, monkeyp
 
 
 def test_twin_commit_names_this_checkout():
-    commit = _vs_vidur().twin_commit()
+    commit = load_bench("vs_vidur").twin_commit()
     assert len(commit.split()[0]) == 40 or commit.startswith("unknown")
 
 
@@ -76,7 +69,7 @@ VIDUR = ROOT / ".bench-venv" / "vidur" / "bin" / "python"
 
 @pytest.mark.skipif(not VIDUR.exists(), reason="Vidur is not set up (bench/vs_vidur.py --setup)")
 def test_one_run_covers_every_case_with_cpu_ratios_and_vidur_versions(tmp_path, monkeypatch):
-    vs = _vs_vidur()
+    vs = load_bench("vs_vidur")
     out = tmp_path / "vs.json"
     monkeypatch.setattr(
         sys,
