@@ -27,6 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from out_path import writable_out  # noqa: E402  (beside this file)
+
 ROOT = Path(__file__).resolve().parents[1]
 FUNCTIONS = (("KVCache", "grow_decodes"), ("KVBudget", "decode_needs"))
 
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--scales {args.scales!r}: give numbers separated by commas") from None
     if not all(s > 0 and s != float("inf") for s in scales):
         raise SystemExit(f"--scales {args.scales!r}: every multiplier must be positive and finite")
+    out = writable_out(args.out) if args.out else None
 
     sys.path.insert(0, str(ROOT))
     import policies
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"(min of {args.repeats}) -> current/baseline {c / b:.3f}"
             )
         runs.append(row)
-    if args.out:
+    if out is not None:
         meta = {
             "trace": Path(args.trace).name,
             "baseline": args.baseline,
@@ -154,8 +158,8 @@ def main(argv: list[str] | None = None) -> None:
             "setup": args.setup,
             "timer": "process_time_ns around each call (its own cost included)",
         }
-        Path(args.out).write_text(json.dumps({"meta": meta, "runs": runs}, indent=2) + "\n")
-        print(f"saved {args.out}")
+        out.write_text(json.dumps({"meta": meta, "runs": runs}, indent=2) + "\n")
+        print(f"saved {out}")
 
 
 if __name__ == "__main__":

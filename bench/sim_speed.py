@@ -43,6 +43,9 @@ import time
 from datetime import date
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from out_path import writable_out  # noqa: E402  (beside this file)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -396,6 +399,11 @@ def main(argv: list[str] | None = None) -> None:
     if trace.exists():
         args.trace = str(trace.resolve())  # the children run in other directories
     modes = [True] if args.no_stepping else [True, False]
+    if args.job_requests:
+        default = "sim_speed_jobs.json"
+    else:
+        default = "sim_speed_side_by_side.json" if args.baseline else "sim_speed.json"
+    out = writable_out(args.out or ROOT / "bench" / "results" / default)
     commit = snapshot_name()  # before the runs: what they measured
     if args.job_requests:
         sys.path.insert(0, str(ROOT / "bench"))
@@ -403,15 +411,10 @@ def main(argv: list[str] | None = None) -> None:
 
         sim_job.check_args(parser, args)
         result = sim_job.measure_jobs(args)
-        default = "sim_speed_jobs.json"
     elif args.baseline:
         result = side_by_side(args, modes)
-        default = "sim_speed_side_by_side.json"
     else:
         result = measure_here(args, modes, naive=not args.no_naive)
-        default = "sim_speed.json"
-    out = Path(args.out or ROOT / "bench" / "results" / default)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "date": date.today().isoformat(),
         "python": platform.python_version(),

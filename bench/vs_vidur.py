@@ -41,6 +41,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from child_process import run_child  # noqa: E402  (beside this file)
+from out_path import writable_out  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / ".bench-venv"
@@ -774,8 +775,7 @@ def benchmark(args: argparse.Namespace) -> None:
             k: {str(n): v for n, v in d.items()} for k, d in done[0]["results"].items()
         }
     payload["iteration_predictions_ms"] = iteration_table(args.max_num_seqs)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = writable_out(args.out)
     out.write_text(json.dumps(payload, indent=2, default=float) + "\n")
     print(f"saved {out}")
     if args.cases:
@@ -1180,6 +1180,7 @@ def main() -> None:
             )
         setup(args.vidur_repo, max(256, args.max_num_seqs))
         return
+    writable_out(args.out)  # before the runs, not after them
     benchmark(args)
 
 
