@@ -68,7 +68,8 @@ def measure(trace: str, scale: float, repeats: int) -> dict:
     out: dict = {"scale": scale, "requests": len(workload), "records_equal": True}
     for key in ("loop_cpu_s", "metrics_cpu_s"):
         on, off = (statistics.median(r[key] for r in rows[keep]) for keep in (True, False))
-        out[f"kept_{key}"], out[f"not_kept_{key}"] = round(on, 4), round(off, 4)
+        # Four significant digits, not decimals: a short run's milliseconds keep theirs.
+        out[f"kept_{key}"], out[f"not_kept_{key}"] = float(f"{on:.4g}"), float(f"{off:.4g}")
         out[f"ratio_{key}_off_over_on"] = round(off / on, 3) if on > 0 else None
     out["latency_model"] = rows[True][0]["latency_model"]
     return out
@@ -89,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1:
         raise SystemExit(f"--repeats {args.repeats}: give 1 or more")
     sys.path.insert(0, str(ROOT))
+    import traces
+
+    try:
+        traces.load(args.trace)
+    except traces.TraceError as err:
+        raise SystemExit(f"--trace: {err}") from None
     for scale in scales:
         print(json.dumps(measure(args.trace, scale, args.repeats)), flush=True)
     return 0
