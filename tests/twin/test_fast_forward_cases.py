@@ -10,11 +10,13 @@ decoding are taken most, and where KV runs out inside them.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import policies
 from policies import Slo
 from tests.workloads import make_workload
+from twin.outputs.metrics import records_frame, request_tokens
 from twin.sim import EngineConfig, Simulator
 
 RTOL = 1e-12
@@ -125,3 +127,26 @@ def test_aborts_inside_passed_runs_match_stepping(h100_model):
 
 def _lane_order(iterations) -> np.ndarray:
     return np.lexsort((iterations["start_s"], iterations["lane"].astype(str)))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_run_without_per_request_token_times_is_the_same_run(name, h100_model):
+    """``twin simulate`` keeps no per-request token times, which lets a run's decode phase
+    advance each request in one pass: the same run, token for token, as keeping them."""
+    runs = []
+    for keep in (True, False):
+        policy, params, load, blocks = CASES[name]
+        sim = Simulator(
+            make_workload(**load), policies.get(policy, **params), h100_model, Slo(),
+            EngineConfig(num_kv_blocks=blocks),
+        )  # fmt: skip
+        sim.keep_token_times = keep
+        result = sim.run()
+        tokens = request_tokens(result.requests, sim.tokens)
+        runs.append((result, records_frame(result.requests, tokens, token_times=True)))
+    (kept, kept_records), (lean, lean_records) = runs
+    pd.testing.assert_frame_equal(lean_records, kept_records, check_exact=True)
+    for a, b in zip(kept.requests, lean.requests, strict=True):
+        assert (a.kv_tokens, a.generated, a.finish_s) == (b.kv_tokens, b.generated, b.finish_s)
+    for column, values in kept.iterations.items():
+        assert np.array_equal(values, lean.iterations[column]), column

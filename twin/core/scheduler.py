@@ -78,6 +78,46 @@ def _by_tokens(reqs: list[Request], steps: int, start: int) -> list[tuple[int, i
     return groups
 
 
+def _advance(
+    reqs: list[Request],
+    steps: int,
+    start: int,
+    step_ends: Sequence[float],
+    finished: list[Request],
+    finish_at: dict[int, float],
+) -> None:
+    """``reqs`` each decoded from step ``start`` for ``steps`` steps or until it finished:
+    what ``_by_tokens`` and ``_apply_steps`` do group by group, in one pass, for runs whose
+    tokens need no per-request times or streaming. The finished join ``finished`` in the
+    groups' order (those decoding every step first, then by first-seen token count)."""
+    if not reqs or steps < 1:
+        return
+    short: dict[int, list[Request]] | None = None
+    last = float(step_ends[start + steps - 1])
+    for req in reqs:
+        req.in_flight = False
+        n = req.output_tokens - req.generated
+        if n > steps:
+            req.kv_tokens += steps
+            req.generated += steps
+            continue
+        req.kv_tokens += n
+        req.generated += n
+        if n == steps:
+            finished.append(req)
+            finish_at[req.id] = last
+        elif short is None:
+            short = {n: [req]}
+        else:
+            short.setdefault(n, []).append(req)
+    if short:
+        for n, group in short.items():
+            finished += group
+            end = float(step_ends[start + n - 1])
+            for req in group:
+                finish_at[req.id] = end
+
+
 class SchedulingCore:
     def __init__(
         self,
@@ -401,13 +441,18 @@ class SchedulingCore:
         decode = batch.decode
         if phase is not None:
             self.decode_steps += k if decode else k - phase.offset
-            whole = phase.whole
-            groups = [(0, k, decode)] if whole else _by_tokens(decode, k, 0)
-            if phase.offset:
-                groups += [(1, k - 1, prefilled)] if whole else _by_tokens(prefilled, k - 1, 1)
-            for start, n, reqs in groups:
-                self._apply_steps(reqs, n, step_ends[start : start + n], finished, finish_at,
-                                  emit, tokens, log=False)  # fmt: skip
+            if emit is None and not keep:  # nothing per token: each request in one pass
+                _advance(decode, k, 0, step_ends, finished, finish_at)
+                if phase.offset:
+                    _advance(prefilled, k - 1, 1, step_ends, finished, finish_at)
+            else:
+                whole = phase.whole
+                groups = [(0, k, decode)] if whole else _by_tokens(decode, k, 0)
+                if phase.offset:
+                    groups += [(1, k - 1, prefilled)] if whole else _by_tokens(prefilled, k - 1, 1)
+                for start, n, reqs in groups:
+                    self._apply_steps(reqs, n, step_ends[start : start + n], finished, finish_at,
+                                      emit, tokens, log=False)  # fmt: skip
             if not phase.offset:
                 self.tokens.add(first_tokens, first_end)
             self._log_phase(phase, step_ends)
