@@ -178,7 +178,10 @@ class IterationLog:
             self.ends.append(step_ends[0])
             self.predicted.append(run.predicted[0])
         else:
-            self.ends.frombytes(np.ascontiguousarray(step_ends, dtype=np.float64).tobytes())
+            if isinstance(step_ends, list):  # a short run's, in plain floats
+                self.ends.extend(step_ends)
+            else:
+                self.ends.frombytes(np.ascontiguousarray(step_ends, dtype=np.float64).tobytes())
             if isinstance(run.predicted, list):  # a short run's, predicted step by step
                 self.predicted.extend(run.predicted)
             else:

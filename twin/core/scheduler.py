@@ -495,7 +495,12 @@ class SchedulingCore:
         caller logs them)."""
         if not reqs or not steps:
             return
-        times = ends if steps > 1 else float(ends[0])
+        # Requests keep their token times as floats or arrays: a short run's plain-float
+        # ends become one array, shared by all of them.
+        if steps == 1:
+            times = float(ends[0])
+        else:
+            times = np.array(ends) if isinstance(ends, list) else ends
         if log:
             self.tokens.add([req.id for req in reqs], times)
         done: list[Request] = []

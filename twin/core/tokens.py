@@ -33,7 +33,7 @@ class TokenLog:
         self.times = array("d")  # every entry's token times (an entry's steps stored once)
         self.time_end = array("q")  # where each entry's times end in ``times``
 
-    def add(self, ids: Sequence[int], times: float | np.ndarray) -> None:
+    def add(self, ids: Sequence[int], times: float | list[float] | np.ndarray) -> None:
         """Each of ``ids`` got one token at every one of ``times`` (one time or step ends)."""
         if not ids:
             return
@@ -46,6 +46,8 @@ class TokenLog:
         self.id_end.append(len(self.ids))
         if isinstance(times, np.ndarray):
             self.times.frombytes(np.ascontiguousarray(times, dtype=np.float64).tobytes())
+        elif isinstance(times, list):  # a short run's step ends, in plain floats
+            self.times.extend(times)
         else:
             self.times.append(times)
         self.time_end.append(len(self.times))

@@ -357,7 +357,9 @@ class Simulator(SchedulingCore):
         if run.steps > 1:
             run.breaks.append((now, 1.0))
             if len(run.breaks) == 2 and isinstance(run.step_fraction, list):
-                step_ends = np.array(_interp_once(run.step_fraction, run.breaks[0][0], now))
+                # A short run never re-rated: its ends stay plain floats, the records and the
+                # token log take them as they are.
+                step_ends = _interp_once(run.step_fraction, run.breaks[0][0], now)
             else:
                 bt, bf = zip(*run.breaks, strict=True)
                 step_ends = np.interp(run.step_fraction, bf, bt)
