@@ -31,6 +31,11 @@ class SchedulingPolicy:
         self.params = params
 
     def partition(self, view: EngineView) -> Partition:
+        """Aggregated always: the partition in force when it already is (an engine asks at
+        every decision, and a partition is a value), else a new one."""
+        now = view.partition
+        if now.mixed_sms == view.gpu.num_sms and not now.prefill_sms and not now.decode_sms:
+            return now
         return view.gpu.aggregated()
 
     def next_batch(self, view: EngineView, lane: Lane) -> Batch | None:

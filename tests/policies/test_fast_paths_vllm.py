@@ -3,15 +3,17 @@
 ``VllmPolicy.next_batch`` takes the whole decode set at once when nothing is left to prefill
 and every decode's block fits (``KVBudget.grant_decodes``), and ``KVBudget.try_admit`` checks a
 new request's blocks in one pass; the reference below plans every decode through the
-request-by-request walk, as a policy overriding ``plan_decodes`` would be.
+request-by-request walk, as a policy overriding ``plan_decodes`` would be. The base
+``partition`` hands back the aggregated partition in force instead of building it anew.
 """
 
 import copy
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies import Lane, Request
+from policies import Lane, Partition, Request
 from policies.base import SchedulingPolicy
 from policies.vllm import VllmParams, VllmPolicy
 from tests.policies.policy_views import make_view
@@ -89,3 +91,22 @@ def test_try_admit_without_a_cached_prefix_checks_need_and_reserve(state, prompt
     assert budget.try_admit(req, 0, prompt, reserve) is fits
     assert budget.free == (free - need if fits else free)
     assert budget.held(req.id) == (need if fits else 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sms=st.integers(1, 200),
+    mixed=st.integers(0, 210),
+    prefill=st.integers(0, 3),
+    decode=st.integers(0, 3),
+)
+def test_base_partition_is_the_gpus_aggregated_one(sms, mixed, prefill, decode):
+    """The partition in force is handed back only when it equals a new aggregated one."""
+    gpu = replace(model().gpu, num_sms=sms, sm_granularity=1, min_split_sms=1)
+    now = Partition(mixed_sms=mixed, prefill_sms=prefill, decode_sms=decode)
+    view = make_view(model(), partition=now)
+    view.gpu = gpu
+    assert SchedulingPolicy(None).partition(view) == gpu.aggregated()
+    mixed_now = Partition.aggregated(sms)
+    view.partition = mixed_now
+    assert SchedulingPolicy(None).partition(view) is mixed_now
