@@ -286,8 +286,11 @@ class KVBudget:
         if total > self.free:
             raise KVExhausted(f"{total} blocks granted with {self.free} free in the plan")
         extra = self._extra
-        for rid, n in needs.items():
-            extra[rid] = extra.get(rid, 0) + n
+        if not extra:  # nothing planned yet (a decision's decodes, mostly)
+            extra.update(needs)
+        else:
+            for rid, n in needs.items():
+                extra[rid] = extra.get(rid, 0) + n
         self.free -= total
 
     def grant_decodes(self, requests: Sequence[Request]) -> bool:
