@@ -133,11 +133,6 @@ class VllmPolicy(SchedulingPolicy):
         then.steady_steps = self.steady_limit(view, then)
         return then
 
-    def plans_decodes_plainly(self) -> bool:
-        """Whether this policy plans decodes with the base ``plan_decodes`` (whose answer
-        ``next_batch`` may take without asking it)."""
-        return type(self).plan_decodes is SchedulingPolicy.plan_decodes
-
     def keeps_partition(self) -> bool:
         """Whether this policy's partition and queue order are the base ones: aggregated
         always, first come first served (what the promises through a queue rely on)."""

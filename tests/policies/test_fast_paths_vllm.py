@@ -3,7 +3,8 @@
 ``VllmPolicy.next_batch`` takes the whole decode set at once when nothing is left to prefill
 and every decode's block fits (``KVBudget.grant_decodes``), and ``KVBudget.try_admit`` checks a
 new request's blocks in one pass; the reference below plans every decode through the
-request-by-request walk, as a policy overriding ``plan_decodes`` would be. The base
+request-by-request walk, as a policy overriding ``plan_decodes`` would be; a split lane's
+``decode_only_batch`` takes the same fast path for every policy that has one. The base
 ``partition`` hands back the aggregated partition in force instead of building it anew.
 """
 
@@ -13,6 +14,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import policies
 from policies import Lane, Partition, Request
 from policies.base import SchedulingPolicy
 from policies.vllm import VllmParams, VllmPolicy
@@ -110,3 +112,24 @@ def test_base_partition_is_the_gpus_aggregated_one(sms, mixed, prefill, decode):
     mixed_now = Partition.aggregated(sms)
     view.partition = mixed_now
     assert SchedulingPolicy(None).partition(view) is mixed_now
+
+
+def walking(cls):
+    """``cls`` planning every decode request by request (``plan_decodes_reference``)."""
+    return type(f"Walking{cls.__name__}", (cls,), {"plan_decodes": WalkingVllm.plan_decodes})
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    state=st.one_of(engine_states(), engine_states(spare=400)),
+    name=st.sampled_from(["nexus", "duetserve", "static-split", "disagg", "vllm"]),
+    prompts=st.lists(st.integers(1, 400), max_size=3),
+)
+def test_decode_only_batch_equals_planning_request_by_request(state, name, prompts):
+    kv, running = state
+    waiting = [Request(1000 + i, 0.0, p, 20) for i, p in enumerate(prompts)]
+    view = make_view(model(), waiting=waiting, running=running, kv=kv)
+    fast = policies.get(name)
+    reference = walking(type(fast))(fast.params)
+    assert fast.plans_decodes_plainly() and not reference.plans_decodes_plainly()
+    assert summary(fast.decode_only_batch(view)) == summary(reference.decode_only_batch(view))
