@@ -31,6 +31,11 @@ class SchedulingPolicy:
         self.params = params
 
     def partition(self, view: EngineView) -> Partition:
+        """Aggregated always: the partition in force when it already is (an engine asks at
+        every decision, and a partition is a value), else a new one."""
+        now = view.partition
+        if now.mixed_sms == view.gpu.num_sms and not now.prefill_sms and not now.decode_sms:
+            return now
         return view.gpu.aggregated()
 
     def next_batch(self, view: EngineView, lane: Lane) -> Batch | None:
@@ -78,6 +83,12 @@ class SchedulingPolicy:
                 chosen.append(req)
                 scheduled.add(req.id)
         return chosen
+
+    def plans_decodes_plainly(self) -> bool:
+        """Whether this policy plans decodes with the base ``plan_decodes``, whose answer when
+        the blocks of every decode fit (all of them, a view listing each request once) a
+        caller may take from ``KVBudget.grant_decodes`` without building the scheduled ids."""
+        return type(self).plan_decodes is SchedulingPolicy.plan_decodes
 
     def plan_decodes_reference(
         self,
@@ -178,7 +189,11 @@ class SchedulingPolicy:
         """One decode step of every decoding request, in order, preempting when KV runs out."""
         kv = view.kv.budget()
         preempted: list[Request] = []
-        decodes = self.plan_decodes(view, view.decoding, kv, preempted, set())
+        decoding = view.decoding
+        if self.plans_decodes_plainly() and kv.grant_decodes(decoding):
+            decodes = decoding  # what plan_decodes decides when every block fits: all of them
+        else:
+            decodes = self.plan_decodes(view, decoding, kv, preempted, set())
         if preempted:
             decodes = [r for r in decodes if r not in preempted]
         batch = Batch(decode=decodes, preempt=preempted)

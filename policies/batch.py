@@ -12,6 +12,8 @@ from policies.request import Request
 UNTIL_CHANGE = 1 << 30
 
 _kv_tokens = attrgetter("kv_tokens")
+_start = attrgetter("start")
+_length = attrgetter("length")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,9 @@ class PrefillChunk:
     @property
     def completes(self) -> bool:
         return self.start + self.length >= self.request.prefill_target
+
+
+_completes = PrefillChunk.completes.fget
 
 
 @dataclass(slots=True)
@@ -109,18 +114,18 @@ class Batch:
         return self.prefill_tokens + len(self.decode)
 
     def shape(self) -> BatchShape:
-        decode = self.decode
-        if not self.prefill:  # most batches: a decode step of every running request
-            n = len(decode)
-            return BatchShape(
-                n_decode=n, decode_ctx_sum=sum(map(_kv_tokens, decode)) + n, sampled=n
-            )
+        # C-level maps rather than generators: called for every batch of a simulation.
+        prefill, decode = self.prefill, self.decode
+        n = len(decode)
+        ctx = sum(map(_kv_tokens, decode)) + n
+        if not prefill:  # most batches: a decode step of every running request
+            return BatchShape(n_decode=n, decode_ctx_sum=ctx, sampled=n)
         return BatchShape(
-            prefill_q=tuple(c.length for c in self.prefill),
-            prefill_ctx=tuple(c.start for c in self.prefill),
-            n_decode=len(decode),
-            decode_ctx_sum=sum(map(_kv_tokens, decode)) + len(decode),
-            sampled=len(decode) + sum(1 for c in self.prefill if c.completes),
+            prefill_q=tuple(map(_length, prefill)),
+            prefill_ctx=tuple(map(_start, prefill)),
+            n_decode=n,
+            decode_ctx_sum=ctx,
+            sampled=n + sum(map(_completes, prefill)),
         )
 
     def describe(self) -> tuple:

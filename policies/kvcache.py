@@ -242,7 +242,9 @@ class KVBudget:
     def need(self, request_id: int, total_tokens: int) -> int:
         return max(0, self.cache.blocks_for(total_tokens) - self.held(request_id))
 
-    def try_grow(self, request_id: int, total_tokens: int) -> bool:
+    def try_grow(self, request_id: int, total_tokens: int, reserve: int = 0) -> bool:
+        """Plan the blocks for the request to hold ``total_tokens`` if that leaves ``reserve``
+        (at least 0) blocks free; False, planning nothing, if it does not."""
         # ``need`` inlined: a policy asks this for every request of every decision.
         cache = self.cache
         table = cache._tables.get(request_id)
@@ -251,7 +253,7 @@ class KVBudget:
         need -= extra
         if need < 0:
             need = 0
-        if need > self.free:
+        if need + reserve > self.free:
             return False
         if need:
             self.free -= need
@@ -284,9 +286,21 @@ class KVBudget:
         if total > self.free:
             raise KVExhausted(f"{total} blocks granted with {self.free} free in the plan")
         extra = self._extra
-        for rid, n in needs.items():
-            extra[rid] = extra.get(rid, 0) + n
+        if not extra:  # nothing planned yet (a decision's decodes, mostly)
+            extra.update(needs)
+        else:
+            for rid, n in needs.items():
+                extra[rid] = extra.get(rid, 0) + n
         self.free -= total
+
+    def grant_decodes(self, requests: Sequence[Request]) -> bool:
+        """Plan each request's next token (each listed once) if the blocks of all of them fit
+        the free pool, as ``try_grow`` for each would: True; False, planning nothing, if not."""
+        needs = self.decode_needs(requests)
+        if sum(needs.values()) > self.free:
+            return False
+        self.grant(needs)
+        return True
 
     def release(self, request_id: int) -> None:
         """Count the request's blocks (held and planned) as free again, as a preemption will.
@@ -326,9 +340,7 @@ class KVBudget:
         """Plan a waiting request's first chunk: ``start`` cached tokens (from ``prefix_hit``)
         then new ones up to ``total_tokens``, if that leaves ``reserve`` blocks free."""
         if not start:
-            if self.need(req.id, total_tokens) + reserve > self.free:
-                return False
-            return self.try_grow(req.id, total_tokens)
+            return self.try_grow(req.id, total_tokens, reserve)
         need = self.admit_need(req, start, total_tokens)
         if need + reserve > self.free:
             return False

@@ -69,16 +69,24 @@ class VllmPolicy(SchedulingPolicy):
         p = self.params
         kv = view.kv.budget()
         preempted: list = []
-        scheduled: set[int] = set()
         prefilling, decoding = view.phases()  # policies never change a request's phase
-        decodes = self.plan_decodes(view, decoding, kv, preempted, scheduled)
-        budget = p.max_num_batched_tokens - len(decodes)
-        chunks = self.continue_prefills(view, prefilling, budget, kv, preempted, scheduled)
-        budget -= sum(c.length for c in chunks)
+        budget = p.max_num_batched_tokens
+        if not prefilling and self.plans_decodes_plainly() and kv.grant_decodes(decoding):
+            # What ``plan_decodes`` decides when the blocks of every decode fit: all of them
+            # (a view lists each running request once). No prompt is left to continue, so
+            # the ids it would record as scheduled have no reader.
+            decodes, chunks = decoding, []
+            budget -= len(decodes)
+        else:
+            scheduled: set[int] = set()
+            decodes = self.plan_decodes(view, decoding, kv, preempted, scheduled)
+            budget -= len(decodes)
+            chunks = self.continue_prefills(view, prefilling, budget, kv, preempted, scheduled)
+            budget -= sum(c.length for c in chunks)
         admitted: list = []
-        if not preempted:
+        if not preempted:  # then every request planned is in the batch
             free_seqs = p.max_num_seqs - len(view.running)
-            busy = bool(scheduled)
+            busy = bool(decodes or chunks)
             admitted = self.admit_waiting(self.order_waiting(view), budget, kv, free_seqs, busy)
         if preempted:  # a later preemption may take a request granted a decode step
             decodes = [r for r in decodes if r not in preempted]
