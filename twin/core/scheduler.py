@@ -260,14 +260,17 @@ class SchedulingCore:
             return
         asked = self.view()
         part = self.policy.partition(asked)
-        if part != self.partition:
+        # Most policies hand back the partition in force: the same object, no fields compared.
+        kept = part is self.partition
+        if not kept and part != self.partition:
             self._check_partition(part)
             if part.is_split != self.partition.is_split and self.in_flight:
                 return  # a mode switch waits for the running batches to drain
             self.partition = part
             self.stats.partition_changes += 1
             self._sample()
-        settled = part == asked.partition  # the policy keeps the partition of this state
+        # The policy keeps the partition of this state.
+        settled = (kept and asked.partition is part) or part == asked.partition
         plain = type(self).view is SchedulingCore.view
         first = True
         for lane in self.partition.lanes:
