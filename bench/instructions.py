@@ -12,14 +12,15 @@ take a minute or two (``--first``).
     python bench/instructions.py --trace PATH/TO/azure2023_conv.csv --scale 2 \\
         --first 4000 --baseline main
 
-Needs valgrind on the PATH. Counts vary by about 1 % between runs of the same tree (hash
-seeds are fixed; allocation addresses are not), so smaller ratios are not results.
+Needs valgrind on the PATH. With hash seeds fixed and the numeric libraries on one thread,
+two runs of the same tree count within about 0.1 % of each other.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -45,13 +46,26 @@ def count(tree: Path, args: argparse.Namespace, first: int) -> int:
         "--trace", args.trace, "--scale", str(args.scale), "--policy", args.policy,
         "--first", str(first),
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    # One thread each for the numeric libraries: idle pool threads spin for a varying while,
+    # and callgrind counts their instructions too (10-15 % between runs of the same tree).
+    threads = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    env = {**os.environ, "PYTHONHASHSEED": "0", **threads}
     done = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, check=False, env=env)
     found = COLLECTED.search(done.stderr)
     if done.returncode != 0 or found is None:
         tail = done.stderr.strip().splitlines()[-3:]
         raise SystemExit(f"the run in {tree} failed: {' / '.join(tail)}")
     return int(found.group(1))
+
+
+def check_trace(trace: str) -> None:
+    """Load the trace once here, so a bad one is one line before minutes of counting."""
+    from traces import TraceError, load
+
+    try:
+        load(trace)
+    except (TraceError, OSError, ValueError) as error:
+        raise SystemExit(f"--trace {trace}: {error}") from None
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -79,13 +93,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--baseline REV is required: the commit to count against")
     if args.first < 2:
         parser.error(f"--first {args.first}: at least 2 requests (the first one is subtracted)")
-    if not args.scale > 0:
+    if not (math.isfinite(args.scale) and args.scale > 0):
         parser.error(f"--scale {args.scale}: must be a positive number")
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not on the PATH: install it (e.g. apt install valgrind)")
     trace = Path(args.trace)
     if trace.exists():
         args.trace = str(trace.resolve())  # the workers run in other directories
+    check_trace(args.trace)
     out = writable_out(args.out or ROOT / "bench" / "results" / "instructions.json")
     commit = sim_speed.snapshot_name()
     counts: dict[str, dict[str, int]] = {}
