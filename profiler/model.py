@@ -38,6 +38,12 @@ class LatencyModel(ABC):
         self._curve_rows: dict[int, tuple[tuple[str, float, float], ...]] = {}
         # A co-runner's demand is asked for at every re-rate of the other lane.
         self._demand: dict[tuple[BatchShape, int], tuple[float, float]] = {}
+        # A batch alone is the roofline of ``op_times`` at full bandwidth, unless a subclass
+        # reshapes the per-class times or the sharing.
+        cls = type(self)
+        self._plain_alone = cls.op_times is LatencyModel.op_times and (
+            cls.share is LatencyModel.share
+        )
 
     @abstractmethod
     def compute_rate(self, op: str, sms: int) -> float:
@@ -102,6 +108,47 @@ class LatencyModel(ABC):
             out[op] = 0.0 if f == 0.0 and b == 0.0 else max(f / rate, b / (bw * share))
         return out
 
+    def _alone_times(self, shape: BatchShape, sms: int) -> tuple[float, float, float, float]:
+        """``op_times(shape, sms)``'s values in ``OP_CLASSES`` order, in plain floats: the
+        cost model's counts and the roofline with the same operations in the same order,
+        without its dictionaries (a simulator predicts one new shape per decision)."""
+        row = self._curve_rows.get(sms) or self._row(sms)
+        (_, g_rate, g_bw), (_, p_rate, p_bw), (_, d_rate, d_bw), (_, o_rate, o_bw) = row
+        c = self.costs
+        prefill_q, n, ctx_sum = shape.prefill_q, shape.n_decode, shape.decode_ctx_sum
+        prefill_tokens = sum(prefill_q)
+        tokens = prefill_tokens + n
+        if tokens:
+            rows = shape.sampled
+            f = float(c.gemm_flops_per_token * tokens + c.head_flops_per_row * rows)
+            head = float(c.head_weight_bytes) if rows > 0 else 0.0
+            b = float(
+                c.gemm_weight_bytes
+                + c.gemm_act_bytes_per_token * tokens
+                + head
+                + c.head_act_bytes_per_row * rows
+            )
+            t_gemm = 0.0 if f == 0.0 and b == 0.0 else max(f / g_rate, b / g_bw)
+        else:
+            t_gemm = 0.0
+        if prefill_q:
+            pairs = 0.0
+            ctx = 0
+            for q, k in zip(prefill_q, shape.prefill_ctx, strict=True):
+                pairs += q * (k + (q + 1) / 2.0)
+                ctx += k + q
+            f = c.attn_flops_per_pair * pairs
+            b = c.attn_q_bytes * prefill_tokens + c.attn_kv_bytes_per_ctx * ctx
+            t_prefill = 0.0 if f == 0.0 and b == 0.0 else max(f / p_rate, b / p_bw)
+        else:
+            t_prefill = 0.0
+        f = c.attn_flops_per_pair * ctx_sum
+        b = c.attn_q_bytes * n + c.attn_kv_bytes_per_ctx * ctx_sum
+        t_decode = 0.0 if f == 0.0 and b == 0.0 else max(f / d_rate, b / d_bw)
+        f, b = c.other_flops_per_token * tokens, c.other_bytes_per_token * tokens
+        t_other = 0.0 if f == 0.0 and b == 0.0 else max(f / o_rate, b / o_bw)
+        return t_gemm, t_prefill, t_decode, t_other
+
     def op_roofline(self, shape: BatchShape, sms: int) -> dict[str, tuple[float, float]]:
         """Per operator class, (compute seconds, memory seconds at full bandwidth) on ``sms``.
 
@@ -155,6 +202,14 @@ class LatencyModel(ABC):
     ) -> float:
         if shape.is_empty:
             return 0.0
+        if self._plain_alone and (co_runner is None or co_runner.is_empty):
+            alone = self._alone_times(shape, sms)
+            mixed = self.mixed
+            if mixed.is_zero or not shape.prefill_q or shape.n_decode == 0:
+                extra = 0.0
+            else:
+                extra = mixed.extra_s(shape, dict(zip(OP_CLASSES, alone, strict=True)))
+            return sum(alone) + self.overhead_s(shape) + extra
         share = self.share(shape, sms, co_runner, co_sms)
         times = self.op_times(shape, sms, share)
         return sum(times.values()) + self.overhead_s(shape) + self.mixed.extra_s(shape, times)
