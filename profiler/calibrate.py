@@ -142,6 +142,9 @@ class CalibratedModel(LatencyModel):
     def overhead_s(self, shape: BatchShape) -> float:
         return self.calibration.overhead_s
 
+    def decode_overhead_s(self, n_decode: int, ctx_sum: int) -> float:
+        return self.calibration.overhead_s
+
     def describe(self) -> dict[str, Any]:
         return {
             **self.base.describe(),

@@ -15,6 +15,10 @@ from typing import TYPE_CHECKING
 
 from policies.batch import BatchShape
 
+# Up to this many steps a run is predicted step by step in plain floats even when asked for
+# as an array: below it numpy's fixed cost per call is most of the time.
+PLAIN_RUN_STEPS = 16
+
 if TYPE_CHECKING:
     from profiler.measured import MeasuredModel
     from profiler.model import LatencyModel
@@ -37,7 +41,7 @@ def roofline_steps(
     of, ob = c.other(n_decode)
     flops_per_pair, kv_per_ctx = c.attn_flops_per_pair, c.attn_kv_bytes_per_ctx
     q_bytes = c.attn_q_bytes * n_decode
-    overhead = model.overhead_s(BatchShape.decode(n_decode, ctx_sum))
+    overhead = model.decode_overhead_s(n_decode, ctx_sum)
     (g_rate, g_bw), (a_rate, a_bw), (o_rate, o_bw) = (
         model.curves(op, sms) for op in ("gemm", "attn_decode", "other")
     )
@@ -68,7 +72,7 @@ def _alone_steps(
     """``roofline_steps`` with no co-runner: the GEMMs' and the other operators' times do
     not change from step to step, so they are taken once per batch size and SMs (the same
     values, added in the same order as the vectorised run adds them)."""
-    consts = model.__dict__.setdefault("_alone_step_consts", {})
+    consts = model._alone_step_consts
     key = (n_decode, sms)
     hit = consts.get(key)
     if hit is None:
@@ -88,7 +92,7 @@ def _alone_steps(
             a_bw,
         )  # fmt: skip
     t_gemm, t_other, flops_per_pair, kv_per_ctx, q_bytes, a_rate, a_bw = hit
-    overhead = model.overhead_s(BatchShape.decode(n_decode, ctx_sum))
+    overhead = model.decode_overhead_s(n_decode, ctx_sum)
 
     def step(j: int) -> float:
         ctx = float(ctx_sum + n_decode * j)

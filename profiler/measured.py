@@ -28,7 +28,7 @@ import numpy as np
 
 from policies.batch import BatchShape
 from profiler.config import ModelConfig
-from profiler.decode_steps import measured_steps
+from profiler.decode_steps import PLAIN_RUN_STEPS, measured_steps
 from profiler.gpus import GpuEntry
 from profiler.model import LatencyModel
 from profiler.ops import OP_CLASSES
@@ -185,6 +185,9 @@ class MeasuredModel(LatencyModel):
     def overhead_s(self, shape: BatchShape) -> float:
         return self.parts.iteration_overhead_s
 
+    def decode_overhead_s(self, n_decode: int, ctx_sum: int) -> float:
+        return self.parts.iteration_overhead_s
+
     def _efficiencies(self, shape: BatchShape) -> tuple[tuple[str, float, float, float], ...]:
         """Per class: (measured / roofline at full SMs, FLOPs, bytes)."""
         cost = self.costs.costs(shape)
@@ -239,6 +242,22 @@ class MeasuredModel(LatencyModel):
         co_runner: BatchShape | None = None,
         co_sms: int = 0,
         first: int = 0,
+    ) -> np.ndarray:
+        if steps <= PLAIN_RUN_STEPS:
+            step = measured_steps(self, n_decode, ctx_sum, sms, co_runner, co_sms)
+            if step is not None:
+                return np.array([step(j) for j in range(first, first + steps)], dtype=np.float64)
+        return self._decode_run_array(n_decode, ctx_sum, steps, sms, co_runner, co_sms, first)
+
+    def _decode_run_array(
+        self,
+        n_decode: int,
+        ctx_sum: int,
+        steps: int,
+        sms: int,
+        co_runner: BatchShape | None,
+        co_sms: int,
+        first: int,
     ) -> np.ndarray:
         ctx = ctx_sum + n_decode * np.arange(first, first + steps, dtype=np.float64)
         L = self.config.num_layers

@@ -18,7 +18,7 @@ import numpy as np
 from policies.batch import BatchShape
 from policies.partition import GpuSpec
 from profiler.config import ModelConfig
-from profiler.decode_steps import roofline_steps
+from profiler.decode_steps import PLAIN_RUN_STEPS, roofline_steps
 from profiler.mixed import MixedBatchCost
 from profiler.ops import OP_CLASSES, CostModel
 
@@ -44,6 +44,11 @@ class LatencyModel(ABC):
         self._plain_alone = cls.op_times is LatencyModel.op_times and (
             cls.share is LatencyModel.share
         )
+        # The plain-float decode steps mirror one predict_decode_run; a subclass that
+        # reshapes the run has none.
+        run, builder = self._plain_decode_steps()
+        self._step_builder = builder if cls.predict_decode_run is run else None
+        self._alone_step_consts: dict[tuple[int, int], tuple[float, ...]] = {}
 
     @abstractmethod
     def compute_rate(self, op: str, sms: int) -> float:
@@ -61,6 +66,21 @@ class LatencyModel(ABC):
     @abstractmethod
     def overhead_s(self, shape: BatchShape) -> float:
         """Per-iteration time outside the operators (launch, sampling, scheduling)."""
+
+    def decode_overhead_s(self, n_decode: int, ctx_sum: int) -> float:
+        """``overhead_s`` of a decode batch of ``n_decode`` requests over ``ctx_sum`` tokens,
+        asked at every decode run; a model whose overhead needs no shape says so directly."""
+        return self.overhead_s(BatchShape.decode(n_decode, ctx_sum))
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A class whose overhead_s comes before its decode_overhead_s in the method order
+        # reshapes the overhead: it is asked of every decode batch too.
+        def owner(name: str) -> int:
+            return next(i for i, k in enumerate(cls.__mro__) if name in k.__dict__)
+
+        if owner("overhead_s") < owner("decode_overhead_s"):
+            cls.decode_overhead_s = LatencyModel.decode_overhead_s
 
     @property
     def label(self) -> str:
@@ -229,10 +249,10 @@ class LatencyModel(ABC):
         """Step j's seconds of the run ``predict_decode_run`` predicts, in plain floats and
         bit for bit (the same operations in the same order), for callers that want a few
         steps at a time; None where a model has only the vectorised form."""
-        run, steps = self._plain_decode_steps()
-        if type(self).predict_decode_run is not run:
+        builder = self._step_builder
+        if builder is None:
             return None  # a subclass that reshapes the run would have to reshape this too
-        return steps(self, n_decode, ctx_sum, sms, co_runner, co_sms)
+        return builder(self, n_decode, ctx_sum, sms, co_runner, co_sms)
 
     def _plain_decode_steps(self) -> tuple[Callable, Callable]:
         """The ``predict_decode_run`` a plain-float step builder mirrors, and the builder."""
@@ -254,14 +274,31 @@ class LatencyModel(ABC):
         returned are those of steps ``first`` to ``first + steps - 1``, equal to the same
         slice of the whole run's (its per-iteration overhead is the run's first step's), so
         a caller can predict a run in pieces. Vectorised, so the simulator can advance many
-        identical iterations in one event.
+        identical iterations in one event; a short run is its plain-float steps (the same
+        numbers), where numpy's per-call cost outweighs a few steps' work.
         """
+        if steps <= PLAIN_RUN_STEPS:
+            step = roofline_steps(self, n_decode, ctx_sum, sms, co_runner, co_sms)
+            return np.array([step(j) for j in range(first, first + steps)], dtype=np.float64)
+        return self._decode_run_array(n_decode, ctx_sum, steps, sms, co_runner, co_sms, first)
+
+    def _decode_run_array(
+        self,
+        n_decode: int,
+        ctx_sum: int,
+        steps: int,
+        sms: int,
+        co_runner: BatchShape | None,
+        co_sms: int,
+        first: int,
+    ) -> np.ndarray:
+        """``predict_decode_run`` in numpy, the definition its plain-float steps mirror."""
         ctx = ctx_sum + n_decode * np.arange(first, first + steps, dtype=np.float64)
         c = self.costs
         gf, gb = c.gemm(n_decode, n_decode)
         af, ab = c.attn_decode(n_decode, ctx)
         of, ob = c.other(n_decode)
-        overhead = self.overhead_s(BatchShape.decode(n_decode, ctx_sum))
+        overhead = self.decode_overhead_s(n_decode, ctx_sum)
 
         def busy(share: np.ndarray | float) -> np.ndarray:
             rate, bw = self.curves("gemm", sms)
