@@ -79,6 +79,7 @@ class MeasuredModel(LatencyModel):
         self._full = functools.lru_cache(maxsize=4096)(self._full_sm)
         self._eff = functools.lru_cache(maxsize=4096)(self._efficiencies)
         self._decode_fixed: dict[int, tuple[float, ...]] = {}
+        self._step_parts: dict[int, tuple] = {}  # by batch size (profiler.decode_steps)
         # Arrivals bring new shapes at every decision, but their parts repeat: a prompt's
         # chunk, a token count. Kept by their exact inputs.
         self._chunk_s: dict[tuple[int, int], float] = {}  # one chunk's layer, by (q, cached)
@@ -87,7 +88,8 @@ class MeasuredModel(LatencyModel):
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for name in ("_full", "_eff", "_decode_fixed", "_chunk_s", "_layers_s", "_head_s"):
+        kept = ("_full", "_eff", "_decode_fixed", "_step_parts", "_chunk_s", "_layers_s", "_head_s")
+        for name in kept:
             del state[name]
         return state
 

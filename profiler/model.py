@@ -73,9 +73,10 @@ class LatencyModel(ABC):
         return self.overhead_s(BatchShape.decode(n_decode, ctx_sum))
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
         # A class whose overhead_s comes before its decode_overhead_s in the method order
         # reshapes the overhead: it is asked of every decode batch too.
+        super().__init_subclass__(**kwargs)
+
         def owner(name: str) -> int:
             return next(i for i, k in enumerate(cls.__mro__) if name in k.__dict__)
 
