@@ -8,20 +8,25 @@ import numpy as np
 import pytest
 
 from policies.batch import BatchShape
-from profiler import DatasheetModel
+from profiler import DatasheetModel, load_model_config
 from profiler.decode_steps import PLAIN_RUN_STEPS
 from profiler.fitted import FittedModel
+from profiler.measured import _AttentionFloor
 from twin.latency import load_latency_model
 
 CO = BatchShape.prefill(2048, 0)
 
 
-@pytest.fixture(params=["datasheet", "fitted", "measured"])
+@pytest.fixture(params=["datasheet", "fitted", "measured", "measured-floor"])
 def model(request, llama, profile_dir):
     if request.param == "datasheet":
         return DatasheetModel(llama)
     if request.param == "fitted":
         return FittedModel.from_profile(profile_dir, model_config=llama)
+    if request.param == "measured-floor":  # no table has its head shape: the roofline floor
+        floor = load_latency_model(load_model_config("tiny"))
+        assert isinstance(floor._gen, _AttentionFloor)
+        return floor
     return load_latency_model(llama)
 
 
