@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import nnls
 
 from policies.batch import BatchShape
 from profiler.model import LatencyModel
@@ -142,6 +141,9 @@ class CalibratedModel(LatencyModel):
     def overhead_s(self, shape: BatchShape) -> float:
         return self.calibration.overhead_s
 
+    def decode_overhead_s(self, n_decode: int, ctx_sum: int) -> float:
+        return self.calibration.overhead_s
+
     def describe(self) -> dict[str, Any]:
         return {
             **self.base.describe(),
@@ -191,6 +193,10 @@ def fit(
             for s, n in zip(iteration_shapes(rows), rows["sms"], strict=True)
         ]
     )
+    # Imported here: every process that loads a latency model imports this module, and
+    # scipy.optimize alone costs about a third of a second to import.
+    from scipy.optimize import nnls
+
     weights = 1.0 / measured  # relative error: every iteration counts the same
     coef, _ = nnls(features * weights[:, None], measured * weights)
     used = features[:, :-1].any(axis=0)

@@ -67,5 +67,8 @@ class DatasheetModel(LatencyModel):
     def overhead_s(self, shape: BatchShape) -> float:
         return self.sheet.iteration_overhead_s
 
+    def decode_overhead_s(self, n_decode: int, ctx_sum: int) -> float:
+        return self.sheet.iteration_overhead_s
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "datasheet": asdict(self.sheet)}

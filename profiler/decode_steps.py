@@ -15,6 +15,10 @@ from typing import TYPE_CHECKING
 
 from policies.batch import BatchShape
 
+# Up to this many steps a run is predicted step by step in plain floats even when asked for
+# as an array: below it numpy's fixed cost per call is most of the time.
+PLAIN_RUN_STEPS = 16
+
 if TYPE_CHECKING:
     from profiler.measured import MeasuredModel
     from profiler.model import LatencyModel
@@ -37,7 +41,7 @@ def roofline_steps(
     of, ob = c.other(n_decode)
     flops_per_pair, kv_per_ctx = c.attn_flops_per_pair, c.attn_kv_bytes_per_ctx
     q_bytes = c.attn_q_bytes * n_decode
-    overhead = model.overhead_s(BatchShape.decode(n_decode, ctx_sum))
+    overhead = model.decode_overhead_s(n_decode, ctx_sum)
     (g_rate, g_bw), (a_rate, a_bw), (o_rate, o_bw) = (
         model.curves(op, sms) for op in ("gemm", "attn_decode", "other")
     )
@@ -68,7 +72,7 @@ def _alone_steps(
     """``roofline_steps`` with no co-runner: the GEMMs' and the other operators' times do
     not change from step to step, so they are taken once per batch size and SMs (the same
     values, added in the same order as the vectorised run adds them)."""
-    consts = model.__dict__.setdefault("_alone_step_consts", {})
+    consts = model._alone_step_consts
     key = (n_decode, sms)
     hit = consts.get(key)
     if hit is None:
@@ -88,7 +92,7 @@ def _alone_steps(
             a_bw,
         )  # fmt: skip
     t_gemm, t_other, flops_per_pair, kv_per_ctx, q_bytes, a_rate, a_bw = hit
-    overhead = model.overhead_s(BatchShape.decode(n_decode, ctx_sum))
+    overhead = model.decode_overhead_s(n_decode, ctx_sum)
 
     def step(j: int) -> float:
         ctx = float(ctx_sum + n_decode * j)
@@ -109,22 +113,17 @@ def measured_steps(
     """``MeasuredModel.predict_decode_run``'s steps: the measured operators on the whole GPU
     alone, else scaled by the modelled SM and contention curves. None where the attention
     table's row has no plain-float form."""
-    L = model.config.num_layers
-    gen = model._gen
-    row_scalar = getattr(gen, "row_scalar", None)
-    if row_scalar is None:  # no table for the head shape: the roofline floor, a plain function
-        attn = functools.partial(gen, n_decode)
-    else:
-        attn = row_scalar(n_decode)
-        if attn is None:
+    kept = model._step_parts.get(n_decode)
+    if kept is None:
+        kept = _step_parts(model, n_decode)
+        if kept is None:
             return None
-    fixed = model._decode_fixed.get(n_decode)
-    if fixed is None:
-        fixed = model._decode_fixed[n_decode] = model._fixed_decode_parts(n_decode)
-    t_fixed, c_fixed, m_fixed, fixed_bytes, k_fixed = fixed
+    attn, fixed = kept
+    L = model.config.num_layers
     overhead = model.parts.iteration_overhead_s
     alone = co_runner is None or co_runner.is_empty
     if sms >= model.gpu.num_sms and alone:
+        t_fixed = fixed[0]
 
         def full(j: int) -> float:
             ctx = float(ctx_sum + n_decode * j)
@@ -132,6 +131,7 @@ def measured_steps(
 
         return full
 
+    t_fixed, c_fixed, m_fixed, fixed_bytes, k_fixed = fixed
     costs = model.costs
     flops_per_pair, kv_per_ctx = costs.attn_flops_per_pair, costs.attn_kv_bytes_per_ctx
     q_bytes = costs.attn_q_bytes * n_decode
@@ -162,3 +162,24 @@ def measured_steps(
         return busy(k_attn, c_attn, m_attn, frac * (share if share < 1.0 else 1.0)) + overhead
 
     return step
+
+
+def _step_parts(model: MeasuredModel, n_decode: int) -> tuple | None:
+    """A decode batch's attention row and its GEMM and elementwise parts, which its context
+    does not change, kept per batch size; None where the row has no plain-float form."""
+    gen = model._gen
+    row_scalar = getattr(gen, "row_scalar", None)
+    if row_scalar is None:  # no table for the head shape: the roofline floor, a plain function
+        attn = functools.partial(gen, n_decode)
+    else:
+        attn = row_scalar(n_decode)
+        if attn is None:
+            return None
+    fixed = model._decode_fixed.get(n_decode)
+    if fixed is None:
+        fixed = model._decode_fixed[n_decode] = model._fixed_decode_parts(n_decode)
+    known = model._step_parts
+    if len(known) >= 1024:
+        known.clear()
+    parts = known[n_decode] = (attn, fixed)
+    return parts

@@ -75,6 +75,9 @@ class FittedModel(LatencyModel):
     def overhead_s(self, shape: BatchShape) -> float:
         return self._overhead_prefill if shape.prefill_q else self._overhead_decode
 
+    def decode_overhead_s(self, n_decode: int, ctx_sum: int) -> float:
+        return self._overhead_decode
+
     def describe(self) -> dict[str, Any]:
         ops = self.fit["ops"]
         return {

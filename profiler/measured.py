@@ -28,13 +28,14 @@ import numpy as np
 
 from policies.batch import BatchShape
 from profiler.config import ModelConfig
-from profiler.decode_steps import measured_steps
+from profiler.decode_steps import PLAIN_RUN_STEPS, measured_steps
 from profiler.gpus import GpuEntry
 from profiler.model import LatencyModel
 from profiler.ops import OP_CLASSES
 from profiler.tables.lookup import Curve, NoTable, OperatorTables, load_tables
 
 STACKS = {"vllm": "vLLM", "sglang": "SGLang", "trtllm": "TRT-LLM"}
+_PART_CACHE = 1 << 16  # entries of a per-part cache before it starts over
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,17 @@ class MeasuredModel(LatencyModel):
         self._full = functools.lru_cache(maxsize=4096)(self._full_sm)
         self._eff = functools.lru_cache(maxsize=4096)(self._efficiencies)
         self._decode_fixed: dict[int, tuple[float, ...]] = {}
+        self._step_parts: dict[int, tuple] = {}  # by batch size (profiler.decode_steps)
+        # Arrivals bring new shapes at every decision, but their parts repeat: a prompt's
+        # chunk, a token count. Kept by their exact inputs.
+        self._chunk_s: dict[tuple[int, int], float] = {}  # one chunk's layer, by (q, cached)
+        self._layers_s: dict[int, float] = {}  # every layer's GEMMs, by tokens
+        self._head_s: dict[int, float] = {}  # the lm_head, by sampled rows
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for name in ("_full", "_eff", "_decode_fixed"):
+        kept = ("_full", "_eff", "_decode_fixed", "_step_parts", "_chunk_s", "_layers_s", "_head_s")
+        for name in kept:
             del state[name]
         return state
 
@@ -128,34 +136,62 @@ class MeasuredModel(LatencyModel):
         return curve
 
     # Full-SM operator times -------------------------------------------------------------
-    def _prefill(self, qs: tuple[int, ...], cs: tuple[int, ...]) -> float:
+    def _chunk(self, key: tuple[int, int]) -> float:
+        """One layer's attention for a chunk of ``q`` new tokens after ``c`` cached ones."""
+        q, c = key
         ctx = self._ctx
+        s = q + c
+        t = ctx(1, s)
+        if c:
+            # A chunk after a prefix costs its share of the causal pairs of the whole
+            # sequence; never less than the chunk alone.
+            t = max(t * (s * s - c * c) / (s * s), ctx(1, q))
+        known = self._chunk_s
+        if len(known) >= _PART_CACHE:
+            known.clear()
+        known[key] = t
+        return t
+
+    def _prefill(self, qs: tuple[int, ...], cs: tuple[int, ...]) -> float:
+        known = self._chunk_s
+        if len(qs) == 1 == len(cs):
+            key = (qs[0], cs[0])
+            t = known.get(key)
+            return t if t is not None else self._chunk(key)
         times = []
-        for q, c in zip(qs, cs, strict=True):
-            s = q + c
-            t = ctx(1, s)
-            if c:
-                # A chunk after a prefix costs its share of the causal pairs of the whole
-                # sequence; never less than the chunk alone.
-                t = max(t * (s * s - c * c) / (s * s), ctx(1, q))
-            times.append(t)
+        for key in zip(qs, cs, strict=True):
+            t = known.get(key)
+            times.append(t if t is not None else self._chunk(key))
         if len(times) == 1:
             return times[0]
         # One varlen kernel launch serves every chunk: the per-call floor is paid once.
         return max(sum(times) - (len(times) - 1) * self._ctx_floor, max(times))
 
+    def _kept(self, known: dict, curve: Curve, x: int) -> float:
+        if len(known) >= _PART_CACHE:
+            known.clear()
+        t = known[x] = curve(x)
+        return t
+
     def _full_sm(self, shape: BatchShape) -> tuple[float, float, float, float]:
         L = self.config.num_layers
-        tokens = shape.tokens
-        gemm = self._layer_gemms(tokens) + self._head(shape.sampled) if tokens else 0.0
-        prefill = L * self._prefill(shape.prefill_q, shape.prefill_ctx) if shape.prefill_q else 0.0
-        n = shape.n_decode
+        qs, n = shape.prefill_q, shape.n_decode
+        tokens = sum(qs) + n
+        if tokens:
+            layers = self._layers_s.get(tokens)
+            if layers is None:
+                layers = self._kept(self._layers_s, self._layer_gemms, tokens)
+            sampled = shape.sampled
+            head = self._head_s.get(sampled)
+            if head is None:
+                head = self._kept(self._head_s, self._head, sampled)
+            gemm = layers + head
+            other = self._other_floor + self.costs.other_bytes_per_token * tokens / self._other_bw
+        else:
+            gemm = other = 0.0
+        prefill = L * self._prefill(qs, shape.prefill_ctx) if qs else 0.0
         decode = L * self._gen(n, shape.decode_ctx_sum / n + 1.0) if n else 0.0
-        other = self._other(tokens) if tokens else 0.0
         return gemm, prefill, decode, other
-
-    def _other(self, tokens: float) -> float:
-        return self._other_floor + self.costs.other_bytes_per_token * tokens / self._other_bw
 
     def full_sm_times(self, shape: BatchShape) -> dict[str, float]:
         """Per operator class, seconds at all SMs with no co-runner: the measured times."""
@@ -183,6 +219,9 @@ class MeasuredModel(LatencyModel):
         return self.entry.hbm_bytes_per_s * self.parts.achievable_bandwidth_fraction
 
     def overhead_s(self, shape: BatchShape) -> float:
+        return self.parts.iteration_overhead_s
+
+    def decode_overhead_s(self, n_decode: int, ctx_sum: int) -> float:
         return self.parts.iteration_overhead_s
 
     def _efficiencies(self, shape: BatchShape) -> tuple[tuple[str, float, float, float], ...]:
@@ -239,6 +278,22 @@ class MeasuredModel(LatencyModel):
         co_runner: BatchShape | None = None,
         co_sms: int = 0,
         first: int = 0,
+    ) -> np.ndarray:
+        if steps <= PLAIN_RUN_STEPS:
+            step = measured_steps(self, n_decode, ctx_sum, sms, co_runner, co_sms)
+            if step is not None:
+                return np.array([step(j) for j in range(first, first + steps)], dtype=np.float64)
+        return self._decode_run_array(n_decode, ctx_sum, steps, sms, co_runner, co_sms, first)
+
+    def _decode_run_array(
+        self,
+        n_decode: int,
+        ctx_sum: int,
+        steps: int,
+        sms: int,
+        co_runner: BatchShape | None,
+        co_sms: int,
+        first: int,
     ) -> np.ndarray:
         ctx = ctx_sum + n_decode * np.arange(first, first + steps, dtype=np.float64)
         L = self.config.num_layers

@@ -18,7 +18,7 @@ import numpy as np
 from policies.batch import BatchShape
 from policies.partition import GpuSpec
 from profiler.config import ModelConfig
-from profiler.decode_steps import roofline_steps
+from profiler.decode_steps import PLAIN_RUN_STEPS, roofline_steps
 from profiler.mixed import MixedBatchCost
 from profiler.ops import OP_CLASSES, CostModel
 
@@ -38,6 +38,17 @@ class LatencyModel(ABC):
         self._curve_rows: dict[int, tuple[tuple[str, float, float], ...]] = {}
         # A co-runner's demand is asked for at every re-rate of the other lane.
         self._demand: dict[tuple[BatchShape, int], tuple[float, float]] = {}
+        # A batch alone is the roofline of ``op_times`` at full bandwidth, unless a subclass
+        # reshapes the per-class times or the sharing.
+        cls = type(self)
+        self._plain_alone = cls.op_times is LatencyModel.op_times and (
+            cls.share is LatencyModel.share
+        )
+        # The plain-float decode steps mirror one predict_decode_run; a subclass that
+        # reshapes the run has none.
+        run, builder = self._plain_decode_steps()
+        self._step_builder = builder if cls.predict_decode_run is run else None
+        self._alone_step_consts: dict[tuple[int, int], tuple[float, ...]] = {}
 
     @abstractmethod
     def compute_rate(self, op: str, sms: int) -> float:
@@ -55,6 +66,22 @@ class LatencyModel(ABC):
     @abstractmethod
     def overhead_s(self, shape: BatchShape) -> float:
         """Per-iteration time outside the operators (launch, sampling, scheduling)."""
+
+    def decode_overhead_s(self, n_decode: int, ctx_sum: int) -> float:
+        """``overhead_s`` of a decode batch of ``n_decode`` requests over ``ctx_sum`` tokens,
+        asked at every decode run; a model whose overhead needs no shape says so directly."""
+        return self.overhead_s(BatchShape.decode(n_decode, ctx_sum))
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A class whose overhead_s comes before its decode_overhead_s in the method order
+        # reshapes the overhead: it is asked of every decode batch too.
+        super().__init_subclass__(**kwargs)
+
+        def owner(name: str) -> int:
+            return next(i for i, k in enumerate(cls.__mro__) if name in k.__dict__)
+
+        if owner("overhead_s") < owner("decode_overhead_s"):
+            cls.decode_overhead_s = LatencyModel.decode_overhead_s
 
     @property
     def label(self) -> str:
@@ -101,6 +128,47 @@ class LatencyModel(ABC):
             f, b = flops[op], nbytes[op]
             out[op] = 0.0 if f == 0.0 and b == 0.0 else max(f / rate, b / (bw * share))
         return out
+
+    def _alone_times(self, shape: BatchShape, sms: int) -> tuple[float, float, float, float]:
+        """``op_times(shape, sms)``'s values in ``OP_CLASSES`` order, in plain floats: the
+        cost model's counts and the roofline with the same operations in the same order,
+        without its dictionaries (a simulator predicts one new shape per decision)."""
+        row = self._curve_rows.get(sms) or self._row(sms)
+        (_, g_rate, g_bw), (_, p_rate, p_bw), (_, d_rate, d_bw), (_, o_rate, o_bw) = row
+        c = self.costs
+        prefill_q, n, ctx_sum = shape.prefill_q, shape.n_decode, shape.decode_ctx_sum
+        prefill_tokens = sum(prefill_q)
+        tokens = prefill_tokens + n
+        if tokens:
+            rows = shape.sampled
+            f = float(c.gemm_flops_per_token * tokens + c.head_flops_per_row * rows)
+            head = float(c.head_weight_bytes) if rows > 0 else 0.0
+            b = float(
+                c.gemm_weight_bytes
+                + c.gemm_act_bytes_per_token * tokens
+                + head
+                + c.head_act_bytes_per_row * rows
+            )
+            t_gemm = 0.0 if f == 0.0 and b == 0.0 else max(f / g_rate, b / g_bw)
+        else:
+            t_gemm = 0.0
+        if prefill_q:
+            pairs = 0.0
+            ctx = 0
+            for q, k in zip(prefill_q, shape.prefill_ctx, strict=True):
+                pairs += q * (k + (q + 1) / 2.0)
+                ctx += k + q
+            f = c.attn_flops_per_pair * pairs
+            b = c.attn_q_bytes * prefill_tokens + c.attn_kv_bytes_per_ctx * ctx
+            t_prefill = 0.0 if f == 0.0 and b == 0.0 else max(f / p_rate, b / p_bw)
+        else:
+            t_prefill = 0.0
+        f = c.attn_flops_per_pair * ctx_sum
+        b = c.attn_q_bytes * n + c.attn_kv_bytes_per_ctx * ctx_sum
+        t_decode = 0.0 if f == 0.0 and b == 0.0 else max(f / d_rate, b / d_bw)
+        f, b = c.other_flops_per_token * tokens, c.other_bytes_per_token * tokens
+        t_other = 0.0 if f == 0.0 and b == 0.0 else max(f / o_rate, b / o_bw)
+        return t_gemm, t_prefill, t_decode, t_other
 
     def op_roofline(self, shape: BatchShape, sms: int) -> dict[str, tuple[float, float]]:
         """Per operator class, (compute seconds, memory seconds at full bandwidth) on ``sms``.
@@ -155,6 +223,14 @@ class LatencyModel(ABC):
     ) -> float:
         if shape.is_empty:
             return 0.0
+        if self._plain_alone and (co_runner is None or co_runner.is_empty):
+            alone = self._alone_times(shape, sms)
+            mixed = self.mixed
+            if mixed.is_zero or not shape.prefill_q or shape.n_decode == 0:
+                extra = 0.0
+            else:
+                extra = mixed.extra_s(shape, dict(zip(OP_CLASSES, alone, strict=True)))
+            return sum(alone) + self.overhead_s(shape) + extra
         share = self.share(shape, sms, co_runner, co_sms)
         times = self.op_times(shape, sms, share)
         return sum(times.values()) + self.overhead_s(shape) + self.mixed.extra_s(shape, times)
@@ -174,10 +250,10 @@ class LatencyModel(ABC):
         """Step j's seconds of the run ``predict_decode_run`` predicts, in plain floats and
         bit for bit (the same operations in the same order), for callers that want a few
         steps at a time; None where a model has only the vectorised form."""
-        run, steps = self._plain_decode_steps()
-        if type(self).predict_decode_run is not run:
+        builder = self._step_builder
+        if builder is None:
             return None  # a subclass that reshapes the run would have to reshape this too
-        return steps(self, n_decode, ctx_sum, sms, co_runner, co_sms)
+        return builder(self, n_decode, ctx_sum, sms, co_runner, co_sms)
 
     def _plain_decode_steps(self) -> tuple[Callable, Callable]:
         """The ``predict_decode_run`` a plain-float step builder mirrors, and the builder."""
@@ -199,14 +275,31 @@ class LatencyModel(ABC):
         returned are those of steps ``first`` to ``first + steps - 1``, equal to the same
         slice of the whole run's (its per-iteration overhead is the run's first step's), so
         a caller can predict a run in pieces. Vectorised, so the simulator can advance many
-        identical iterations in one event.
+        identical iterations in one event; a short run is its plain-float steps (the same
+        numbers), where numpy's per-call cost outweighs a few steps' work.
         """
+        if steps <= PLAIN_RUN_STEPS:
+            step = roofline_steps(self, n_decode, ctx_sum, sms, co_runner, co_sms)
+            return np.array([step(j) for j in range(first, first + steps)], dtype=np.float64)
+        return self._decode_run_array(n_decode, ctx_sum, steps, sms, co_runner, co_sms, first)
+
+    def _decode_run_array(
+        self,
+        n_decode: int,
+        ctx_sum: int,
+        steps: int,
+        sms: int,
+        co_runner: BatchShape | None,
+        co_sms: int,
+        first: int,
+    ) -> np.ndarray:
+        """``predict_decode_run`` in numpy, the definition its plain-float steps mirror."""
         ctx = ctx_sum + n_decode * np.arange(first, first + steps, dtype=np.float64)
         c = self.costs
         gf, gb = c.gemm(n_decode, n_decode)
         af, ab = c.attn_decode(n_decode, ctx)
         of, ob = c.other(n_decode)
-        overhead = self.overhead_s(BatchShape.decode(n_decode, ctx_sum))
+        overhead = self.decode_overhead_s(n_decode, ctx_sum)
 
         def busy(share: np.ndarray | float) -> np.ndarray:
             rate, bw = self.curves("gemm", sms)

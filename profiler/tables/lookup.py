@@ -100,6 +100,8 @@ class WorkGrid:
         self.growth = growth
         self.tail = (tail if tail is not None else growth) / growth
         self._scalar_rows: dict[float, Callable[[float], float]] = {}  # by batch
+        # A batch between two measured rows: the rows and their weights, by batch.
+        self._between: dict[float, tuple] = {}
         self.batches = [float(b) for b in batches]
         self.rows: list[tuple[list[float], list[float]]] = []
         for row in values:
@@ -131,9 +133,37 @@ class WorkGrid:
             return self._row(len(b) - 1, x) * batch / b[-1]
         if batch <= b[0]:
             return self._row(0, x)
+        hit = self._between.get(batch)
+        if hit is None:
+            hit = self._between_rows(batch)
+        # (1 - t) * _row(i - 1, x) + t * _row(i, x), both rows inlined: a decode batch's
+        # attention is looked up at every decision.
+        xs, ys, xs1, ys1, u, t = hit
+        if x <= xs[0]:
+            a = ys[0]
+        elif x >= xs[-1]:
+            a = ys[-1] * (x / xs[-1]) ** self.tail
+        else:
+            j = bisect.bisect_right(xs, x)
+            a = ys[j - 1] + (ys[j] - ys[j - 1]) * (x - xs[j - 1]) / (xs[j] - xs[j - 1])
+        if x <= xs1[0]:
+            c = ys1[0]
+        elif x >= xs1[-1]:
+            c = ys1[-1] * (x / xs1[-1]) ** self.tail
+        else:
+            j = bisect.bisect_right(xs1, x)
+            c = ys1[j - 1] + (ys1[j] - ys1[j - 1]) * (x - xs1[j - 1]) / (xs1[j] - xs1[j - 1])
+        return u * a + t * c
+
+    def _between_rows(self, batch: float) -> tuple:
+        b = self.batches
         i = bisect.bisect_right(b, batch)
         t = (batch - b[i - 1]) / (b[i] - b[i - 1])
-        return (1 - t) * self._row(i - 1, x) + t * self._row(i, x)
+        cache = self._between
+        if len(cache) >= 1024:
+            cache.clear()
+        hit = cache[batch] = (*self.rows[i - 1], *self.rows[i], 1 - t, t)
+        return hit
 
     def row_array(self, batch: float, lengths: np.ndarray) -> np.ndarray:
         """The same as calling for every length, vectorised (decode runs)."""
