@@ -179,11 +179,11 @@ class IterationLog:
             self.predicted.append(run.predicted[0])
         else:
             if isinstance(step_ends, list):  # a short run's, in plain floats
-                self.ends.extend(step_ends)
+                self.ends.fromlist(step_ends)
             else:
                 self.ends.frombytes(np.ascontiguousarray(step_ends, dtype=np.float64).tobytes())
             if isinstance(run.predicted, list):  # a short run's, predicted step by step
-                self.predicted.extend(run.predicted)
+                self.predicted.fromlist(run.predicted)
             else:
                 self.predicted.frombytes(
                     np.ascontiguousarray(run.predicted, dtype=np.float64).tobytes()

@@ -256,8 +256,13 @@ class SchedulingCore:
             self._dispatching = False
 
     def _dispatch_once(self) -> None:
-        if all(lane in self.in_flight for lane in self.partition.lanes):
-            return
+        in_flight = self.in_flight
+        if in_flight:  # every lane of the partition busy: nothing to offer
+            if self.partition.is_split:
+                if Lane.PREFILL in in_flight and Lane.DECODE in in_flight:
+                    return
+            elif Lane.MIXED in in_flight:
+                return
         asked = self.view()
         part = self.policy.partition(asked)
         # Most policies hand back the partition in force: the same object, no fields compared.

@@ -38,7 +38,12 @@ class TokenLog:
         if not ids:
             return
         try:
-            self.ids.extend(ids)
+            # ``fromlist`` converts a list twice as fast as ``extend`` (and leaves the array
+            # as it was when an id does not fit).
+            if type(ids) is list:
+                self.ids.fromlist(ids)
+            else:
+                self.ids.extend(ids)
         except OverflowError:  # an id beyond 32 bits: widen once, keep what is logged
             del self.ids[self.id_end[-1] if self.id_end else 0 :]
             self.ids = array("q", self.ids)
@@ -47,7 +52,7 @@ class TokenLog:
         if isinstance(times, np.ndarray):
             self.times.frombytes(np.ascontiguousarray(times, dtype=np.float64).tobytes())
         elif isinstance(times, list):  # a short run's step ends, in plain floats
-            self.times.extend(times)
+            self.times.fromlist(times)
         else:
             self.times.append(times)
         self.time_end.append(len(self.times))

@@ -112,6 +112,8 @@ class Simulator(SchedulingCore):
                 zip(workload.arrival_s, workload.prompt_tokens, workload.output_tokens, strict=True)
             )
         ]
+        # Arrival times as plain floats: read at every arrival and every steady run's horizon.
+        self._arrival_times = [req.arrival_s for req in self._pending]
         if kv.prefix_caching and workload.prefix_hashes is not None:
             per_id = workload.prefix_block_tokens
             for req, ids in zip(self._pending, workload.prefix_hashes, strict=True):
@@ -144,7 +146,7 @@ class Simulator(SchedulingCore):
         )
 
     def _arrivals(self):
-        arrivals = self.workload.arrival_s
+        arrivals = self._arrival_times
         n = len(arrivals)
         i = 0
         while i < n:
@@ -177,7 +179,7 @@ class Simulator(SchedulingCore):
 
     def _next_arrival(self) -> float:
         if self._arrived < len(self._pending):
-            return float(self.workload.arrival_s[self._arrived])
+            return self._arrival_times[self._arrived]
         return math.inf
 
     # ----------------------------------------------------------------- executing
