@@ -45,11 +45,32 @@ class BatchShape:
 
     @staticmethod
     def decode(n_decode: int, decode_ctx_sum: int) -> BatchShape:
-        return BatchShape(n_decode=n_decode, decode_ctx_sum=decode_ctx_sum, sampled=n_decode)
+        return _decode_shape(n_decode, decode_ctx_sum)
 
     @staticmethod
     def prefill(q: int, ctx: int = 0, completes: bool = True) -> BatchShape:
         return BatchShape(prefill_q=(q,), prefill_ctx=(ctx,), sampled=int(completes))
+
+
+# A frozen dataclass sets each field through ``object.__setattr__``; the slots' own setters
+# fill a decode shape in a third of the time (0.35 against 0.9 us), and the simulator builds
+# one for every batch and every segment of a decode phase.
+_new_shape = object.__new__
+_set_q, _set_ctx, _set_n, _set_sum, _set_sampled = (
+    BatchShape.__dict__[name].__set__
+    for name in ("prefill_q", "prefill_ctx", "n_decode", "decode_ctx_sum", "sampled")
+)
+
+
+def _decode_shape(n_decode: int, decode_ctx_sum: int) -> BatchShape:
+    """``BatchShape(n_decode=n, decode_ctx_sum=c, sampled=n)``, field for field."""
+    shape = _new_shape(BatchShape)
+    _set_q(shape, ())
+    _set_ctx(shape, ())
+    _set_n(shape, n_decode)
+    _set_sum(shape, decode_ctx_sum)
+    _set_sampled(shape, n_decode)
+    return shape
 
 
 @dataclass(slots=True)
@@ -119,7 +140,7 @@ class Batch:
         n = len(decode)
         ctx = sum(map(_kv_tokens, decode)) + n
         if not prefill:  # most batches: a decode step of every running request
-            return BatchShape(n_decode=n, decode_ctx_sum=ctx, sampled=n)
+            return _decode_shape(n, ctx)
         return BatchShape(
             prefill_q=tuple(map(_length, prefill)),
             prefill_ctx=tuple(map(_start, prefill)),

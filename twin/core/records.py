@@ -141,6 +141,7 @@ class Labels:
     def append(self, name: str) -> None:
         code = self._index.get(name)
         if code is None:
+            name = str(name)  # a StrEnum's value, stored as the plain string it equals
             code = self._index[name] = len(self.names)
             self.names.append(name)
         self.codes.append(code)
@@ -190,18 +191,22 @@ class IterationLog:
                 )
 
     def _row(self, run: Run, s: BatchShape, steps: int, start: float) -> None:
-        prefill_ctx = sum(s.prefill_ctx)
-        self.lane.append(run.lane.value)
+        q = s.prefill_q
+        if q:
+            prefill_tokens, prefill_ctx = sum(q), sum(s.prefill_ctx)
+        else:  # a decode batch
+            prefill_tokens = prefill_ctx = 0
+        self.lane.append(run.lane)  # a StrEnum: its own value (Labels stores the plain str)
         self.co_runner.append(run.co_label)
         self.start.append(start)
         self.ints.extend(
             (
                 steps,
                 run.sms,
-                s.prefill_tokens,
-                len(s.prefill_q),
+                prefill_tokens,
+                len(q),
                 s.n_decode,
-                s.decode_ctx_sum + sum(s.prefill_q) + prefill_ctx,
+                s.decode_ctx_sum + prefill_tokens + prefill_ctx,
                 prefill_ctx,
             )
         )
