@@ -8,14 +8,16 @@ requests handed in, cached and stale blocks in the prefix cache's free queue.
 """
 
 import copy
+import dataclasses
 from functools import cache
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import policies
-from policies import Batch, KVCache, Request, Status
+from policies import Batch, BatchShape, KVCache, Request, Status
 from policies.batch import UNTIL_CHANGE
 from policies.block_hash import private_hashes
 from policies.prefix_cache import PrefixKVCache
@@ -343,3 +345,15 @@ def test_running_phases_in_one_pass_equal_the_two_filters(states, none_in_flight
     view = make_view(model(), running=running)
     prefilling, decoding = view.phases()
     assert prefilling == view.prefilling and decoding == view.decoding
+
+
+@given(st.integers(0, 4096), st.integers(0, 1 << 40))
+def test_a_decode_shape_filled_by_its_slots_is_the_dataclass_one(n_decode, ctx_sum):
+    fast = BatchShape.decode(n_decode, ctx_sum)
+    built = BatchShape(n_decode=n_decode, decode_ctx_sum=ctx_sum, sampled=n_decode)
+    # Every field, by name: a field added to BatchShape and not filled here fails this.
+    for f in dataclasses.fields(BatchShape):
+        assert getattr(fast, f.name) == getattr(built, f.name), f.name
+    assert fast == built and hash(fast) == hash(built)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.n_decode = 1
