@@ -20,7 +20,6 @@ co-runners share HBM proportionally to their demand. A ``twin profile`` fit repl
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,7 +27,7 @@ import numpy as np
 
 from policies.batch import BatchShape
 from profiler.config import ModelConfig
-from profiler.decode_steps import PLAIN_RUN_STEPS, measured_steps
+from profiler.decode_steps import measured_steps
 from profiler.gpus import GpuEntry
 from profiler.model import LatencyModel
 from profiler.ops import OP_CLASSES
@@ -269,22 +268,6 @@ class MeasuredModel(LatencyModel):
             for (op, k, f, b), (_, rate, bw) in zip(self._eff(shape), rows, strict=True)
         }
 
-    def predict_decode_run(
-        self,
-        n_decode: int,
-        ctx_sum: int,
-        steps: int,
-        sms: int,
-        co_runner: BatchShape | None = None,
-        co_sms: int = 0,
-        first: int = 0,
-    ) -> np.ndarray:
-        if steps <= PLAIN_RUN_STEPS:
-            step = measured_steps(self, n_decode, ctx_sum, sms, co_runner, co_sms)
-            if step is not None:
-                return np.array([step(j) for j in range(first, first + steps)], dtype=np.float64)
-        return self._decode_run_array(n_decode, ctx_sum, steps, sms, co_runner, co_sms, first)
-
     def _decode_run_array(
         self,
         n_decode: int,
@@ -330,8 +313,7 @@ class MeasuredModel(LatencyModel):
         own = (fixed_bytes + ab) / alone
         return busy(np.minimum(1.0, self.hbm_bandwidth / (own + other))) + overhead
 
-    def _plain_decode_steps(self) -> tuple[Callable, Callable]:
-        return MeasuredModel.predict_decode_run, measured_steps
+    _plain_steps = staticmethod(measured_steps)
 
     def _fixed_decode_parts(self, n_decode: int) -> tuple:
         """The GEMM and elementwise parts of a decode step, which its context does not change."""

@@ -44,10 +44,10 @@ class LatencyModel(ABC):
         self._plain_alone = cls.op_times is LatencyModel.op_times and (
             cls.share is LatencyModel.share
         )
-        # The plain-float decode steps mirror one predict_decode_run; a subclass that
-        # reshapes the run has none.
-        run, builder = self._plain_decode_steps()
-        self._step_builder = builder if cls.predict_decode_run is run else None
+        # The plain-float decode steps mirror this class's predict_decode_run; a subclass
+        # that reshapes the run has none.
+        plain_run = cls.predict_decode_run is LatencyModel.predict_decode_run
+        self._step_builder = self._plain_steps if plain_run else None
         self._alone_step_consts: dict[tuple[int, int], tuple[float, ...]] = {}
 
     @abstractmethod
@@ -255,9 +255,9 @@ class LatencyModel(ABC):
             return None  # a subclass that reshapes the run would have to reshape this too
         return builder(self, n_decode, ctx_sum, sms, co_runner, co_sms)
 
-    def _plain_decode_steps(self) -> tuple[Callable, Callable]:
-        """The ``predict_decode_run`` a plain-float step builder mirrors, and the builder."""
-        return LatencyModel.predict_decode_run, roofline_steps
+    # Builds step j of ``_decode_run_array`` in plain floats: (model, n_decode, ctx_sum, sms,
+    # co_runner, co_sms) -> step function, or None where a run has no plain-float form.
+    _plain_steps = staticmethod(roofline_steps)
 
     def predict_decode_run(
         self,
@@ -279,8 +279,9 @@ class LatencyModel(ABC):
         numbers), where numpy's per-call cost outweighs a few steps' work.
         """
         if steps <= PLAIN_RUN_STEPS:
-            step = roofline_steps(self, n_decode, ctx_sum, sms, co_runner, co_sms)
-            return np.array([step(j) for j in range(first, first + steps)], dtype=np.float64)
+            step = self._plain_steps(self, n_decode, ctx_sum, sms, co_runner, co_sms)
+            if step is not None:
+                return np.array([step(j) for j in range(first, first + steps)], dtype=np.float64)
         return self._decode_run_array(n_decode, ctx_sum, steps, sms, co_runner, co_sms, first)
 
     def _decode_run_array(
