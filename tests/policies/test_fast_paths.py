@@ -155,6 +155,15 @@ def blocks_to_grow(kv, reqs, steps):
     return sum(max(0, -(-(r.kv_tokens + steps) // bs) - kv.held(r.id)) for r in reqs)
 
 
+def assert_grows_as_one_by_one(kv, reqs, steps: int) -> None:
+    """``grow_decodes`` leaves the cache as growing each request on its own does."""
+    one_by_one = copy.deepcopy(kv)
+    for r in reqs:
+        one_by_one.grow(r.id, r.kv_tokens + steps)
+    kv.grow_decodes(reqs, steps)
+    assert cache_state(kv) == cache_state(one_by_one)
+
+
 @settings(max_examples=300, deadline=None)
 @given(state=st.one_of(engine_states(), prefix_cache_with_history()), data=st.data())
 def test_grow_decodes_allocates_what_growing_one_by_one_does(state, data):
@@ -166,11 +175,7 @@ def test_grow_decodes_allocates_what_growing_one_by_one_does(state, data):
         steps -= 1  # the most steps that fit: growth reaches deep into the free queue
     if blocks_to_grow(kv, reqs, steps) > kv.free_blocks:
         return
-    one_by_one = copy.deepcopy(kv)
-    for r in reqs:
-        one_by_one.grow(r.id, r.kv_tokens + steps)
-    kv.grow_decodes(reqs, steps)
-    assert cache_state(kv) == cache_state(one_by_one)
+    assert_grows_as_one_by_one(kv, reqs, steps)
 
 
 @settings(max_examples=200, deadline=None)
@@ -192,11 +197,7 @@ def test_grow_decodes_by_one_a_few_or_many_steps_allocates_what_growing_one_by_o
         steps = data.draw(st.integers(bs, 3 * bs))
     if blocks_to_grow(kv, reqs, steps) > kv.free_blocks:
         return
-    one_by_one = copy.deepcopy(kv)
-    for r in reqs:
-        one_by_one.grow(r.id, r.kv_tokens + steps)
-    kv.grow_decodes(reqs, steps)
-    assert cache_state(kv) == cache_state(one_by_one)
+    assert_grows_as_one_by_one(kv, reqs, steps)
 
 
 @settings(max_examples=300, deadline=None)
