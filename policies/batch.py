@@ -84,7 +84,8 @@ class PrefillChunk:
         return self.start + self.length >= self.request.prefill_target
 
 
-_completes = PrefillChunk.completes.fget
+# ``PrefillChunk.completes`` as a plain function, for C-level maps over a batch's chunks.
+chunk_completes = PrefillChunk.completes.fget
 
 
 @dataclass(slots=True)
@@ -146,7 +147,7 @@ class Batch:
             prefill_ctx=tuple(map(_start, prefill)),
             n_decode=n,
             decode_ctx_sum=ctx,
-            sampled=n + sum(map(_completes, prefill)),
+            sampled=n + sum(map(chunk_completes, prefill)),
         )
 
     def describe(self) -> tuple:

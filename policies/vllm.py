@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from policies.base import SchedulingPolicy
-from policies.batch import Batch
+from policies.batch import Batch, chunk_completes
 from policies.kvcache import KVBudget
 from policies.numbers import check_fields
 from policies.partition import Lane
@@ -106,7 +106,7 @@ class VllmPolicy(SchedulingPolicy):
         request (each decoding one, each prefilling one's chunk) if every chunk ends its
         prompt: or None when the next step could differ (a prompt left to prefill, or a
         waiting request the next step could admit)."""
-        if not all(c.completes for c in batch.prefill) or not self.keeps_partition():
+        if not all(map(chunk_completes, batch.prefill)) or not self.keeps_partition():
             return None
         p = self.params
         n = len(view.running) + len(admitted)
@@ -126,7 +126,7 @@ class VllmPolicy(SchedulingPolicy):
                 if spent or cached:
                     return None
         then = Batch(
-            decode=[*view.running, *(c.request for c in admitted)],
+            decode=list(view.running) + [c.request for c in admitted],
             arrivals_queue=queued,
             past_finishes=not queued,
         )

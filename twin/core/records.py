@@ -87,9 +87,9 @@ class DecodePhase:
     segments: list[tuple[BatchShape, int]]
     members: list
     remaining: list[int]
-    # With finishes inside: the members latest to finish first, and how many of them decode
-    # in each segment (a segment's members are the first that many).
-    by_finish: list | None = None
+    # With finishes inside: the members' indices latest to finish first, and how many of
+    # them decode in each segment (a segment's members are the first that many).
+    by_finish: list[int] | None = None
     counts: list[int] | None = None
 
     @property
@@ -170,11 +170,11 @@ class IterationLog:
         self.predicted = array("d")
 
     def add(self, run: Run, step_ends: Sequence[float]) -> None:
-        if run.phase is None:
+        phase = run.phase
+        if phase is None:
             self._row(run, run.shape, run.steps, run.start)
-        else:  # one row per run it stands for; their steps lie end to end
-            for shape, steps, start in run.parts(step_ends):
-                self._row(run, shape, steps, start)
+        else:  # one row per run it stands for (``Run.parts``); their steps lie end to end
+            self._phase_rows(run, phase, step_ends)
         if len(step_ends) == 1:  # most runs: two scalars, cheaper than two byte copies
             self.ends.append(step_ends[0])
             self.predicted.append(run.predicted[0])
@@ -189,6 +189,25 @@ class IterationLog:
                 self.predicted.frombytes(
                     np.ascontiguousarray(run.predicted, dtype=np.float64).tobytes()
                 )
+
+    def _phase_rows(self, run: Run, phase: DecodePhase, step_ends: Sequence[float]) -> None:
+        """``_row`` for each of ``run.parts``: its first step when it prefills, then the
+        phase's segments, decode batches whose rows need no prefill sums."""
+        i = 0
+        if phase.offset:
+            self._row(run, run.shape, 1, run.start)
+            i = 1
+        lane, co_label = run.lane, run.co_label
+        sms = run.sms
+        for shape, k in phase.segments:
+            if shape.prefill_q:  # not a decode batch: the general row
+                self._row(run, shape, k, float(step_ends[i - 1]) if i else run.start)
+            else:
+                self.lane.append(lane)
+                self.co_runner.append(co_label)
+                self.start.append(float(step_ends[i - 1]) if i else run.start)
+                self.ints.extend((k, sms, 0, 0, shape.n_decode, shape.decode_ctx_sum, 0))
+            i += k
 
     def _row(self, run: Run, s: BatchShape, steps: int, start: float) -> None:
         q = s.prefill_q

@@ -513,16 +513,25 @@ class SchedulingCore:
             self.tokens.add([req.id for req in reqs], times)
         done: list[Request] = []
         keep = self.keep_token_times
-        for req in reqs:
-            req.in_flight = False
-            req.kv_tokens += steps
-            req.generated += steps
-            if keep:
-                req.token_times.append(times)
-            if emit is not None:
-                emit(req, next(tokens))
-            if req.generated >= req.output_tokens:
-                done.append(req)
+        if not keep and emit is None:  # nothing per token: the plain loop of a simulation
+            for req in reqs:
+                req.in_flight = False
+                req.kv_tokens += steps
+                generated = req.generated + steps
+                req.generated = generated
+                if generated >= req.output_tokens:
+                    done.append(req)
+        else:
+            for req in reqs:
+                req.in_flight = False
+                req.kv_tokens += steps
+                req.generated += steps
+                if keep:
+                    req.token_times.append(times)
+                if emit is not None:
+                    emit(req, next(tokens))
+                if req.generated >= req.output_tokens:
+                    done.append(req)
         if done:
             finished += done
             if finish_at is not None:
@@ -538,7 +547,8 @@ class SchedulingCore:
             ids = [req.id for req in phase.members]
             counts = [len(ids)] * len(phase.segments)
         else:
-            ids = [req.id for req in phase.by_finish]
+            members = phase.members
+            ids = [members[i].id for i in phase.by_finish]
             counts = phase.counts
         i = phase.offset
         if i:

@@ -105,6 +105,6 @@ def plan_phase(
     phase = DecodePhase(0, segments, listed, remaining)
     if low < done:  # a member finished inside, so the loop sorted them by finish
         # Latest to finish first: each segment's members are the first ``counts`` of these.
-        phase.by_finish = [listed[i] for i in reversed(order)]
+        phase.by_finish = order[::-1]
         phase.counts = counts
     return done, durations, phase

@@ -226,7 +226,7 @@ class Simulator(SchedulingCore):
         past = then.past_finishes and self.runs_past_finishes
         promised = min(then.steady_steps, self.config.max_steps_per_event - 1)
         steps, durations, phase = plan_phase(
-            self, lambda: [*decodes, *(c.request for c in chunks)], remaining, token_of, ctx,
+            self, lambda: decodes + [c.request for c in chunks], remaining, token_of, ctx,
             promised, past, budget, sms,
         )  # fmt: skip
         if not steps:
