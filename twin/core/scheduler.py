@@ -119,6 +119,13 @@ def _advance(
 
 
 class SchedulingCore:
+    # Whether the decode requests of a run on the one lane of an aggregated partition are
+    # flagged ``in_flight``. Nothing schedules them while it runs (a policy is offered only a
+    # free lane, and a switch to a split partition waits for the lane to drain), so an engine
+    # may leave them unflagged; ``abort`` then finds them in the lane's batch. The runtime
+    # flags them: its server and loop read the flag.
+    flags_aggregated_runs = True
+
     def __init__(
         self,
         policy: Policy,
@@ -217,12 +224,19 @@ class SchedulingCore:
         if req is None or req.status in DONE:
             return
         self._aborting.add(req.id)
-        if req.in_flight:
+        if req.in_flight or self._in_unflagged_run(req):
             return  # dropped when its batch completes
         if req in self.waiting:
             self.waiting.remove(req)
         self._finish(req, self.now())
         self._dispatch()
+
+    def _in_unflagged_run(self, req: Request) -> bool:
+        """Whether ``req`` decodes in the aggregated lane's run without its flag set."""
+        if self.flags_aggregated_runs:
+            return False
+        run = self.in_flight.get(Lane.MIXED)
+        return run is not None and any(r is req for r in run.batch.decode)
 
     # ----------------------------------------------------------------- asking the policy
     def view(self, lane: Lane | None = None) -> EngineView:
@@ -340,8 +354,9 @@ class SchedulingCore:
             kv.grow_decodes(batch.decode, steps)
         else:
             self._grow_phase(kv, batch, run.phase, steps)
-        for req in batch.decode:
-            req.in_flight = True
+        if self.partition.is_split or self.flags_aggregated_runs:
+            for req in batch.decode:
+                req.in_flight = True
         self.in_flight[lane] = run
         if self.record_decisions:
             self._record_decisions(lane, batch, run)

@@ -87,6 +87,9 @@ class SimResult:
 class Simulator(SchedulingCore):
     """One GPU. ``make_simulator`` picks the two-GPU engine for policies that need it."""
 
+    # Nothing reads a simulated aggregated run's requests while it runs (see the core).
+    flags_aggregated_runs = False
+
     def __init__(
         self,
         workload: Workload,
