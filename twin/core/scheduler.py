@@ -89,13 +89,13 @@ def _advance(
     """``reqs`` each decoded from step ``start`` for ``steps`` steps or until it finished:
     what ``_by_tokens`` and ``_apply_steps`` do group by group, in one pass, for runs whose
     tokens need no per-request times or streaming. The finished join ``finished`` in the
-    groups' order (those decoding every step first, then by first-seen token count)."""
+    groups' order (those decoding every step first, then by first-seen token count). Their
+    ``in_flight`` flags are the caller's to clear."""
     if not reqs or steps < 1:
         return
     short: dict[int, list[Request]] | None = None
     last = float(step_ends[start + steps - 1])
     for req in reqs:
-        req.in_flight = False
         n = req.output_tokens - req.generated
         if n > steps:
             req.kv_tokens += steps
@@ -465,6 +465,9 @@ class SchedulingCore:
         if phase is not None:
             self.decode_steps += k if decode else k - phase.offset
             if emit is None and not keep:  # nothing per token: each request in one pass
+                if self.flags_aggregated_runs:  # (the prompts' flags were cleared above)
+                    for req in decode:
+                        req.in_flight = False
                 _advance(decode, k, 0, step_ends, finished, finish_at)
                 if phase.offset:
                     _advance(prefilled, k - 1, 1, step_ends, finished, finish_at)
@@ -529,8 +532,10 @@ class SchedulingCore:
         done: list[Request] = []
         keep = self.keep_token_times
         if not keep and emit is None:  # nothing per token: the plain loop of a simulation
+            if self.flags_aggregated_runs or self.partition.is_split:
+                for req in reqs:
+                    req.in_flight = False
             for req in reqs:
-                req.in_flight = False
                 req.kv_tokens += steps
                 generated = req.generated + steps
                 req.generated = generated
