@@ -223,11 +223,14 @@ class PrefixKVCache(KVCache):
 
     def free(self, request_id: int) -> int:
         table = self._tables.pop(request_id, None)
-        self._named.pop(request_id, None)
+        # Only blocks a table reused (``acquire``) or named itself (``commit``,
+        # ``keep_for_recompute``) carry names, and ``_named`` counts them: a table that did
+        # neither holds unnamed blocks only (each ``_take`` evicts what it hands out).
+        named = self._named.pop(request_id, 0)
         if not table:
             return 0
         refs, fifo = self._refs, self._fifo
-        if not refs or refs.keys().isdisjoint(table):
+        if not named or not refs or refs.keys().isdisjoint(table):
             fifo.extend(reversed(table))
             self._nfree += len(table)
             return len(table)

@@ -1,6 +1,8 @@
 """Prefix caching in the shared KV model: content addresses, refcounts, LRU eviction, hits."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from policies import KVCache, KVExhausted, Request, Status
 from policies.block_hash import attach_hashes, content_hashes, private_hashes
@@ -148,3 +150,40 @@ def test_the_plain_cache_shares_nothing_and_engines_pick_by_policy():
     off = policies.get("vllm", enable_prefix_caching="false")
     assert not make_kv_cache(off, 10, BS).prefix_caching
     assert not make_kv_cache(policies.get("nexus"), 10, BS).prefix_caching
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3), st.integers(1, 80)), max_size=40))
+def test_free_counts_the_blocks_it_returns_whatever_the_tables_shared(ops):
+    """``free``'s shortcut for tables that named and reused nothing returns what the
+    refcount walk does: after any mix of shared prompts, growth, preemptions and frees, the
+    free count it reports and the pool's free blocks agree with the refcounts."""
+    kv = PrefixKVCache(64, BS)
+    live: dict[int, Request] = {}
+    for rid, prompt_kind, tokens in ops:
+        r = live.get(rid)
+        if r is None:
+            content = [*range(32), *range(1000 * prompt_kind, 1000 * prompt_kind + tokens)]
+            r = req(rid, content[: 16 + tokens]) if prompt_kind else Request(rid, 0.0, tokens, 9)
+            plan = kv.budget()
+            start = plan.prefix_hit(r)
+            if not plan.try_admit(r, start, r.prefill_target):
+                continue
+            run_prefill(kv, r, start)
+            live[rid] = r
+        elif tokens % 3 == 0:  # a preemption keeps its blocks findable, then frees them
+            kv.keep_for_recompute(r)
+            expected = kv.releasable(rid)
+            assert kv.free(rid) == expected
+            del live[rid]
+        elif tokens % 3 == 1 and kv.can_grow(rid, r.kv_tokens + tokens):
+            kv.grow(rid, r.kv_tokens + tokens)
+            r.kv_tokens += tokens
+        else:
+            expected = kv.releasable(rid)
+            before = kv.free_blocks
+            assert kv.free(rid) == expected
+            assert kv.free_blocks == before + expected
+            del live[rid]
+        held = {b for t in kv._tables.values() for b in t}
+        assert kv.free_blocks == kv.num_blocks - len(held)
