@@ -9,6 +9,7 @@ event, so the result equals stepping one iteration at a time.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -115,6 +116,24 @@ def kv_steps(kv: KVCache, reqs: list[Request], limit: int) -> int:
     return kv_limit(free, bs, kv.room(reqs), limit)
 
 
+def kv_blocks(bs: int, slack: list[int], caps: list[int] | None = None) -> Callable[[int], int]:
+    """The blocks requests with ``slack`` tokens of room each (and ``caps``, see
+    ``kv_limit``) take to grow by ``m`` steps, as a function of ``m``."""
+    if caps is None:
+
+        def blocks(m: int) -> int:
+            return sum(-(-(m - s) // bs) for s in slack if m > s)
+
+        return blocks
+    # A request whose cap is within the room it holds never takes a block.
+    pairs = [(s, c) for s, c in zip(slack, caps, strict=True) if c > s]
+
+    def capped(m: int) -> int:
+        return sum(-(-((m if m < c else c) - s) // bs) for s, c in pairs if m > s)
+
+    return capped
+
+
 def kv_limit(
     free: int, bs: int, slack: list[int], limit: int, caps: list[int] | None = None
 ) -> int:
@@ -123,17 +142,7 @@ def kv_limit(
     request with a cap stops growing after that many steps."""
     if len(slack) * -(-(limit + 1) // bs) <= free:
         return limit
-    if caps is None:
-
-        def blocks(m: int) -> int:
-            return sum(-(-(m - s) // bs) for s in slack if m > s)
-    else:
-        # A request whose cap is within the room it holds never takes a block.
-        pairs = [(s, c) for s, c in zip(slack, caps, strict=True) if c > s]
-
-        def blocks(m: int) -> int:
-            return sum(-(-((m if m < c else c) - s) // bs) for s, c in pairs if m > s)
-
+    blocks = kv_blocks(bs, slack, caps)
     if blocks(limit) <= free:
         return limit
     lo, hi = 0, limit  # blocks(lo) fits, blocks(hi) does not

@@ -20,7 +20,7 @@ import numpy as np
 
 from policies import BatchShape, Request
 from twin.core import DecodePhase
-from twin.sim.fast_forward import kv_limit, run_length
+from twin.sim.fast_forward import kv_blocks, kv_limit, run_length
 
 if TYPE_CHECKING:
     from twin.sim.simulator import Simulator
@@ -36,12 +36,14 @@ def plan_phase(
     past_finishes: bool,
     budget: float,
     sms: int,
+    slack: Callable[[], list[int]],
 ) -> tuple[int, list[float] | np.ndarray, DecodePhase | None]:
     """How many decode iterations the phase's members run within ``promised`` iterations and
     ``budget`` seconds, their predicted durations, and the phase.
 
     Member ``i`` has ``remaining[i]`` tokens to generate and holds ``token_of(i)`` tokens at
-    the phase's start (``ctx`` in all); ``members()`` lists them (asked only for a phase).
+    the phase's start (``ctx`` in all); ``members()`` lists them (asked only for a phase) and
+    ``slack()`` the room each has in the blocks it holds then (asked only when KV is tight).
     """
     limit = min(promised, sim.config.max_steps_per_event)
     low = min(remaining)
@@ -53,12 +55,60 @@ def plan_phase(
     free = sim.kv.free_blocks
     # Each member owes at most the block of its next token: when the blocks of ``limit``
     # more tokens each fit, nothing else counts.
-    if n * -(-(limit + 1) // bs) > free:
-        held = sim.kv.held
-        slack = [held(r.id) * bs - token_of(i) for i, r in enumerate(members())]
-        limit = kv_limit(free, bs, slack, limit, remaining if past_finishes else None)
+    if n * -(-(limit + 1) // bs) <= free:
+        plan = _segments(sim, remaining, token_of, ctx, low, limit, budget, sms)
+    else:
+        # The phase is planned by time first: most end at the horizon, long before the KV
+        # limit, and the blocks of the steps planned decide whether that limit cuts them. A
+        # plan within the limit is the one planned up to it (its segments end where they
+        # end, at finishes or the horizon); else it is planned again, up to the limit.
+        room = slack()
+        caps = remaining if past_finishes else None
+        blocks = kv_blocks(bs, room, caps)
+        plan = None
+        if blocks(limit) <= free:
+            pass  # the limit fits: planned once below
+        elif not math.isinf(budget):
+            plan = _segments(sim, remaining, token_of, ctx, low, limit, budget, sms)
+            if blocks(plan[0]) > free:
+                plan = None
+                limit = kv_limit(free, bs, room, limit, caps)
+        else:  # no horizon: the phase runs to the limit
+            limit = kv_limit(free, bs, room, limit, caps)
         if limit < 1:
             return 0, [], None
+        if plan is None:
+            plan = _segments(sim, remaining, token_of, ctx, low, limit, budget, sms)
+    done, pieces, segments, counts, order = plan
+    if len(pieces) == 1:
+        durations = pieces[0]
+    elif all(isinstance(p, list) for p in pieces):
+        durations = [d for p in pieces for d in p]
+    else:
+        durations = np.concatenate([np.asarray(p, dtype=np.float64) for p in pieces])
+    listed = members()
+    phase = DecodePhase(0, segments, listed, remaining)
+    if low < done:  # a member finished inside, so the loop sorted them by finish
+        # Latest to finish first: each segment's members are the first ``counts`` of these.
+        phase.by_finish = order[::-1]
+        phase.counts = counts
+    return done, durations, phase
+
+
+def _segments(
+    sim: Simulator,
+    remaining: list[int],
+    token_of: Callable[[int], int],
+    ctx: int,
+    low: int,
+    limit: int,
+    budget: float,
+    sms: int,
+) -> tuple[int, list, list[tuple[BatchShape, int]], list[int], list[int] | None]:
+    """The phase's segments up to ``limit`` iterations and ``budget`` seconds: iterations,
+    duration pieces, segments, members decoding in each, and the members by finish (None
+    when none finishes inside)."""
+    n = len(remaining)
     # Members by finish, once the phase reaches its first finish: segments end where they
     # do. Most phases end at the horizon before it, and need no order.
     order = None
@@ -95,16 +145,4 @@ def plan_phase(
             break
         left -= spent
         start = bound
-    if len(pieces) == 1:
-        durations = pieces[0]
-    elif all(isinstance(p, list) for p in pieces):
-        durations = [d for p in pieces for d in p]
-    else:
-        durations = np.concatenate([np.asarray(p, dtype=np.float64) for p in pieces])
-    listed = members()
-    phase = DecodePhase(0, segments, listed, remaining)
-    if low < done:  # a member finished inside, so the loop sorted them by finish
-        # Latest to finish first: each segment's members are the first ``counts`` of these.
-        phase.by_finish = order[::-1]
-        phase.counts = counts
-    return done, durations, phase
+    return done, pieces, segments, counts, order

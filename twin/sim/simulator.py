@@ -225,12 +225,18 @@ class Simulator(SchedulingCore):
             c = chunks[i - nd]
             return c.start + c.length
 
+        def slack() -> list[int]:
+            kv = self.kv
+            room = [s - 1 for s in kv.room(decodes)]
+            held, bs = kv.held, kv.block_size
+            return room + [held(c.request.id) * bs - c.start - c.length for c in chunks]
+
         ctx = shape.decode_ctx_sum + sum(c.start + c.length for c in chunks)
         past = then.past_finishes and self.runs_past_finishes
         promised = min(then.steady_steps, self.config.max_steps_per_event - 1)
         steps, durations, phase = plan_phase(
             self, lambda: decodes + [c.request for c in chunks], remaining, token_of, ctx,
-            promised, past, budget, sms,
+            promised, past, budget, sms, slack,
         )  # fmt: skip
         if not steps:
             return self._new_run(lane, batch, shape, sms, None, now, 1, (first,))
@@ -256,6 +262,7 @@ class Simulator(SchedulingCore):
         steps, durations, phase = plan_phase(
             self, lambda: reqs, remaining, lambda i: reqs[i].kv_tokens,
             shape.decode_ctx_sum - len(reqs), batch.steady_steps, True, budget, sms,
+            lambda: self.kv.room(reqs),
         )  # fmt: skip
         if steps <= 1:
             return None  # one step: predicted as any single iteration is
