@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from twin.core.request_order import group_by_request
+
 PAIRS_PER_CHUNK = 1 << 21  # (entry, request) pairs processed at once: bounds the temporaries
 
 
@@ -114,6 +116,9 @@ class TokenStats:
     # The log and request ids these came from: each request's token times can be rebuilt
     log: TokenLog | None = field(default=None, repr=False)
     request_ids: np.ndarray | None = field(default=None, repr=False)
+    # Every (entry, request) pair's entry, request after request: the order the log's
+    # times are rebuilt in (None: computed in several chunks, and not kept)
+    entries_by_request: np.ndarray | None = field(default=None, repr=False)
     _sorted: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @property
@@ -215,44 +220,48 @@ def token_stats(
     junction_values: list[np.ndarray] = []
     junction_counts: list[np.ndarray] = []
     own_gaps: list[tuple[np.ndarray, np.ndarray]] = []  # (position, gap), for percentiles
+    by_request = None  # every pair's entry, request after request (kept when one chunk)
 
-    bounds = np.searchsorted(id_end, np.arange(PAIRS_PER_CHUNK, ids.size, PAIRS_PER_CHUNK))
-    edges = np.unique(np.concatenate(([0], bounds + 1, [len(steps)]))).clip(0, len(steps))
-    for e0, e1 in zip(edges[:-1], edges[1:], strict=True):
-        if e1 <= e0:
-            continue
+    chunks = _entry_chunks(id_end)
+    for e0, e1 in chunks:
         a = int(id_end[e0 - 1]) if e0 else 0
         b = int(id_end[e1 - 1])
         entry = np.repeat(np.arange(e0, e1), entry_size[e0:e1])
-        pos = lookup_positions(position, request_ids, ids[a:b].astype(np.int64))
-        sp, order = _sort_by_request(pos)  # each request's entries, in time order
+        pos = lookup_positions(position, request_ids, ids[a:b])
+        groups = group_by_request(pos)  # each request's entries, in time order
+        order, head, group_at = groups.order, groups.head, groups.group_at
         se = entry[order]
-        starts = np.ones(sp.size, dtype=bool)
-        starts[1:] = sp[1:] != sp[:-1]
-        group_at = np.flatnonzero(starts)
-        ends = np.ones(sp.size, dtype=bool)
-        ends[:-1] = starts[1:]
-        prev = np.empty(sp.size, dtype=np.int64)  # the entry of the request's previous token
-        prev[1:] = se[:-1]
-        prev[starts] = latest[sp[starts]]  # carried over from earlier chunks
-        joined = prev >= 0
         f = entry_first[se]
-        gap = np.where(joined, f - entry_last[prev], np.nan)  # into this entry from there
-        head = sp[starts]  # distinct: a request is one group of the chunk
-        tokens[head] += np.add.reduceat(steps[se], group_at) if group_at.size else 0
-        first[head] = np.where(np.isnan(first[head]), f[starts], first[head])
-        latest[sp[ends]] = se[ends]
+        gap = np.empty_like(f)  # into each pair's entry from the request's previous one
+        np.subtract(f[1:], entry_last[se[:-1]], out=gap[1:])
+        before = latest[head]  # carried over from earlier chunks (-1: none)
+        gap[group_at] = np.where(before >= 0, f[group_at] - entry_last[before], np.nan)
+        tokens[head] += np.add.reduceat(steps[se], group_at)
+        first[head] = np.where(np.isnan(first[head]), f[group_at], first[head])
+        latest[head] = se[groups.group_end]
         group_max = np.fmax.reduceat(np.fmax(gap, entry_max[se]), group_at)
         largest[head] = np.fmax(largest[head], group_max)
-        done = finished[sp]
-        finished_per_entry[e0:e1] += np.bincount(se[done] - e0, minlength=e1 - e0)
-        values, counts = _fold_junctions(order, prev, done & joined, entry, entry_first, entry_last)
+        done = finished[pos]  # in log order
+        finished_per_entry[e0:e1] += np.bincount(entry[done] - e0, minlength=e1 - e0)
+        prev = np.empty_like(se)  # the entry of each pair's request's previous token
+        prev[1:] = se[:-1]
+        prev[group_at] = before
+        came_from = np.empty_like(prev)
+        came_from[order] = prev  # back in the log's order: an entry's requests side by side
+        counted = done & (came_from >= 0)
+        values, counts = _fold_junctions(
+            entry[counted], came_from[counted], entry_first, entry_last
+        )
         junction_values.append(values)
         junction_counts.append(counts)
         if percentiles:
-            joined &= done
+            sp = np.repeat(head, np.diff(np.append(group_at, order.size)))
+            done = done[order]
+            joined = (prev >= 0) & done
             own_gaps.append((sp[joined], gap[joined]))
             own_gaps.append(_inside_gaps(sp[done], se[done], time_start, steps, diffs))
+        if len(chunks) == 1:
+            by_request = se
 
     last = np.where(latest >= 0, entry_last[latest], np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -274,24 +283,22 @@ def token_stats(
         time_counts=time_weight[time_weight > 0],
         log=log,
         request_ids=request_ids,
+        entries_by_request=by_request,
     )
     if percentiles:
         stats.tbt_percentile_s = _per_request_percentiles(own_gaps, n, percentiles)
     return stats
 
 
-def _sort_by_request(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``pos`` sorted, stably, and the order that sorts it: one sort of the keys
-    ``pos << bits | index`` (distinct, so in the order a stable argsort gives), faster than
-    the argsort and its gather; the argsort itself when the keys would not fit 63 bits."""
-    bits = max(int(pos.size - 1).bit_length(), 1)
-    if pos.size == 0 or int(pos.max()).bit_length() + bits > 62:
-        order = np.argsort(pos, kind="stable")
-        return pos[order], order
-    keys = np.left_shift(pos, bits)
-    keys |= np.arange(pos.size, dtype=np.int64)
-    keys.sort(kind="stable")
-    return keys >> bits, keys & ((1 << bits) - 1)
+def _entry_chunks(id_end: np.ndarray) -> list[tuple[int, int]]:
+    """Runs of whole entries of about ``PAIRS_PER_CHUNK`` pairs (an entry larger than that is
+    a chunk of its own)."""
+    entries = id_end.size
+    if entries == 0:
+        return []
+    cuts = np.searchsorted(id_end, np.arange(PAIRS_PER_CHUNK, int(id_end[-1]), PAIRS_PER_CHUNK))
+    edges = np.unique(np.concatenate(([0], cuts + 1, [entries]))).clip(0, entries)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
 
 def int_array(buf: array) -> np.ndarray:
@@ -325,28 +332,18 @@ def lookup_positions(
 
 
 def _fold_junctions(
-    order: np.ndarray,
-    prev: np.ndarray,
-    counted: np.ndarray,
-    entry: np.ndarray,
-    entry_first: np.ndarray,
-    entry_last: np.ndarray,
+    entry: np.ndarray, came_from: np.ndarray, entry_first: np.ndarray, entry_last: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The gaps into each entry from the requests' previous entries, one value per distinct
-    (previous entry, entry): the requests of a batch mostly come from the same run, so a
-    batch's gaps fold into one or a few, found in one pass (in entry order) without a sort."""
-    came_from = np.empty_like(prev)
-    came_from[order] = prev  # back in the log's order: an entry's requests side by side
-    keep = np.empty_like(counted)
-    keep[order] = counted
-    e, p = entry[keep], came_from[keep]
-    if e.size == 0:
+    """The gaps into each entry from the requests' previous entries (the pairs in log order),
+    one value per distinct (previous entry, entry): the requests of a batch mostly come from
+    the same run, so a batch's gaps fold into one or a few, found in one pass without a sort."""
+    if entry.size == 0:
         return np.empty(0), np.empty(0, np.int64)
-    new = np.ones(e.size, dtype=bool)
-    new[1:] = (e[1:] != e[:-1]) | (p[1:] != p[:-1])
+    new = np.ones(entry.size, dtype=bool)
+    new[1:] = (entry[1:] != entry[:-1]) | (came_from[1:] != came_from[:-1])
     at = np.flatnonzero(new)
-    counts = np.diff(np.append(at, e.size))
-    return entry_first[e[at]] - entry_last[p[at]], counts
+    counts = np.diff(np.append(at, entry.size))
+    return entry_first[entry[at]] - entry_last[came_from[at]], counts
 
 
 def _inside_gaps(

@@ -116,7 +116,8 @@ def logged_times(tokens: TokenStats, requests: Sequence[Request]) -> list[np.nda
     ids = np.fromiter((r.id for r in requests), dtype=np.int64, count=len(requests))
     if not np.array_equal(ids, tokens.request_ids):
         raise ValueError("records: the token statistics are of other requests than these")
-    return split_times(*request_token_times(tokens.log, ids))
+    by_request = tokens.entries_by_request
+    return split_times(*request_token_times(tokens.log, ids, by_request, tokens.tokens))
 
 
 def _request_times(requests: Sequence[Request]) -> list[np.ndarray]:
