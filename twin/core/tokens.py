@@ -230,6 +230,7 @@ def token_stats(
         pos = lookup_positions(position, request_ids, ids[a:b])
         groups = group_by_request(pos)  # each request's entries, in time order
         order, head, group_at = groups.order, groups.head, groups.group_at
+        group_size = np.diff(np.append(group_at, order.size))
         se = entry[order]
         f = entry_first[se]
         gap = np.empty_like(f)  # into each pair's entry from the request's previous one
@@ -238,26 +239,29 @@ def token_stats(
         gap[group_at] = np.where(before >= 0, f[group_at] - entry_last[before], np.nan)
         tokens[head] += np.add.reduceat(steps[se], group_at)
         first[head] = np.where(np.isnan(first[head]), f[group_at], first[head])
-        latest[head] = se[groups.group_end]
+        latest[head] = se[group_at + group_size - 1]
         group_max = np.fmax.reduceat(np.fmax(gap, entry_max[se]), group_at)
         largest[head] = np.fmax(largest[head], group_max)
-        done = finished[pos]  # in log order
-        finished_per_entry[e0:e1] += np.bincount(entry[done] - e0, minlength=e1 - e0)
+        # Pairs of requests that did not finish, in grouped order: their gaps are not counted.
+        unfinished = ~finished[head]
+        skipped = _ranges(group_at[unfinished], group_size[unfinished])
+        size = entry_size[e0:e1]
+        finished_per_entry[e0:e1] += size - np.bincount(se[skipped] - e0, minlength=e1 - e0)
         prev = np.empty_like(se)  # the entry of each pair's request's previous token
         prev[1:] = se[:-1]
         prev[group_at] = before
+        prev[skipped] = -1  # (-1: none, or not counted)
         came_from = np.empty_like(prev)
         came_from[order] = prev  # back in the log's order: an entry's requests side by side
-        counted = done & (came_from >= 0)
-        values, counts = _fold_junctions(
-            entry[counted], came_from[counted], entry_first, entry_last
-        )
+        starts = id_end[e0:e1] - a - size
+        values, counts = _fold_junctions(came_from, starts, e0, entry_first, entry_last)
         junction_values.append(values)
         junction_counts.append(counts)
         if percentiles:
-            sp = np.repeat(head, np.diff(np.append(group_at, order.size)))
-            done = done[order]
-            joined = (prev >= 0) & done
+            sp = np.repeat(head, group_size)
+            done = np.ones(se.size, dtype=bool)
+            done[skipped] = False
+            joined = prev >= 0
             own_gaps.append((sp[joined], gap[joined]))
             own_gaps.append(_inside_gaps(sp[done], se[done], time_start, steps, diffs))
         if len(chunks) == 1:
@@ -332,18 +336,48 @@ def lookup_positions(
 
 
 def _fold_junctions(
-    entry: np.ndarray, came_from: np.ndarray, entry_first: np.ndarray, entry_last: np.ndarray
+    came_from: np.ndarray,
+    entry_start: np.ndarray,
+    e0: int,
+    entry_first: np.ndarray,
+    entry_last: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The gaps into each entry from the requests' previous entries (the pairs in log order),
-    one value per distinct (previous entry, entry): the requests of a batch mostly come from
-    the same run, so a batch's gaps fold into one or a few, found in one pass without a sort."""
-    if entry.size == 0:
+    """The gaps into each entry from the requests' previous entries, one value per run of
+    pairs, in log order, from the same previous entry into the same entry (``came_from``:
+    each pair's previous entry, -1 for a pair not counted; ``entry_start``: where the
+    chunk's entries, from ``e0`` on, start among its pairs). The requests of a batch mostly
+    come from the same run, so a batch's gaps fold into one or a few: found in one
+    comparison over the pairs, then over the runs (runs split only by uncounted pairs are
+    one run)."""
+    if came_from.size == 0:
         return np.empty(0), np.empty(0, np.int64)
-    new = np.ones(entry.size, dtype=bool)
-    new[1:] = (entry[1:] != entry[:-1]) | (came_from[1:] != came_from[:-1])
+    nonempty = entry_start < np.append(entry_start[1:], came_from.size)
+    entry_start = entry_start[nonempty]
+    new = np.empty(came_from.size, dtype=bool)
+    new[0] = True
+    np.not_equal(came_from[1:], came_from[:-1], out=new[1:])
+    new[entry_start] = True
     at = np.flatnonzero(new)
-    counts = np.diff(np.append(at, entry.size))
-    return entry_first[entry[at]] - entry_last[came_from[at]], counts
+    run_from = came_from[at]
+    run_size = np.diff(np.append(at, came_from.size))
+    run_entry = np.flatnonzero(nonempty)[np.searchsorted(entry_start, at, side="right") - 1]
+    kept = run_from >= 0
+    run_from, run_size, run_entry = run_from[kept], run_size[kept], run_entry[kept] + e0
+    if run_from.size == 0:
+        return np.empty(0), np.empty(0, np.int64)
+    merged = np.ones(run_from.size, dtype=bool)
+    merged[1:] = (run_entry[1:] != run_entry[:-1]) | (run_from[1:] != run_from[:-1])
+    first = np.flatnonzero(merged)
+    counts = np.add.reduceat(run_size, first)
+    return entry_first[run_entry[first]] - entry_last[run_from[first]], counts
+
+
+def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The indices ``starts[i]`` to ``starts[i] + sizes[i]`` (exclusive), range after range."""
+    total = int(sizes.sum())
+    if total == 0:
+        return np.empty(0, np.intp)
+    return np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(total)
 
 
 def _inside_gaps(
