@@ -25,8 +25,7 @@ def test_grouping_is_the_stable_argsort(high):
         order, head, group_at = _groups_by_argsort(pos)
         assert np.array_equal(got.order, order)
         assert np.array_equal(got.head, head) and np.array_equal(got.group_at, group_at)
-        ends = np.append(group_at[1:], pos.size) - 1
-        assert np.array_equal(got.group_end, ends)
+        assert np.array_equal(got.group_size, np.diff(np.append(group_at, pos.size)))
 
 
 @settings(max_examples=200, deadline=None)

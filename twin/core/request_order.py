@@ -27,13 +27,8 @@ class RequestGroups:
     group_at: np.ndarray  # where each of them starts in ``order``
 
     @property
-    def group_end(self) -> np.ndarray:
-        """Where each group's last pair is in ``order``."""
-        end = np.empty_like(self.group_at)
-        end[:-1] = self.group_at[1:] - 1
-        if end.size:
-            end[-1] = self.order.size - 1
-        return end
+    def group_size(self) -> np.ndarray:
+        return np.diff(np.append(self.group_at, self.order.size))
 
 
 def group_by_request(pos: np.ndarray) -> RequestGroups:
@@ -75,3 +70,37 @@ def stable_order(keys: np.ndarray, span: int) -> np.ndarray:
         order = step if order is None else order[step]
         shift += DIGIT_BITS
     return order
+
+
+def entry_chunks(id_end: np.ndarray, pairs: int) -> list[tuple[int, int]]:
+    """Runs of whole entries of about ``pairs`` pairs (an entry larger than that is a chunk of
+    its own); ``id_end``: where each entry's ids end."""
+    entries = id_end.size
+    if entries == 0:
+        return []
+    cuts = np.searchsorted(id_end, np.arange(pairs, int(id_end[-1]), pairs))
+    edges = np.unique(np.concatenate(([0], cuts + 1, [entries]))).clip(0, entries)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+
+
+def join_groups(chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Every pair's entry, request after request and each request's in log order, from the
+    groupings of consecutive chunks of the log: ``(entry, head, group_size)`` each, ``entry``
+    the chunk's pairs' entries grouped, ``head`` and ``group_size`` its groups' positions
+    and sizes. Each request's groups, chunk after chunk, are copied in one gather."""
+    if len(chunks) <= 1:
+        return chunks[0][0] if chunks else np.empty(0, np.intp)
+    entry = np.concatenate([c[0] for c in chunks])
+    head = np.concatenate([c[1] for c in chunks])
+    size = np.concatenate([c[2] for c in chunks])
+    start = np.cumsum(size) - size
+    by_request = np.argsort(head, kind="stable")  # a request's groups stay in chunk order
+    return entry[ranges(start[by_request], size[by_request])]
+
+
+def ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The indices ``starts[i]`` to ``starts[i] + sizes[i]`` (exclusive), range after range."""
+    total = int(sizes.sum())
+    if total == 0:
+        return np.empty(0, np.intp)
+    return np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(total)

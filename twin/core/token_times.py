@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from twin.core.request_order import group_by_request
+from twin.core.request_order import entry_chunks, group_by_request, join_groups
 from twin.core.tokens import TokenLog, lookup_positions, request_positions
 
 # Pairs expanded, and tokens gathered, at once: they bound the temporaries, and
@@ -54,16 +54,20 @@ def request_token_times(
 
 def _entries_by_request(log: TokenLog, request_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every pair's entry, request after request (each request's in log order), and the
-    tokens each request got."""
+    tokens each request got: grouped a chunk of the log at a time, then joined."""
     ids, id_end, times, time_start, time_end = log.columns()
     steps = time_end - time_start
-    pos = lookup_positions(request_positions(request_ids), request_ids, ids)
-    groups = group_by_request(pos)
-    entry = np.repeat(np.arange(id_end.size), np.diff(id_end, prepend=0))[groups.order]
+    entry_size = np.diff(id_end, prepend=0)
+    position = request_positions(request_ids)
     tokens = np.zeros(request_ids.size, dtype=np.int64)
-    if entry.size:
-        tokens[groups.head] = np.add.reduceat(steps[entry], groups.group_at)
-    return entry, tokens
+    chunks = []
+    for e0, e1 in entry_chunks(id_end, PAIRS_PER_CHUNK):
+        a, b = (int(id_end[e0 - 1]) if e0 else 0), int(id_end[e1 - 1])
+        groups = group_by_request(lookup_positions(position, request_ids, ids[a:b]))
+        entry = np.repeat(np.arange(e0, e1), entry_size[e0:e1])[groups.order]
+        tokens[groups.head] += np.add.reduceat(steps[entry], groups.group_at)
+        chunks.append((entry, groups.head, groups.group_size))
+    return join_groups(chunks), tokens
 
 
 def _gather(

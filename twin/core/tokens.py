@@ -19,9 +19,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from twin.core.request_order import group_by_request
+from twin.core.request_order import entry_chunks, group_by_request, join_groups, ranges
 
-PAIRS_PER_CHUNK = 1 << 21  # (entry, request) pairs processed at once: bounds the temporaries
+# (entry, request) pairs processed at once: they bound the temporaries, and chunks this small
+# keep them in the caches (the step takes half the time of chunks of 2M pairs, at 2x and 4x).
+PAIRS_PER_CHUNK = 1 << 16
+# Logs of up to this many pairs keep their pairs' grouping by request (8 bytes a pair) for the
+# records' token times; larger ones are grouped again when the times are asked for.
+KEEP_GROUPING_PAIRS = 1 << 24
 
 
 class TokenLog:
@@ -117,7 +122,7 @@ class TokenStats:
     log: TokenLog | None = field(default=None, repr=False)
     request_ids: np.ndarray | None = field(default=None, repr=False)
     # Every (entry, request) pair's entry, request after request: the order the log's
-    # times are rebuilt in (None: computed in several chunks, and not kept)
+    # times are rebuilt in (None: not kept, the log being too large)
     entries_by_request: np.ndarray | None = field(default=None, repr=False)
     _sorted: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
@@ -220,10 +225,10 @@ def token_stats(
     junction_values: list[np.ndarray] = []
     junction_counts: list[np.ndarray] = []
     own_gaps: list[tuple[np.ndarray, np.ndarray]] = []  # (position, gap), for percentiles
-    by_request = None  # every pair's entry, request after request (kept when one chunk)
+    keep_grouping = ids.size <= KEEP_GROUPING_PAIRS
+    grouped: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # per chunk, for the times
 
-    chunks = _entry_chunks(id_end)
-    for e0, e1 in chunks:
+    for e0, e1 in entry_chunks(id_end, PAIRS_PER_CHUNK):
         a = int(id_end[e0 - 1]) if e0 else 0
         b = int(id_end[e1 - 1])
         entry = np.repeat(np.arange(e0, e1), entry_size[e0:e1])
@@ -244,7 +249,7 @@ def token_stats(
         largest[head] = np.fmax(largest[head], group_max)
         # Pairs of requests that did not finish, in grouped order: their gaps are not counted.
         unfinished = ~finished[head]
-        skipped = _ranges(group_at[unfinished], group_size[unfinished])
+        skipped = ranges(group_at[unfinished], group_size[unfinished])
         size = entry_size[e0:e1]
         finished_per_entry[e0:e1] += size - np.bincount(se[skipped] - e0, minlength=e1 - e0)
         prev = np.empty_like(se)  # the entry of each pair's request's previous token
@@ -264,8 +269,8 @@ def token_stats(
             joined = prev >= 0
             own_gaps.append((sp[joined], gap[joined]))
             own_gaps.append(_inside_gaps(sp[done], se[done], time_start, steps, diffs))
-        if len(chunks) == 1:
-            by_request = se
+        if keep_grouping:
+            grouped.append((se, head, group_size))
 
     last = np.where(latest >= 0, entry_last[latest], np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -287,22 +292,11 @@ def token_stats(
         time_counts=time_weight[time_weight > 0],
         log=log,
         request_ids=request_ids,
-        entries_by_request=by_request,
+        entries_by_request=join_groups(grouped) if keep_grouping else None,
     )
     if percentiles:
         stats.tbt_percentile_s = _per_request_percentiles(own_gaps, n, percentiles)
     return stats
-
-
-def _entry_chunks(id_end: np.ndarray) -> list[tuple[int, int]]:
-    """Runs of whole entries of about ``PAIRS_PER_CHUNK`` pairs (an entry larger than that is
-    a chunk of its own)."""
-    entries = id_end.size
-    if entries == 0:
-        return []
-    cuts = np.searchsorted(id_end, np.arange(PAIRS_PER_CHUNK, int(id_end[-1]), PAIRS_PER_CHUNK))
-    edges = np.unique(np.concatenate(([0], cuts + 1, [entries]))).clip(0, entries)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
 
 def int_array(buf: array) -> np.ndarray:
@@ -370,14 +364,6 @@ def _fold_junctions(
     first = np.flatnonzero(merged)
     counts = np.add.reduceat(run_size, first)
     return entry_first[run_entry[first]] - entry_last[run_from[first]], counts
-
-
-def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """The indices ``starts[i]`` to ``starts[i] + sizes[i]`` (exclusive), range after range."""
-    total = int(sizes.sum())
-    if total == 0:
-        return np.empty(0, np.intp)
-    return np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(total)
 
 
 def _inside_gaps(
