@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 DIGIT_BITS = 16  # the widest key numpy's stable argsort still sorts by radix
+JOIN_PAIRS = 1 << 16  # pairs joined at once
 
 
 @dataclass(frozen=True)
@@ -83,19 +84,28 @@ def entry_chunks(id_end: np.ndarray, pairs: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
 
-def join_groups(chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+def join_groups(entry: np.ndarray, groups: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """Every pair's entry, request after request and each request's in log order, from the
-    groupings of consecutive chunks of the log: ``(entry, head, group_size)`` each, ``entry``
-    the chunk's pairs' entries grouped, ``head`` and ``group_size`` its groups' positions
-    and sizes. Each request's groups, chunk after chunk, are copied in one gather."""
-    if len(chunks) <= 1:
-        return chunks[0][0] if chunks else np.empty(0, np.intp)
-    entry = np.concatenate([c[0] for c in chunks])
-    head = np.concatenate([c[1] for c in chunks])
-    size = np.concatenate([c[2] for c in chunks])
+    groupings of consecutive chunks of the log: ``entry``, each chunk's pairs' entries
+    grouped, chunk after chunk; ``groups``, each chunk's ``(head, group_size)``. Each
+    request's groups, chunk after chunk, are copied in one gather."""
+    if len(groups) <= 1:
+        return entry
+    head = np.concatenate([h for h, _ in groups])
+    size = np.concatenate([s for _, s in groups])
     start = np.cumsum(size) - size
     by_request = np.argsort(head, kind="stable")  # a request's groups stay in chunk order
-    return entry[ranges(start[by_request], size[by_request])]
+    start, size = start[by_request], size[by_request]
+    end = np.cumsum(size)
+    out = np.empty_like(entry)
+    s0 = done = 0
+    while s0 < size.size:  # some groups at a time: the index temporaries stay in the caches
+        s1 = max(int(np.searchsorted(end, done + JOIN_PAIRS, side="right")), s0 + 1)
+        index = ranges(start[s0:s1], size[s0:s1])
+        np.take(entry, index, out=out[done : done + index.size])
+        done += index.size
+        s0 = s1
+    return out
 
 
 def ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:

@@ -225,8 +225,9 @@ def token_stats(
     junction_values: list[np.ndarray] = []
     junction_counts: list[np.ndarray] = []
     own_gaps: list[tuple[np.ndarray, np.ndarray]] = []  # (position, gap), for percentiles
-    keep_grouping = ids.size <= KEEP_GROUPING_PAIRS
-    grouped: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # per chunk, for the times
+    # Each chunk's pairs' entries grouped, side by side, and its groups (for the times).
+    grouped = np.empty(ids.size, np.intp) if ids.size <= KEEP_GROUPING_PAIRS else None
+    groups_of_chunks: list[tuple[np.ndarray, np.ndarray]] = []
 
     for e0, e1 in entry_chunks(id_end, PAIRS_PER_CHUNK):
         a = int(id_end[e0 - 1]) if e0 else 0
@@ -236,7 +237,7 @@ def token_stats(
         groups = group_by_request(pos)  # each request's entries, in time order
         order, head, group_at = groups.order, groups.head, groups.group_at
         group_size = np.diff(np.append(group_at, order.size))
-        se = entry[order]
+        se = entry[order] if grouped is None else np.take(entry, order, out=grouped[a:b])
         f = entry_first[se]
         gap = np.empty_like(f)  # into each pair's entry from the request's previous one
         np.subtract(f[1:], entry_last[se[:-1]], out=gap[1:])
@@ -269,8 +270,7 @@ def token_stats(
             joined = prev >= 0
             own_gaps.append((sp[joined], gap[joined]))
             own_gaps.append(_inside_gaps(sp[done], se[done], time_start, steps, diffs))
-        if keep_grouping:
-            grouped.append((se, head, group_size))
+        groups_of_chunks.append((head, group_size))
 
     last = np.where(latest >= 0, entry_last[latest], np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -292,7 +292,7 @@ def token_stats(
         time_counts=time_weight[time_weight > 0],
         log=log,
         request_ids=request_ids,
-        entries_by_request=join_groups(grouped) if keep_grouping else None,
+        entries_by_request=None if grouped is None else join_groups(grouped, groups_of_chunks),
     )
     if percentiles:
         stats.tbt_percentile_s = _per_request_percentiles(own_gaps, n, percentiles)

@@ -190,7 +190,10 @@ def tbt_columns(done: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 def request_metrics(records: pd.DataFrame, slo: Slo) -> pd.DataFrame:
     """Per finished request: TTFT, E2E, TBT statistics and whether it met each SLO."""
-    done = records[records["status"] == "finished"]
+    return _finished_metrics(records[records["status"] == "finished"], slo)
+
+
+def _finished_metrics(done: pd.DataFrame, slo: Slo) -> pd.DataFrame:
     ttft = (done["first_token_s"] - done["arrival_s"]).to_numpy()
     e2e = (done["finish_s"] - done["arrival_s"]).to_numpy()
     if slo.tbt_statistic not in TBT_STATISTICS:
@@ -233,8 +236,8 @@ def all_gaps(records: pd.DataFrame) -> np.ndarray:
 def summarize(records: pd.DataFrame, slo: Slo, tokens: TokenStats | None = None) -> dict[str, Any]:
     """Run-level metrics: throughput, goodput, SLO attainment and latency percentiles; the
     TBT ones over every gap (``tokens``' multiset, else the records' token times)."""
-    per = request_metrics(records, slo)
     done = records[records["status"] == "finished"]
+    per = _finished_metrics(done, slo)
     start = float(records["arrival_s"].min()) if len(records) else 0.0
     end = float(done["finish_s"].max()) if len(done) else start
     span = max(end - start, 1e-9)
@@ -271,13 +274,13 @@ def summarize(records: pd.DataFrame, slo: Slo, tokens: TokenStats | None = None)
 
 def rejection_counts(records: pd.DataFrame) -> dict[str, int]:
     """How many requests were refused at arrival, by reason (runs from before reasons: "")."""
-    rejected = records[records["status"] == "rejected"]
-    if rejected.empty:
+    rejected = records["status"] == "rejected"
+    if not rejected.any():
         return {}
     reasons = (
-        rejected["reject_reason"]
-        if "reject_reason" in rejected
-        else pd.Series("", index=rejected.index)
+        records.loc[rejected, "reject_reason"]
+        if "reject_reason" in records
+        else pd.Series("", index=records.index[rejected])
     )
     counts = reasons.fillna("").replace("", "unknown").value_counts()
     return {str(k): int(v) for k, v in sorted(counts.items())}
