@@ -76,7 +76,7 @@ class TokenLog:
         id_end = int_array(self.id_end)
         times = np.frombuffer(self.times, dtype=np.float64) if len(self.times) else np.empty(0)
         time_end = int_array(self.time_end)
-        time_start = np.concatenate(([0], time_end[:-1])).astype(np.int64)
+        time_start = np.concatenate(([0], time_end[:-1])).astype(np.int64)[: time_end.size]
         return ids, id_end, times, time_start, time_end
 
     @property
@@ -272,7 +272,9 @@ def token_stats(
             own_gaps.append(_inside_gaps(sp[done], se[done], time_start, steps, diffs))
         groups_of_chunks.append((head, group_size))
 
-    last = np.where(latest >= 0, entry_last[latest], np.nan)
+    last = np.full(n, np.nan)
+    got = latest >= 0  # (an empty log has no last entry to read)
+    last[got] = entry_last[latest[got]]
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(tokens > 1, (last - first) / (tokens - 1), np.nan)
     inside_weight = np.repeat(finished_per_entry, steps - 1)
