@@ -85,11 +85,17 @@ def _gather(
     while p0 < size.size:
         base = int(ends[p0 - 1]) if p0 else 0
         p1 = max(int(np.searchsorted(ends, base + TOKENS_PER_CHUNK, side="right")), p0 + 1)
-        part = size[p0:p1]
+        part, start = size[p0:p1], first[p0:p1]
         total = int(ends[p1 - 1]) - base
-        before = (ends[p0:p1] - base).astype(first.dtype) - part  # this part's earlier tokens
-        src = np.repeat(first[p0:p1] - before, part)
-        src += np.arange(total, dtype=src.dtype)
+        if part.min() > 0:  # each index one past the last but where a pair starts: a cumsum
+            src = np.ones(total, dtype=first.dtype)
+            src[0] = start[0]
+            src[ends[p0 : p1 - 1] - base] = start[1:] - start[:-1] - part[:-1] + 1
+            np.cumsum(src, out=src)
+        else:
+            before = (ends[p0:p1] - base).astype(first.dtype) - part  # the part's earlier tokens
+            src = np.repeat(start - before, part)
+            src += np.arange(total, dtype=src.dtype)
         np.take(times, src, out=out[at + base : at + base + total])
         p0 = p1
 
