@@ -26,7 +26,7 @@ from twin.core.request_order import entry_chunks, group_by_request, join_groups,
 PAIRS_PER_CHUNK = 1 << 16
 # Logs of up to this many pairs keep their pairs' grouping by request (8 bytes a pair) for the
 # records' token times; larger ones are grouped again when the times are asked for.
-KEEP_GROUPING_PAIRS = 1 << 24
+KEEP_GROUPING_PAIRS = 1 << 23
 
 
 class TokenLog:
@@ -121,10 +121,20 @@ class TokenStats:
     # The log and request ids these came from: each request's token times can be rebuilt
     log: TokenLog | None = field(default=None, repr=False)
     request_ids: np.ndarray | None = field(default=None, repr=False)
-    # Every (entry, request) pair's entry, request after request: the order the log's
-    # times are rebuilt in (None: not kept, the log being too large)
-    entries_by_request: np.ndarray | None = field(default=None, repr=False)
+    # Each chunk's pairs' entries grouped by request, and each chunk's groups: joined into
+    # ``entries_by_request`` when the token times are asked for (None: the log too large)
+    grouping: tuple[np.ndarray, list] | None = field(default=None, repr=False)
+    _by_request: np.ndarray | None = field(default=None, repr=False)
     _sorted: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def entries_by_request(self) -> np.ndarray | None:
+        """Every (entry, request) pair's entry, request after request, each request's in log
+        order: the order the log's times are rebuilt in (None: the grouping was not kept)."""
+        if self._by_request is None and self.grouping is not None:
+            self._by_request = join_groups(*self.grouping)
+            self.grouping = None
+        return self._by_request
 
     @property
     def gap_count(self) -> int:
@@ -294,7 +304,7 @@ def token_stats(
         time_counts=time_weight[time_weight > 0],
         log=log,
         request_ids=request_ids,
-        entries_by_request=None if grouped is None else join_groups(grouped, groups_of_chunks),
+        grouping=None if grouped is None else (grouped, groups_of_chunks),
     )
     if percentiles:
         stats.tbt_percentile_s = _per_request_percentiles(own_gaps, n, percentiles)
