@@ -208,7 +208,11 @@ def main(argv: list[str] | None = None) -> None:
         "date": date.today().isoformat(),
         "machine": platform.machine(),
         "python": platform.python_version(),
-        "command": "python bench/metrics_cost.py " + " ".join(sys.argv[1:]),
+        "command": (  # the trace by its name: where it lies is this machine's business
+            f"python bench/metrics_cost.py --trace {Path(args.trace).name} --scales "
+            f"{args.scales} --baseline {args.baseline} --rounds {args.rounds} --repeats "
+            f"{args.repeats} --statistic {args.statistic}"
+        ),
         "trace": Path(args.trace).name,
         "setup": "vs_vidur: llama-2-7b datasheet model, vllm 4096 tokens / 128 seqs, 6499 KV "
         "blocks; metrics = request_tokens, records_frame (token times), summarize",
