@@ -251,11 +251,3 @@ def test_records_refuse_statistics_of_other_requests(runs):
     tokens = request_tokens(requests, sim.tokens)
     with pytest.raises(ValueError, match="other requests"):
         records_frame(requests[1:], tokens)
-
-
-@pytest.mark.parametrize("high", [5, 1 << 20, 1 << 60])  # the last: keys past 63 bits
-def test_sorting_by_request_is_the_stable_argsort(high):
-    pos = np.random.default_rng(3).integers(0, high, size=5000)
-    order = np.argsort(pos, kind="stable")
-    sp, got = token_module._sort_by_request(pos)
-    assert np.array_equal(got, order) and np.array_equal(sp, pos[order])

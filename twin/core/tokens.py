@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-PAIRS_PER_CHUNK = 1 << 21  # (entry, request) pairs processed at once: bounds the temporaries
+from twin.core.request_order import entry_chunks, group_by_request, join_groups, ranges
+
+# (entry, request) pairs processed at once: they bound the temporaries, and chunks this small
+# keep them in the caches (the step takes half the time of chunks of 2M pairs, at 2x and 4x).
+PAIRS_PER_CHUNK = 1 << 16
+# Logs of up to this many pairs keep their pairs' grouping by request (8 bytes a pair) for the
+# records' token times; larger ones are grouped again when the times are asked for.
+KEEP_GROUPING_PAIRS = 1 << 23
 
 
 class TokenLog:
@@ -69,7 +76,7 @@ class TokenLog:
         id_end = int_array(self.id_end)
         times = np.frombuffer(self.times, dtype=np.float64) if len(self.times) else np.empty(0)
         time_end = int_array(self.time_end)
-        time_start = np.concatenate(([0], time_end[:-1])).astype(np.int64)
+        time_start = np.concatenate(([0], time_end[:-1])).astype(np.int64)[: time_end.size]
         return ids, id_end, times, time_start, time_end
 
     @property
@@ -114,7 +121,20 @@ class TokenStats:
     # The log and request ids these came from: each request's token times can be rebuilt
     log: TokenLog | None = field(default=None, repr=False)
     request_ids: np.ndarray | None = field(default=None, repr=False)
+    # Each chunk's pairs' entries grouped by request, and each chunk's groups: joined into
+    # ``entries_by_request`` when the token times are asked for (None: the log too large)
+    grouping: tuple[np.ndarray, list] | None = field(default=None, repr=False)
+    _by_request: np.ndarray | None = field(default=None, repr=False)
     _sorted: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def entries_by_request(self) -> np.ndarray | None:
+        """Every (entry, request) pair's entry, request after request, each request's in log
+        order: the order the log's times are rebuilt in (None: the grouping was not kept)."""
+        if self._by_request is None and self.grouping is not None:
+            self._by_request = join_groups(*self.grouping)
+            self.grouping = None
+        return self._by_request
 
     @property
     def gap_count(self) -> int:
@@ -215,46 +235,56 @@ def token_stats(
     junction_values: list[np.ndarray] = []
     junction_counts: list[np.ndarray] = []
     own_gaps: list[tuple[np.ndarray, np.ndarray]] = []  # (position, gap), for percentiles
+    # Each chunk's pairs' entries grouped, side by side, and its groups (for the times).
+    grouped = np.empty(ids.size, np.intp) if ids.size <= KEEP_GROUPING_PAIRS else None
+    groups_of_chunks: list[tuple[np.ndarray, np.ndarray]] = []
 
-    bounds = np.searchsorted(id_end, np.arange(PAIRS_PER_CHUNK, ids.size, PAIRS_PER_CHUNK))
-    edges = np.unique(np.concatenate(([0], bounds + 1, [len(steps)]))).clip(0, len(steps))
-    for e0, e1 in zip(edges[:-1], edges[1:], strict=True):
-        if e1 <= e0:
-            continue
+    for e0, e1 in entry_chunks(id_end, PAIRS_PER_CHUNK):
         a = int(id_end[e0 - 1]) if e0 else 0
         b = int(id_end[e1 - 1])
         entry = np.repeat(np.arange(e0, e1), entry_size[e0:e1])
-        pos = lookup_positions(position, request_ids, ids[a:b].astype(np.int64))
-        sp, order = _sort_by_request(pos)  # each request's entries, in time order
-        se = entry[order]
-        starts = np.ones(sp.size, dtype=bool)
-        starts[1:] = sp[1:] != sp[:-1]
-        group_at = np.flatnonzero(starts)
-        ends = np.ones(sp.size, dtype=bool)
-        ends[:-1] = starts[1:]
-        prev = np.empty(sp.size, dtype=np.int64)  # the entry of the request's previous token
-        prev[1:] = se[:-1]
-        prev[starts] = latest[sp[starts]]  # carried over from earlier chunks
-        joined = prev >= 0
+        pos = lookup_positions(position, request_ids, ids[a:b])
+        groups = group_by_request(pos)  # each request's entries, in time order
+        order, head, group_at = groups.order, groups.head, groups.group_at
+        group_size = np.diff(np.append(group_at, order.size))
+        se = entry[order] if grouped is None else np.take(entry, order, out=grouped[a:b])
         f = entry_first[se]
-        gap = np.where(joined, f - entry_last[prev], np.nan)  # into this entry from there
-        head = sp[starts]  # distinct: a request is one group of the chunk
-        tokens[head] += np.add.reduceat(steps[se], group_at) if group_at.size else 0
-        first[head] = np.where(np.isnan(first[head]), f[starts], first[head])
-        latest[sp[ends]] = se[ends]
+        gap = np.empty_like(f)  # into each pair's entry from the request's previous one
+        np.subtract(f[1:], entry_last[se[:-1]], out=gap[1:])
+        before = latest[head]  # carried over from earlier chunks (-1: none)
+        gap[group_at] = np.where(before >= 0, f[group_at] - entry_last[before], np.nan)
+        tokens[head] += np.add.reduceat(steps[se], group_at)
+        first[head] = np.where(np.isnan(first[head]), f[group_at], first[head])
+        latest[head] = se[group_at + group_size - 1]
         group_max = np.fmax.reduceat(np.fmax(gap, entry_max[se]), group_at)
         largest[head] = np.fmax(largest[head], group_max)
-        done = finished[sp]
-        finished_per_entry[e0:e1] += np.bincount(se[done] - e0, minlength=e1 - e0)
-        values, counts = _fold_junctions(order, prev, done & joined, entry, entry_first, entry_last)
+        # Pairs of requests that did not finish, in grouped order: their gaps are not counted.
+        unfinished = ~finished[head]
+        skipped = ranges(group_at[unfinished], group_size[unfinished])
+        size = entry_size[e0:e1]
+        finished_per_entry[e0:e1] += size - np.bincount(se[skipped] - e0, minlength=e1 - e0)
+        prev = np.empty_like(se)  # the entry of each pair's request's previous token
+        prev[1:] = se[:-1]
+        prev[group_at] = before
+        prev[skipped] = -1  # (-1: none, or not counted)
+        came_from = np.empty_like(prev)
+        came_from[order] = prev  # back in the log's order: an entry's requests side by side
+        starts = id_end[e0:e1] - a - size
+        values, counts = _fold_junctions(came_from, starts, e0, entry_first, entry_last)
         junction_values.append(values)
         junction_counts.append(counts)
         if percentiles:
-            joined &= done
+            sp = np.repeat(head, group_size)
+            done = np.ones(se.size, dtype=bool)
+            done[skipped] = False
+            joined = prev >= 0
             own_gaps.append((sp[joined], gap[joined]))
             own_gaps.append(_inside_gaps(sp[done], se[done], time_start, steps, diffs))
+        groups_of_chunks.append((head, group_size))
 
-    last = np.where(latest >= 0, entry_last[latest], np.nan)
+    last = np.full(n, np.nan)
+    got = latest >= 0  # (an empty log has no last entry to read)
+    last[got] = entry_last[latest[got]]
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(tokens > 1, (last - first) / (tokens - 1), np.nan)
     inside_weight = np.repeat(finished_per_entry, steps - 1)
@@ -274,24 +304,11 @@ def token_stats(
         time_counts=time_weight[time_weight > 0],
         log=log,
         request_ids=request_ids,
+        grouping=None if grouped is None else (grouped, groups_of_chunks),
     )
     if percentiles:
         stats.tbt_percentile_s = _per_request_percentiles(own_gaps, n, percentiles)
     return stats
-
-
-def _sort_by_request(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``pos`` sorted, stably, and the order that sorts it: one sort of the keys
-    ``pos << bits | index`` (distinct, so in the order a stable argsort gives), faster than
-    the argsort and its gather; the argsort itself when the keys would not fit 63 bits."""
-    bits = max(int(pos.size - 1).bit_length(), 1)
-    if pos.size == 0 or int(pos.max()).bit_length() + bits > 62:
-        order = np.argsort(pos, kind="stable")
-        return pos[order], order
-    keys = np.left_shift(pos, bits)
-    keys |= np.arange(pos.size, dtype=np.int64)
-    keys.sort(kind="stable")
-    return keys >> bits, keys & ((1 << bits) - 1)
 
 
 def int_array(buf: array) -> np.ndarray:
@@ -325,28 +342,40 @@ def lookup_positions(
 
 
 def _fold_junctions(
-    order: np.ndarray,
-    prev: np.ndarray,
-    counted: np.ndarray,
-    entry: np.ndarray,
+    came_from: np.ndarray,
+    entry_start: np.ndarray,
+    e0: int,
     entry_first: np.ndarray,
     entry_last: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The gaps into each entry from the requests' previous entries, one value per distinct
-    (previous entry, entry): the requests of a batch mostly come from the same run, so a
-    batch's gaps fold into one or a few, found in one pass (in entry order) without a sort."""
-    came_from = np.empty_like(prev)
-    came_from[order] = prev  # back in the log's order: an entry's requests side by side
-    keep = np.empty_like(counted)
-    keep[order] = counted
-    e, p = entry[keep], came_from[keep]
-    if e.size == 0:
+    """The gaps into each entry from the requests' previous entries, one value per run of
+    pairs, in log order, from the same previous entry into the same entry (``came_from``:
+    each pair's previous entry, -1 for a pair not counted; ``entry_start``: where the
+    chunk's entries, from ``e0`` on, start among its pairs). The requests of a batch mostly
+    come from the same run, so a batch's gaps fold into one or a few: found in one
+    comparison over the pairs, then over the runs (runs split only by uncounted pairs are
+    one run)."""
+    if came_from.size == 0:
         return np.empty(0), np.empty(0, np.int64)
-    new = np.ones(e.size, dtype=bool)
-    new[1:] = (e[1:] != e[:-1]) | (p[1:] != p[:-1])
+    nonempty = entry_start < np.append(entry_start[1:], came_from.size)
+    entry_start = entry_start[nonempty]
+    new = np.empty(came_from.size, dtype=bool)
+    new[0] = True
+    np.not_equal(came_from[1:], came_from[:-1], out=new[1:])
+    new[entry_start] = True
     at = np.flatnonzero(new)
-    counts = np.diff(np.append(at, e.size))
-    return entry_first[e[at]] - entry_last[p[at]], counts
+    run_from = came_from[at]
+    run_size = np.diff(np.append(at, came_from.size))
+    run_entry = np.flatnonzero(nonempty)[np.searchsorted(entry_start, at, side="right") - 1]
+    kept = run_from >= 0
+    run_from, run_size, run_entry = run_from[kept], run_size[kept], run_entry[kept] + e0
+    if run_from.size == 0:
+        return np.empty(0), np.empty(0, np.int64)
+    merged = np.ones(run_from.size, dtype=bool)
+    merged[1:] = (run_entry[1:] != run_entry[:-1]) | (run_from[1:] != run_from[:-1])
+    first = np.flatnonzero(merged)
+    counts = np.add.reduceat(run_size, first)
+    return entry_first[run_entry[first]] - entry_last[run_from[first]], counts
 
 
 def _inside_gaps(
