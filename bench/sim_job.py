@@ -34,6 +34,17 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT_OF_MEMORY = ("MemoryError", "Unable to allocate", "std::bad_alloc", "Cannot allocate memory")
 
 
+# Imports the project from one tree only, whatever tree is installed in this environment
+# (what bench/sim_speed.py's workers do for a baseline commit).
+ISOLATE = (
+    "import sys; "
+    "sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in repr(f)]; "
+    "sys.path_hooks[:] = [h for h in sys.path_hooks if '__editable__' not in repr(h)]; "
+    "sys.path[:] = [{tree!r}] + [p for p in sys.path if p and '__editable__' not in p]; "
+    "sys.path_importer_cache.clear(); "
+)
+
+
 def job_trace(requests: int, rate: float = JOB_RATE) -> str:
     return f"synthetic:n={requests},rate={rate:g},{JOB_LENGTHS},seed=0"
 
@@ -51,14 +62,20 @@ def run_job(
     memory_cap_gb: float = 12.0,
     timeout_s: float = 1800.0,
     plots: bool = True,
+    tree: Path | None = None,
 ) -> dict:
-    """``twin simulate`` of ``trace`` into a temporary directory; what it cost and how it ended."""
+    """``twin simulate`` of ``trace`` into a temporary directory; what it cost and how it ended.
+
+    ``tree``: a source tree (another commit's) whose project the job imports instead of the
+    one installed here."""
     if not (memory_cap_gb > 0 and memory_cap_gb != float("inf")):
         raise ValueError(f"memory cap {memory_cap_gb!r} GB: give a positive, finite size")
     cap = int(memory_cap_gb * 2**30)
     with tempfile.TemporaryDirectory(prefix="twin-job-") as tmp:
         out_dir = Path(tmp) / "run"
         code = "import sys; from twin.commands.cli import main; main(sys.argv[1:])"
+        if tree is not None:
+            code = ISOLATE.format(tree=str(tree)) + code
         cmd = [
             sys.executable,
             "-c",
@@ -130,22 +147,43 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"{flag} {value}: give a positive, finite number")
 
 
-def measure_jobs(args: argparse.Namespace) -> dict:
-    """Each size of ``--job-requests`` once, in turn (never two at a time)."""
+def measure_jobs(args: argparse.Namespace, baseline: Path | None = None) -> dict:
+    """Each size of ``--job-requests`` once, in turn (never two at a time); with a
+    ``baseline`` tree, that tree's job beside this one's for each size, in alternating order,
+    and the ratios current/baseline."""
     jobs = []
-    for n in (int(v) for v in args.job_requests.split(",")):
+    for i, n in enumerate(int(v) for v in args.job_requests.split(",")):
         trace = job_trace(n, args.job_rate)
         print(f"job {trace} under a {args.memory_cap_gb:g} GB cap ...", flush=True)
-        job = run_job(
-            trace, args.policy, args.memory_cap_gb, args.job_timeout, plots=not args.no_plots
-        )
-        job["requests"] = n
-        job["requests_per_s"] = n / job["wall_s"] if job["ok"] else None
+        trees = {"current": None} if baseline is None else {"baseline": baseline, "current": None}
+        order = list(trees) if i % 2 == 0 else list(reversed(trees))
+        runs = {}
+        for name in order:
+            job = run_job(
+                trace, args.policy, args.memory_cap_gb, args.job_timeout, not args.no_plots,
+                trees[name],
+            )  # fmt: skip
+            job["requests"] = n
+            job["requests_per_s"] = n / job["wall_s"] if job["ok"] else None
+            runs[name] = job
+            label = "" if baseline is None else f" ({name})"
+            print(
+                f"job {n} requests{label}: {job['outcome']}: wall {job['wall_s']:.1f} s, CPU "
+                f"{job['cpu_s']:.1f} s, peak RSS {job['peak_rss_mb']:.0f} MB"
+                + (f", {len(job['files'])} files" if job["ok"] else f"\n{job['log_tail']}"),
+                flush=True,
+            )
+        job = runs["current"]
+        if baseline is not None:
+            base = job["baseline"] = runs["baseline"]
+            if job["ok"] and base["ok"]:
+                for key in ("wall_s", "cpu_s", "peak_rss_mb"):
+                    job[f"{key}_current_over_baseline"] = job[key] / base[key]
+                print(
+                    f"job {n} requests: current/baseline {job['cpu_s_current_over_baseline']:.3f}"
+                    f" CPU, {job['wall_s_current_over_baseline']:.3f} wall, "
+                    f"{job['peak_rss_mb_current_over_baseline']:.3f} peak RSS",
+                    flush=True,
+                )
         jobs.append(job)
-        print(
-            f"job {n} requests: {job['outcome']}: wall {job['wall_s']:.1f} s, CPU "
-            f"{job['cpu_s']:.1f} s, peak RSS {job['peak_rss_mb']:.0f} MB"
-            + (f", {len(job['files'])} files" if job["ok"] else f"\n{job['log_tail']}"),
-            flush=True,
-        )
     return {"jobs": jobs}

@@ -23,6 +23,8 @@ fast-forward) in the same process, and prints twin's speed relative to it.
 parquet and plots) on a synthetic day of chat traffic that keeps an H100 serving Llama-3.1-8B
 busy (bench/sim_job.py: 20 requests/s, prompts ~1,000 and outputs ~250 tokens, lognormal),
 each in a child process under ``--memory-cap-gb``: wall, CPU and peak RSS, or how it failed.
+With ``--baseline REV`` each job also runs on REV's tree, beside this one's, in alternating
+order, with the ratios current/baseline.
 
     python bench/sim_speed.py --job-requests 100000,1000000 --memory-cap-gb 12
 """
@@ -410,7 +412,12 @@ def main(argv: list[str] | None = None) -> None:
         import sim_job
 
         sim_job.check_args(parser, args)
-        result = sim_job.measure_jobs(args)
+        if args.baseline:
+            with tempfile.TemporaryDirectory(prefix="twin-baseline-") as tmp:
+                base_hash = export(args.baseline, Path(tmp))
+                result = {"baseline": base_hash, **sim_job.measure_jobs(args, Path(tmp) / "tree")}
+        else:
+            result = sim_job.measure_jobs(args)
     elif args.baseline:
         result = side_by_side(args, modes)
     else:

@@ -88,3 +88,26 @@ def test_bad_job_flags_are_named(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         load_bench("sim_speed").main(flags)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_job_on_another_tree_imports_that_tree_only(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "twin" / "commands").mkdir(parents=True)
+    (tree / "twin" / "commands" / "cli.py").write_text(
+        "def main(argv):\n    print('the other tree ran', argv[0])\n    raise SystemExit(3)\n"
+    )
+    job = load_bench("sim_job").run_job(load_bench("sim_job").job_trace(5), tree=tree)
+    assert job["outcome"] == "failed (exit 3)"
+    assert "the other tree ran simulate" in job["log_tail"]
+
+
+def test_jobs_beside_a_baseline_commit_report_ratios(tmp_path):
+    out = tmp_path / "jobs.json"
+    load_bench("sim_speed").main(
+        ["--job-requests", "30", "--baseline", "HEAD", "--no-plots", "--out", str(out)]
+    )
+    saved = json.loads(out.read_text())
+    job = saved["jobs"][0]
+    assert job["ok"] and job["baseline"]["ok"] and len(saved["baseline"]) == 40
+    assert job["baseline"]["finished"] == job["finished"] == 30
+    assert job["cpu_s_current_over_baseline"] == job["cpu_s"] / job["baseline"]["cpu_s"]
