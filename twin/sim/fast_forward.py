@@ -93,8 +93,9 @@ def run_length(
         if done:
             durations = durations.copy()
             durations[0] += end
-        ends = np.cumsum(durations)
-        i = int(np.searchsorted(ends, budget))
+        # The arrays' own methods: numpy's module functions wrap them in a Python call each.
+        ends = durations.cumsum()
+        i = int(ends.searchsorted(budget))
         if i < k or done + k == limit:
             steps = min(limit, done + i + 1)
             break

@@ -307,7 +307,7 @@ class Simulator(SchedulingCore):
                     shape.n_decode, shape.decode_ctx_sum, steps, sms, co_shape, co_sms
                 )
             predicted = np.asarray(durations[:steps], dtype=np.float64)
-            cum = np.cumsum(predicted)
+            cum = predicted.cumsum()
             total = float(cum[-1])
             fraction = cum / total
         return SimRun(
