@@ -196,6 +196,30 @@ def test_aborted_requests_stop_at_once_or_when_their_batch_ends_and_free_their_k
     assert records_frame(result.requests)["status"].tolist().count("aborted") == 2
 
 
+@pytest.mark.parametrize("policy", ["vllm", "sglang", "nexus"])
+def test_unflagged_aggregated_runs_simulate_as_flagged_ones(h100_model, policy):
+    """The simulator leaves an aggregated run's decode requests without ``in_flight``;
+    flagging them as the runtime does changes nothing, aborts mid-run included."""
+    wl = make_workload(n=80, rate=30.0, seed=5)
+    aborts = {i: float(wl.arrival_s[i]) + 0.3 for i in range(3, 80, 9)}
+
+    def run(flagged: bool):
+        sim = Simulator(wl, policies.get(policy), h100_model, Slo(), EngineConfig(),
+                        record_decisions=True, aborts=aborts)  # fmt: skip
+        sim.flags_aggregated_runs = flagged
+        result = sim.run()
+        return sim, records_frame(result.requests), result
+
+    flagged_sim, flagged, flagged_run = run(True)
+    plain_sim, plain, plain_run = run(False)
+    assert flagged.equals(plain)
+    assert flagged_run.decisions == plain_run.decisions
+    assert all(np.array_equal(flagged_run.iterations[c], plain_run.iterations[c])
+               for c in flagged_run.iterations)  # fmt: skip
+    assert plain_sim.stats.aborted == flagged_sim.stats.aborted > 0
+    assert not any(r.in_flight for r in plain_run.requests)
+
+
 @pytest.mark.parametrize(
     "aborts, message",
     [
