@@ -84,6 +84,17 @@ class Curve:
         return Curve(self.x, tuple(v * factor for v in self.y))
 
 
+def _on_row(xs: list[float], ys: list[float], x: float, tail: float) -> float:
+    """A grid row's value at ``x`` (its ``length ** growth``): linear between its points,
+    its first value below them, growing as ``x ** tail`` past its last."""
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1] * (x / xs[-1]) ** tail
+    j = bisect.bisect_right(xs, x)
+    return ys[j - 1] + (ys[j] - ys[j - 1]) * (x - xs[j - 1]) / (xs[j] - xs[j - 1])
+
+
 class WorkGrid:
     """Latency over (batch, length), bilinear in batch and in ``length ** growth``.
 
@@ -117,12 +128,7 @@ class WorkGrid:
 
     def _row(self, i: int, x: float) -> float:
         xs, ys = self.rows[i]
-        if x <= xs[0]:
-            return ys[0]
-        if x >= xs[-1]:
-            return ys[-1] * (x / xs[-1]) ** self.tail
-        j = bisect.bisect_right(xs, x)
-        return ys[j - 1] + (ys[j] - ys[j - 1]) * (x - xs[j - 1]) / (xs[j] - xs[j - 1])
+        return _on_row(xs, ys, x, self.tail)
 
     def __call__(self, batch: float, length: float) -> float:
         if batch <= 0:
@@ -136,24 +142,10 @@ class WorkGrid:
         hit = self._between.get(batch)
         if hit is None:
             hit = self._between_rows(batch)
-        # (1 - t) * _row(i - 1, x) + t * _row(i, x), both rows inlined: a decode batch's
-        # attention is looked up at every decision.
+        # (1 - t) * _row(i - 1, x) + t * _row(i, x), from the rows and weights kept by batch.
         xs, ys, xs1, ys1, u, t = hit
-        if x <= xs[0]:
-            a = ys[0]
-        elif x >= xs[-1]:
-            a = ys[-1] * (x / xs[-1]) ** self.tail
-        else:
-            j = bisect.bisect_right(xs, x)
-            a = ys[j - 1] + (ys[j] - ys[j - 1]) * (x - xs[j - 1]) / (xs[j] - xs[j - 1])
-        if x <= xs1[0]:
-            c = ys1[0]
-        elif x >= xs1[-1]:
-            c = ys1[-1] * (x / xs1[-1]) ** self.tail
-        else:
-            j = bisect.bisect_right(xs1, x)
-            c = ys1[j - 1] + (ys1[j] - ys1[j - 1]) * (x - xs1[j - 1]) / (xs1[j] - xs1[j - 1])
-        return u * a + t * c
+        tail = self.tail
+        return u * _on_row(xs, ys, x, tail) + t * _on_row(xs1, ys1, x, tail)
 
     def _between_rows(self, batch: float) -> tuple:
         b = self.batches
