@@ -10,6 +10,7 @@ first, each pass stable: one pass while the positions of the pairs at hand span 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,6 +83,30 @@ def entry_chunks(id_end: np.ndarray, pairs: int) -> list[tuple[int, int]]:
     cuts = np.searchsorted(id_end, np.arange(pairs, int(id_end[-1]), pairs))
     edges = np.unique(np.concatenate(([0], cuts + 1, [entries]))).clip(0, entries)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+
+
+def grouped_chunks(
+    id_end: np.ndarray,
+    ids: np.ndarray,
+    positions: Callable[[np.ndarray], np.ndarray],
+    pairs: int,
+    out: np.ndarray | None = None,
+) -> Iterator[tuple[int, int, int, RequestGroups, np.ndarray]]:
+    """The log's pairs a chunk of whole entries (``entry_chunks``) at a time, grouped by
+    request: for each chunk its entries ``e0..e1``, where its pairs start in the log, their
+    grouping (``positions`` maps the chunk's ids to request positions) and each grouped
+    pair's entry, written into ``out`` at the chunk's pairs when given."""
+    entry_size = np.diff(id_end, prepend=0)
+    for e0, e1 in entry_chunks(id_end, pairs):
+        a = int(id_end[e0 - 1]) if e0 else 0
+        b = int(id_end[e1 - 1])
+        entry = np.repeat(np.arange(e0, e1), entry_size[e0:e1])
+        groups = group_by_request(positions(ids[a:b]))
+        if out is None:
+            grouped = entry[groups.order]
+        else:
+            grouped = np.take(entry, groups.order, out=out[a:b])
+        yield e0, e1, a, groups, grouped
 
 
 def join_groups(entry: np.ndarray, groups: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:

@@ -11,9 +11,11 @@ tokens at a time.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
-from twin.core.request_order import entry_chunks, group_by_request, join_groups
+from twin.core.request_order import grouped_chunks, join_groups
 from twin.core.tokens import TokenLog, lookup_positions, request_positions
 
 # Pairs expanded, and tokens gathered, at once: they bound the temporaries, and
@@ -57,19 +59,14 @@ def _entries_by_request(log: TokenLog, request_ids: np.ndarray) -> tuple[np.ndar
     tokens each request got: grouped a chunk of the log at a time, then joined."""
     ids, id_end, times, time_start, time_end = log.columns()
     steps = time_end - time_start
-    entry_size = np.diff(id_end, prepend=0)
-    position = request_positions(request_ids)
+    positions = partial(lookup_positions, request_positions(request_ids), request_ids)
     tokens = np.zeros(request_ids.size, dtype=np.int64)
     grouped = np.empty(ids.size, np.intp)
     groups_of_chunks = []
-    for e0, e1 in entry_chunks(id_end, PAIRS_PER_CHUNK):
-        a, b = (int(id_end[e0 - 1]) if e0 else 0), int(id_end[e1 - 1])
-        groups = group_by_request(lookup_positions(position, request_ids, ids[a:b]))
-        entry = np.repeat(np.arange(e0, e1), entry_size[e0:e1])
-        np.take(entry, groups.order, out=grouped[a:b])
-        size = groups.group_size
-        tokens[groups.head] += np.add.reduceat(steps[grouped[a:b]], groups.group_at)
-        groups_of_chunks.append((groups.head, size))
+    chunks = grouped_chunks(id_end, ids, positions, PAIRS_PER_CHUNK, grouped)
+    for _, _, _, groups, entries in chunks:
+        tokens[groups.head] += np.add.reduceat(steps[entries], groups.group_at)
+        groups_of_chunks.append((groups.head, groups.group_size))
     return join_groups(grouped, groups_of_chunks), tokens
 
 
