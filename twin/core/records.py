@@ -60,22 +60,6 @@ class Run:
     # run: after its prefill step, or past its requests' finishes (``twin.sim.phases``).
     phase: DecodePhase | None = None
 
-    def parts(self, step_ends: Sequence[float]) -> list[tuple[BatchShape, int, float]]:
-        """The runs this one stands for, as (shape, iterations, start): itself, or its first
-        step and the segments of its decode phase."""
-        phase = self.phase
-        if phase is None:
-            return [(self.shape, self.steps, self.start)]
-        parts = []
-        i = 0
-        if phase.offset:
-            parts.append((self.shape, 1, self.start))
-            i = 1
-        for shape, k in phase.segments:
-            parts.append((shape, k, float(step_ends[i - 1]) if i else self.start))
-            i += k
-        return parts
-
 
 @dataclass(slots=True)
 class DecodePhase:
@@ -173,7 +157,7 @@ class IterationLog:
         phase = run.phase
         if phase is None:
             self._row(run, run.shape, run.steps, run.start)
-        else:  # one row per run it stands for (``Run.parts``); their steps lie end to end
+        else:  # one row per run it stands for; their steps lie end to end
             self._phase_rows(run, phase, step_ends)
         if len(step_ends) == 1:  # most runs: two scalars, cheaper than two byte copies
             self.ends.append(step_ends[0])
@@ -191,8 +175,9 @@ class IterationLog:
                 )
 
     def _phase_rows(self, run: Run, phase: DecodePhase, step_ends: Sequence[float]) -> None:
-        """``_row`` for each of ``run.parts``: its first step when it prefills, then the
-        phase's segments, decode batches whose rows need no prefill sums."""
+        """A row for each run a run with a decode phase stands for: its first step when it
+        prefills, then the phase's segments, decode batches whose rows need no prefill
+        sums."""
         i = 0
         if phase.offset:
             self._row(run, run.shape, 1, run.start)
