@@ -11,7 +11,8 @@ of running requests (the passes over them: KV checks, advancing, logging) and ho
 not. Two set-ups:
 
 * ``--setup vs-vidur``: bench/vs_vidur.py's (Llama-2-7B on the datasheet roofline, vllm with
-  4,096 tokens and 128 sequences a step, 6,499 KV blocks) on a CSV trace at ``--scale``;
+  4,096 tokens and 128 sequences a step, 6,499 KV blocks, requests cut to 4,096 tokens as
+  Vidur cuts them) on a CSV trace at ``--scale``;
 * ``--setup job``: bench/sim_job.py's day-scale synthetic job (Llama-3.1-8B on the measured
   H100 tables, vllm's defaults) with ``--requests`` requests.
 
@@ -65,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _vs_vidur_simulator(trace: str, scale: float):
+    from vs_vidur import MODEL_JSON, clip_to_context
+
     import policies
     import traces
     from policies import Slo
@@ -75,10 +78,10 @@ def _vs_vidur_simulator(trace: str, scale: float):
         workload = traces.load(trace)
     except (OSError, ValueError, KeyError) as err:
         raise SystemExit(f"--trace {trace}: cannot be read as a trace ({err})") from None
-    workload = traces.Workload(
-        workload.arrival_s / scale, workload.prompt_tokens, workload.output_tokens, name="trace"
-    )
-    model = DatasheetModel(load_model_config(str(ROOT / "profiler/configs/llama-2-7b.json")))
+    workload = workload.scale_rate(scale) if scale != 1.0 else workload
+    prompt, output, _ = clip_to_context(workload.prompt_tokens, workload.output_tokens)
+    workload = traces.Workload(workload.arrival_s, prompt, output, name="trace")
+    model = DatasheetModel(load_model_config(MODEL_JSON))
     policy = policies.get("vllm", max_num_batched_tokens=4096, max_num_seqs=128)
     sim = Simulator(workload, policy, model, Slo(), EngineConfig(num_kv_blocks=6499))
     sim.keep_token_times = False

@@ -195,6 +195,15 @@ def attention_profile(max_batch: int) -> pd.DataFrame:
 # ---------------------------------------------------------------- the trace
 
 
+def clip_to_context(prompt: np.ndarray, output: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Requests cut to ``MAX_SEQ_LEN`` tokens in all as Vidur's TraceReplayRequestGenerator
+    cuts them (the prompt first): the prompts, the outputs and how many were cut."""
+    over = np.clip(prompt + output - MAX_SEQ_LEN, 0, None)
+    prompt = np.clip(prompt - over, 1, None)
+    output = np.minimum(output, MAX_SEQ_LEN - prompt)
+    return prompt, output, int((over > 0).sum())
+
+
 def prepare_trace(
     spec: str, sizes: list[int | None], rate_scale: float = 1.0, tag: str = "t"
 ) -> list[tuple[int, Path]]:
@@ -204,13 +213,7 @@ def prepare_trace(
     wl = traces.load(spec)
     if rate_scale != 1.0:
         wl = wl.scale_rate(rate_scale)
-    prompt = wl.prompt_tokens.copy()
-    output = wl.output_tokens.copy()
-    # Vidur's TraceReplayRequestGenerator: total tokens capped at max_tokens by cutting the prompt
-    over = np.clip(prompt + output - MAX_SEQ_LEN, 0, None)
-    prompt = np.clip(prompt - over, 1, None)
-    output = np.minimum(output, MAX_SEQ_LEN - prompt)
-    clipped = int((over > 0).sum())
+    prompt, output, clipped = clip_to_context(wl.prompt_tokens, wl.output_tokens)
     frame = pd.DataFrame(
         {
             "Date": TRACE_DATE,
