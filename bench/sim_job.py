@@ -34,14 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT_OF_MEMORY = ("MemoryError", "Unable to allocate", "std::bad_alloc", "Cannot allocate memory")
 
 
-# Imports the project from one tree only, whatever tree is installed in this environment
-# (what bench/sim_speed.py's workers do for a baseline commit).
+# Imports the project from one tree only, whatever tree is installed in this environment:
+# sim_speed's workers' own isolation, run first in the job's process.
 ISOLATE = (
-    "import sys; "
-    "sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in repr(f)]; "
-    "sys.path_hooks[:] = [h for h in sys.path_hooks if '__editable__' not in repr(h)]; "
-    "sys.path[:] = [{tree!r}] + [p for p in sys.path if p and '__editable__' not in p]; "
-    "sys.path_importer_cache.clear(); "
+    "import sys; from pathlib import Path; sys.path.insert(0, {bench!r}); "
+    "from sim_speed import _isolate; _isolate(Path({tree!r})); "
 )
 
 
@@ -75,7 +72,7 @@ def run_job(
         out_dir = Path(tmp) / "run"
         code = "import sys; from twin.commands.cli import main; main(sys.argv[1:])"
         if tree is not None:
-            code = ISOLATE.format(tree=str(tree)) + code
+            code = ISOLATE.format(bench=str(Path(__file__).resolve().parent), tree=str(tree)) + code
         cmd = [
             sys.executable,
             "-c",
