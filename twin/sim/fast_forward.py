@@ -146,6 +146,12 @@ def kv_limit(
     blocks = kv_blocks(bs, slack, caps)
     if blocks(limit) <= free:
         return limit
+    return steps_that_fit(blocks, free, limit)
+
+
+def steps_that_fit(blocks: Callable[[int], int], free: int, limit: int) -> int:
+    """The most steps below ``limit`` whose ``blocks`` fit ``free``, given that the blocks of
+    ``limit`` steps do not (``kv_limit``'s search, for a caller that has counted them)."""
     lo, hi = 0, limit  # blocks(lo) fits, blocks(hi) does not
     while hi - lo > 1:
         mid = (lo + hi) // 2

@@ -20,7 +20,7 @@ import numpy as np
 
 from policies import BatchShape, Request
 from twin.core import DecodePhase
-from twin.sim.fast_forward import kv_blocks, kv_limit, run_length
+from twin.sim.fast_forward import kv_blocks, run_length, steps_that_fit
 
 if TYPE_CHECKING:
     from twin.sim.simulator import Simulator
@@ -72,9 +72,9 @@ def plan_phase(
             plan = _segments(sim, remaining, token_of, ctx, low, limit, budget, sms)
             if blocks(plan[0]) > free:
                 plan = None
-                limit = kv_limit(free, bs, room, limit, caps)
+                limit = steps_that_fit(blocks, free, limit)
         else:  # no horizon: the phase runs to the limit
-            limit = kv_limit(free, bs, room, limit, caps)
+            limit = steps_that_fit(blocks, free, limit)
         if limit < 1:
             return 0, [], None
         if plan is None:
