@@ -39,6 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from out_path import writable_out  # noqa: E402  (beside this file)
 
 BANDS = ((0, 10), (10, 30), (30, 60), (60, 100), (100, 200), (200, 1 << 30))
 
@@ -57,11 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.trace is None:
             parser.error("--setup vs-vidur needs --trace, a CSV trace such as azure2023_conv.csv")
         if not Path(args.trace).is_file():
-            parser.error(f"--trace {args.trace}: no such file; give a CSV trace's path")
+            parser.error(f"--trace {args.trace}: not a file; give a CSV trace's path")
     elif args.requests < 2:
         parser.error(f"--requests {args.requests}: give at least 2 requests")
-    if args.out is not None and Path(args.out).is_dir():
-        parser.error(f"--out {args.out} is a folder; give a JSON file's path")
+    if args.out is not None:
+        args.out = writable_out(args.out)  # checked before the run, not at its end
     return args
 
 
@@ -181,10 +182,8 @@ def main(argv: list[str] | None = None) -> None:
             "latency_model": label,
             **result,
         }
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=1) + "\n")
-        print(f"saved {out}")
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"saved {args.out}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from tests.bench.loader import azure_trace, load_bench
         (["--scale", "nan", "--trace", "x.csv"], "--scale nan"),
         (["--scale", "-1", "--trace", "x.csv"], "--scale -1"),
         (["--setup", "vs-vidur"], "needs --trace"),
-        (["--trace", "no/such/trace.csv"], "no such file"),
+        (["--trace", "no/such/trace.csv"], "not a file"),
         (["--setup", "job", "--requests", "1"], "--requests 1"),
     ],
 )
@@ -23,6 +23,13 @@ def test_bad_flags_are_one_line(args, message, capsys):
     with pytest.raises(SystemExit):
         load_bench("event_cost").main(args)
     assert message in capsys.readouterr().err
+
+
+def test_an_out_that_is_a_folder_is_one_line_before_the_run(tmp_path, capsys):
+    trace = azure_trace(tmp_path)
+    with pytest.raises(SystemExit, match="a folder"):
+        load_bench("event_cost").main(["--trace", str(trace), "--out", str(tmp_path)])
+    assert "events for" not in capsys.readouterr().out
 
 
 def test_an_unreadable_trace_is_one_line(tmp_path):
