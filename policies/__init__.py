@@ -14,7 +14,7 @@ from policies import (  # noqa: F401  (registers the policies)
     vllm,
 )
 from policies.base import SchedulingPolicy
-from policies.batch import UNTIL_CHANGE, Batch, BatchShape, PrefillChunk
+from policies.batch import UNTIL_CHANGE, ArrivalAdmission, Batch, BatchShape, PrefillChunk
 from policies.kvcache import KVBudget, KVCache, KVExhausted
 from policies.partition import GpuSpec, Lane, Partition
 from policies.registry import Policy, PolicyError, get, names, params_class, params_dict, register
@@ -23,6 +23,7 @@ from policies.view import EngineView, LatencyModel, Slo
 
 __all__ = [
     "UNTIL_CHANGE",
+    "ArrivalAdmission",
     "Batch",
     "BatchShape",
     "EngineView",

@@ -73,6 +73,21 @@ def _decode_shape(n_decode: int, decode_ctx_sum: int) -> BatchShape:
     return shape
 
 
+@dataclass(frozen=True, slots=True)
+class ArrivalAdmission:
+    """How a policy admits requests that arrive while its steady decode batch runs with
+    nobody waiting: at the next step, in arrival order, each whole in one prefill chunk
+    beside every running decode, while its prompt fits the ``token_budget`` left after the
+    decodes and the prompts before it, a sequence of ``max_seqs`` is free and its blocks fit
+    leaving ``reserve_blocks`` free. A request whose prefix the KV cache may hold (one with
+    block hashes, under prefix caching) is not covered. After that step the batch of every
+    running request is steady with the same promise (``Batch.admits_arrivals``)."""
+
+    token_budget: int
+    max_seqs: int
+    reserve_blocks: int = 0
+
+
 @dataclass(slots=True)
 class PrefillChunk:
     request: Request
@@ -112,6 +127,11 @@ class Batch:
 
     ``past_finishes`` widens a steady promise past its requests' finishes: when some finish,
     the batch of the rest is steady with the same promise (nothing else runs or waits).
+
+    ``admits_arrivals`` widens a steady promise with nobody waiting through arrivals
+    (``ArrivalAdmission``): the policy's batch after an arrival follows from the rule, and the
+    batch after that is steady again with the same promise. Engines may run all of it as one
+    (the simulator does while its KV accounting shows every block fits).
     """
 
     prefill: list[PrefillChunk] = field(default_factory=list)
@@ -122,6 +142,7 @@ class Batch:
     arrivals_queue: bool = False
     then: Batch | None = None
     past_finishes: bool = False
+    admits_arrivals: ArrivalAdmission | None = None
 
     @property
     def is_empty(self) -> bool:

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from policies.base import SchedulingPolicy
-from policies.batch import Batch, chunk_completes
+from policies.batch import ArrivalAdmission, Batch, chunk_completes
 from policies.kvcache import KVBudget
 from policies.numbers import check_fields
 from policies.partition import Lane
@@ -131,7 +131,32 @@ class VllmPolicy(SchedulingPolicy):
             past_finishes=not queued,
         )
         then.steady_steps = self.steady_limit(view, then)
+        if not queued and self.admits_arrivals_plainly():
+            # With nobody waiting, an arrival meets what this step's admissions met: the
+            # decodes first, then the FCFS queue under the token budget, a free sequence and
+            # the watermark (a step with decodes always counts as scheduled).
+            then.admits_arrivals = ArrivalAdmission(
+                p.max_num_batched_tokens, p.max_num_seqs, self.admission_reserve(kv, True)
+            )
         return then
+
+    def admits_arrivals_plainly(self) -> bool:
+        """Whether this policy decides a step after arrivals as ``ArrivalAdmission`` states:
+        its own ``next_batch`` and promises over the base admission, queue, decode planning
+        and steady limit (policies built on this one may change any of them)."""
+        cls = type(self)
+        return (
+            cls.next_batch is VllmPolicy.next_batch
+            and cls.decoding_after is VllmPolicy.decoding_after
+            and cls.admission_reserve is VllmPolicy.admission_reserve
+            and cls.admit_waiting is SchedulingPolicy.admit_waiting
+            and cls.steady_limit is SchedulingPolicy.steady_limit
+            and cls.steady is SchedulingPolicy.steady
+            and cls.past_finishes is VllmPolicy.past_finishes
+            and cls.arrivals_queue is VllmPolicy.arrivals_queue
+            and self.plans_decodes_plainly()
+            and self.keeps_partition()
+        )
 
     def keeps_partition(self) -> bool:
         """Whether this policy's partition and queue order are the base ones: aggregated

@@ -24,6 +24,7 @@ class ClosedLoopSimulator(Simulator):
             raise SimulationError(f"--concurrency must be at least 1, got {concurrency}")
         self.concurrency = concurrency
         self.runs_past_finishes = False  # a finish sends the client's next request at once
+        self.runs_through_arrivals = False  # its arrivals are not known in advance
         self._sent = 0
         self._owed = 0  # requests finished whose clients' next request is not yet sent
 

@@ -32,6 +32,7 @@ class DisaggSimulator(Simulator):
         self.link_busy = False
         self.link_free_s = 0.0
         self.kv_transferred_bytes = 0.0
+        self.runs_through_arrivals = False  # each phase on its own GPU and cache
 
     def view(self, lane: Lane | None = None) -> EngineView:
         view = super().view(lane)

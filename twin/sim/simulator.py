@@ -29,6 +29,13 @@ from twin.core import Run, SchedulingCore, run_label
 from twin.core.aborts import abort_schedule
 from twin.core.contention import rerate
 from twin.errors import SimulationError
+from twin.sim.arrivals import (
+    ArrivalPhase,
+    apply_arrival_run,
+    arrival_run_decisions,
+    grow_arrival_run,
+    plan_through_arrivals,
+)
 from twin.sim.fast_forward import steady_steps
 from twin.sim.phases import plan_phase
 
@@ -127,6 +134,11 @@ class Simulator(SchedulingCore):
         self.events = 0  # runs completed: each one event, however many batches it stands for
         self._aborts = abort_schedule(aborts, workload.arrival_s)
         self._aborted = 0  # how many of ``_aborts`` have happened
+        # A run may go on through the arrivals its policy admits (``twin.sim.arrivals``) when
+        # the arrivals are known in advance, none can hit the prefix cache and no client goes.
+        self.runs_through_arrivals = not self._aborts and not (
+            kv.prefix_caching and workload.prefix_hashes is not None
+        )
 
     def now(self) -> float:
         return self.env.now
@@ -209,6 +221,10 @@ class Simulator(SchedulingCore):
         it, as one run (of the batch alone when no step of the promise can follow)."""
         first = self.model.predict(shape, sms, None, 0)
         then = batch.then
+        if then.admits_arrivals is not None and self.runs_through_arrivals:
+            run = plan_through_arrivals(self, lane, batch, shape, sms, now, first)
+            if run is not None:
+                return run
         budget = self._horizon(lane, None, then) - now - first
         if budget <= 0:  # something changes during the first step
             return self._new_run(lane, batch, shape, sms, None, now, 1, (first,))
@@ -325,6 +341,24 @@ class Simulator(SchedulingCore):
             end=now + total,
             breaks=[(now, 0.0)],
         )
+
+    def _grow_phase(self, kv: KVCache, batch: Batch, phase, steps: int) -> None:
+        if type(phase) is ArrivalPhase:
+            grow_arrival_run(kv, batch, phase, steps)
+        else:
+            super()._grow_phase(kv, batch, phase, steps)
+
+    def _record_decisions(self, lane: Lane, batch: Batch, run: Run) -> None:
+        if type(run.phase) is ArrivalPhase:
+            arrival_run_decisions(self, lane, batch, run)
+        else:
+            super()._record_decisions(lane, batch, run)
+
+    def _apply(self, run: Run, now: float, step_ends, tokens=None) -> None:
+        if type(run.phase) is ArrivalPhase:
+            apply_arrival_run(self, run, now, step_ends)
+        else:
+            super()._apply(run, now, step_ends, tokens)
 
     def _execute(self, run: SimRun, kv: KVCache) -> None:
         co = self._co_runner(run.lane)
