@@ -116,7 +116,9 @@ def test_a_run_through_arrivals_logs_the_same_tokens_without_token_times(name, h
                 np.testing.assert_allclose(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     n=st.integers(2, 40),
     rate=st.floats(0.5, 40.0),

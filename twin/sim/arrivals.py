@@ -31,7 +31,7 @@ from twin.errors import SchedulingError
 from twin.sim.fast_forward import run_length
 
 if TYPE_CHECKING:
-    from twin.sim.simulator import Simulator, SimRun
+    from twin.sim.simulator import SimRun, Simulator
 
 # Runs up to this many steps keep their durations as plain floats (``Simulator._new_run``
 # sums those in a Python loop; longer ones are arrays).
@@ -132,7 +132,7 @@ def plan_through_arrivals(
     seg_ids: list[list[int]] = []
     groups: list[list[Request] | None] = []
     joins: list[tuple[int, list[Request]]] = []
-    pieces: list = [[first]]
+    flat = [first]  # every step's predicted seconds, in order
     s, t = 1, now + first
     while n:
         due = times[i] if i < total else math.inf
@@ -152,8 +152,12 @@ def plan_through_arrivals(
             segments.append((BatchShape.decode(n, ctx), steps))
             seg_ids.append(active.copy())
             groups.append(None)
-            pieces.append(durations)
-            t += sum(durations) if isinstance(durations, list) else float(durations.sum())
+            if isinstance(durations, list):
+                flat += durations
+                t += sum(durations)
+            else:
+                flat += durations.tolist()
+                t += float(durations.sum())
             written += n * steps
             s += steps
             gone, bases = _drop_finished(heap, s, active, members, base_of)
@@ -211,7 +215,7 @@ def plan_through_arrivals(
         seg_ids.append(active + [r.id for r in group])
         groups.append(group)
         joins.append((s, group))
-        pieces.append([step])
+        flat.append(step)
         t += step
         written += n
         held, prompt_blocks = step_held, step_blocks
@@ -232,10 +236,7 @@ def plan_through_arrivals(
         based -= bases
     if not joins:
         return None
-    if s <= _LIST_STEPS and all(isinstance(p, list) for p in pieces):
-        durations = [d for p in pieces for d in p]
-    else:
-        durations = np.concatenate([np.asarray(p, dtype=np.float64) for p in pieces])
+    durations = flat if s <= _LIST_STEPS else np.array(flat)
     run = sim._new_run(lane, batch, shape, sms, None, now, s, durations)
     first_ids = [r.id for r in members[:n_all]]
     run.phase = ArrivalPhase(segments, seg_ids, groups, members, starts, caps, first_ids, joins)
