@@ -97,7 +97,10 @@ class VllmPolicy(SchedulingPolicy):
             if len(chunks) == len(prefilling):
                 batch.then = self.decoding_after(view, batch, admitted, budget, kv)
             return batch
-        return self.steady(batch, view)
+        batch = self.steady(batch, view)
+        if batch.steady_steps > 1 and not batch.prefill:
+            batch.admits_arrivals = self.arrival_admission(kv)
+        return batch
 
     def decoding_after(
         self, view: EngineView, batch: Batch, admitted: list, budget: int, kv: KVBudget
@@ -131,14 +134,20 @@ class VllmPolicy(SchedulingPolicy):
             past_finishes=not queued,
         )
         then.steady_steps = self.steady_limit(view, then)
-        if not queued and self.admits_arrivals_plainly():
-            # With nobody waiting, an arrival meets what this step's admissions met: the
-            # decodes first, then the FCFS queue under the token budget, a free sequence and
-            # the watermark (a step with decodes always counts as scheduled).
-            then.admits_arrivals = ArrivalAdmission(
-                p.max_num_batched_tokens, p.max_num_seqs, self.admission_reserve(kv, True)
-            )
+        then.admits_arrivals = self.arrival_admission(kv)
         return then
+
+    def arrival_admission(self, kv: KVBudget) -> ArrivalAdmission | None:
+        """How this policy's steps admit the queue while every running request decodes: the
+        decodes first, then the FCFS queue under the token budget, a free sequence and the
+        watermark (a step with decodes always counts as scheduled); None for policies built
+        on this one that decide otherwise."""
+        if not self.admits_arrivals_plainly():
+            return None
+        p = self.params
+        return ArrivalAdmission(
+            p.max_num_batched_tokens, p.max_num_seqs, self.admission_reserve(kv, True)
+        )
 
     def admits_arrivals_plainly(self) -> bool:
         """Whether this policy decides a step after arrivals as ``ArrivalAdmission`` states:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from policies import Batch, BatchShape, KVCache, Lane, Request, Status
+from policies import Batch, BatchShape, Lane, Request, Status
 from twin.errors import SchedulingError
 from twin.sim.fast_forward import run_length
 
@@ -66,82 +66,171 @@ class ArrivalPhase:
 
 
 def plan_through_arrivals(
-    sim: Simulator, lane: Lane, batch: Batch, shape: BatchShape, sms: int, now: float, first: float
+    sim: Simulator,
+    lane: Lane,
+    batch: Batch,
+    promise: Batch,
+    shape: BatchShape,
+    sms: int,
+    now: float,
+    first: float,
 ) -> SimRun | None:
-    """The run of ``batch`` (first step ``first`` seconds) and what its policy promised after
-    it, through the arrivals it admits; None when no arrival joins (the caller plans the
-    batch and its promise up to the next arrival, as without this)."""
-    then = batch.then
-    rule = then.admits_arrivals
-    pending, times = sim._pending, sim._arrival_times
-    total = len(pending)
-    i = sim._arrived
-    while i < total and sim.rejection(pending[i].prompt_tokens, pending[i].output_tokens):
-        i += 1
-    if i == total:
-        return None
+    """The run of ``batch`` (its first step ``first`` seconds) and of the steady decoding its
+    policy promised after it (``promise``: ``batch.then``, or the steady batch itself), through
+    the finishes and arrivals the promise's ``ArrivalAdmission`` covers; None when the run
+    would pass none of them (the caller plans it as before)."""
+    rule = promise.admits_arrivals
+    kv = sim.kv
+    bs = kv.block_size
     decodes = batch.decode
     chunks = batch.prefill
     n_dec = len(decodes)
     n_all = n_dec + len(chunks)
-    kv = sim.kv
-    bs = kv.block_size
-    free = kv.free_blocks
-    reserve = rule.reserve_blocks
-    head = pending[i]
-    # The next arrival must be able to join beside every member (before any finishes), or the
-    # run is planned as before: a cheap test that keeps planning twice rare.
-    head_blocks = -(-head.prompt_tokens // bs)
-    if (
-        head.prompt_tokens > rule.token_budget - n_all
-        or n_all >= rule.max_seqs
-        or (free - 2 * n_all - head_blocks - reserve - 1) * bs < n_dec
-    ):
-        return None
-
+    if len(sim.running) != n_all:
+        return None  # a running request outside the batch: not the state the rule is about
     members: list[Request] = decodes + [c.request for c in chunks]
+    # Every member holds the blocks of its tokens and no more, so its blocks at each step
+    # follow from its tokens: the room each table has left says so.
+    room = kv.room(decodes) if decodes else [0]
+    if min(room) < 0 or max(room) >= bs:
+        return None
+    held = sum(-(-r.kv_tokens // bs) for r in decodes)  # room in [0, bs): held exactly
+    for c in chunks:
+        blocks = kv.held(c.request.id)
+        if not 0 <= blocks * bs - c.start - c.length < bs:
+            return None
+        held += blocks
+    capacity = kv.free_blocks + held  # blocks the members may hold: theirs and the free ones
     caps = [r.output_tokens - r.generated for r in members]
+    bases = [r.kv_tokens for r in decodes] + [c.start + c.length - 1 for c in chunks]
     starts = [0] * n_all
-    joiner_bases: list[int] = []
-
-    def base_of(m: int) -> int:
-        # A member's tokens in KV before step s are base + s while it decodes.
-        if m < n_dec:
-            return members[m].kv_tokens
-        if m < n_all:
-            c = chunks[m - n_dec]
-            return c.start + c.length - 1
-        return joiner_bases[m - n_all]
-
-    heap = [(c - 1, m) for m, c in enumerate(caps) if c > 1]
-    heapq.heapify(heap)
-    active = [members[m].id for m in range(n_all) if caps[m] > 1]
-    n = len(active)
-    based = shape.decode_ctx_sum - n_dec + sum(c.start + c.length - 1 for c in chunks)
+    # A member decoding at step s holds ceil((base + 1 + s) / bs) blocks after that step's
+    # grant: with base + 1 = q * bs + r, that is q + ceil((r + s) / bs). Members are kept as
+    # the sum of q and a count per r, so the blocks of all of them at a step cost O(1).
+    residues = [0] * bs
+    quotients = 0
+    heap = []
+    active: list[int] = []
+    based = 0
     for m in range(n_all):
-        if caps[m] <= 1:
-            based -= base_of(m)
-    written = n_dec  # KV tokens the run's decode steps write (the first step's decodes so far)
-    held = n_all  # one block of slack a member: its last block may be partly filled
-    prompt_blocks = 0
-    limit = min(sim.config.max_steps_per_event, then.steady_steps + 1)
+        if caps[m] > 1:
+            b = bases[m]
+            q, r = divmod(b + 1, bs)
+            quotients += q
+            residues[r] += 1
+            based += b
+            heap.append((caps[m] - 1, m))
+            active.append(members[m].id)
+    heapq.heapify(heap)
+    n = len(active)
+
+    def blocks_at(step: int) -> int:
+        a, b = divmod(step, bs)
+        held = quotients + n * (a + 1) + (sum(residues[bs + 1 - b :]) if b > 1 else 0)
+        return held - residues[0] if b == 0 else held
+
+    pending, times = sim._pending, sim._arrival_times
+    total = len(pending)
+    i = sim._arrived
+    queue = list(sim.waiting)  # the waiting requests, then the arrivals as they come
+    head = 0
+    limit = min(sim.config.max_steps_per_event, promise.steady_steps + 1)
     model = sim.model
     predict_run = model.predict_decode_run
+    reserve = rule.reserve_blocks
+    caching = kv.prefix_caching
 
     segments: list[tuple[BatchShape, int]] = []
     seg_ids: list[list[int]] = []
     groups: list[list[Request] | None] = []
     joins: list[tuple[int, list[Request]]] = []
     flat = [first]  # every step's predicted seconds, in order
+    passed = 0  # finishes and arrivals the run went through
     s, t = 1, now + first
-    while n:
-        due = times[i] if i < total else math.inf
-        if due > t:  # steady decoding until the step under way at the next arrival ends
-            bound = heap[0][0] + 1 if heap else limit
-            room = ((free - held - prompt_blocks) * bs - written) // n
-            k = min(bound, limit) - s
-            if room < k:
-                k = room
+    while n and s < limit:
+        while i < total and times[i] <= t:  # arrived by this boundary: queued, or refused
+            req = pending[i]
+            i += 1
+            if not sim.rejection(req.prompt_tokens, req.output_tokens):
+                queue.append(req)
+                passed += 1
+        # The policy's batch at this boundary: every decode's next token, then the queue's
+        # requests in order while the rule admits each whole.
+        used = blocks_at(s)
+        if used > capacity:
+            break  # a decode's block does not fit: the policy preempts
+        group: list[Request] = []
+        if head < len(queue):
+            tokens_left = rule.token_budget - n
+            seqs_left = rule.max_seqs - n
+            free = capacity - used
+            while head < len(queue) and tokens_left > 0 and seqs_left > 0:
+                req = queue[head]
+                if caching and req.block_hashes:
+                    group = None  # a cached prefix may shorten its chunk: asked afresh
+                    break
+                target = req.prefill_target
+                length = target if target < tokens_left else tokens_left
+                need = -(-length // bs)
+                if need + reserve > free:
+                    break  # the KV cache keeps it out (and everyone behind it)
+                if length < target:
+                    group = None  # its prompt is chunked: asked afresh
+                    break
+                group.append(req)
+                head += 1
+                tokens_left -= target
+                seqs_left -= 1
+                free -= need
+            if group is None:
+                break
+        if group:
+            mixed = BatchShape(
+                prefill_q=tuple(r.prefill_target for r in group),
+                prefill_ctx=(0,) * len(group),
+                n_decode=n,
+                decode_ctx_sum=based + n * s + n,
+                sampled=n + len(group),
+            )
+            step = model.predict(mixed, sms, None, 0)
+            segments.append((mixed, 1))
+            seg_ids.append(active + [r.id for r in group])
+            groups.append(group)
+            joins.append((s, group))
+            flat.append(step)
+            t += step
+            for req in group:
+                m = len(members)
+                cap = req.output_tokens - req.generated
+                members.append(req)
+                caps.append(cap)
+                starts.append(s)
+                b = req.prefill_target - s - 1
+                bases.append(b)
+                if cap > 1:
+                    active.append(req.id)
+                    heapq.heappush(heap, (s + cap - 1, m))
+                    based += b
+                    q, r = divmod(b + 1, bs)
+                    quotients += q
+                    residues[r] += 1
+                    n += 1
+            s += 1
+        else:
+            # Steady decoding until the next finish, or the step under way at the next arrival
+            # (while the queue's head is kept out, an arrival only queues behind it).
+            due = times[i] if i < total and head == len(queue) else math.inf
+            bound = heap[0][0] + 1
+            k = (bound if bound < limit else limit) - s
+            if blocks_at(s + k - 1) > capacity:  # blocks run out first: up to the last that fit
+                lo, hi = 1, k  # step s's grants fit (checked above), step s + k - 1's do not
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    if blocks_at(s + mid - 1) <= capacity:
+                        lo = mid
+                    else:
+                        hi = mid
+                k = lo  # the next boundary's check ends the run
             if k < 1:
                 break
             ctx = based + n * s + n
@@ -158,122 +247,24 @@ def plan_through_arrivals(
             else:
                 flat += durations.tolist()
                 t += float(durations.sum())
-            written += n * steps
             s += steps
-            gone, bases = _drop_finished(heap, s, active, members, base_of)
-            n -= gone
-            based -= bases
-            if t < due and s < bound:
-                break  # cut by the KV blocks or the step limit, not by a finish
-            if t < due:
-                continue
-        if s >= limit or not n:
-            break  # the step limit, or every member finished: an arrival finds the GPU idle
-        # Arrivals are due at this boundary: the policy's next batch, if its rule admits all.
-        tokens_left = rule.token_budget - n
-        seqs_left = rule.max_seqs - n
-        group: list[Request] = []
-        j = i
-        step_held, step_blocks = held, prompt_blocks
-        admitted = True
-        while j < total and times[j] <= t:
-            req = pending[j]
-            j += 1
-            if sim.rejection(req.prompt_tokens, req.output_tokens):
-                continue  # refused on arrival: never waits
-            need = -(-req.prompt_tokens // bs)
-            if (
-                req.content is not None
-                or req.prompt_ids is not None
-                or tokens_left <= 0
-                or seqs_left <= 0
-                or req.prompt_tokens > tokens_left
-                or (free - step_held - step_blocks - need - reserve) * bs < written + n
-            ):
-                admitted = False
-                break
-            group.append(req)
-            tokens_left -= req.prompt_tokens
-            seqs_left -= 1
-            step_held += 1
-            step_blocks += need
-        if not admitted:
-            break
-        i = j
-        if not group:
-            continue  # every arrival due was refused: decoding goes on
-        prompts = tuple(r.prompt_tokens for r in group)
-        mixed = BatchShape(
-            prefill_q=prompts,
-            prefill_ctx=(0,) * len(group),
-            n_decode=n,
-            decode_ctx_sum=based + n * s + n,
-            sampled=n + len(group),
-        )
-        step = model.predict(mixed, sms, None, 0)
-        segments.append((mixed, 1))
-        seg_ids.append(active + [r.id for r in group])
-        groups.append(group)
-        joins.append((s, group))
-        flat.append(step)
-        t += step
-        written += n
-        held, prompt_blocks = step_held, step_blocks
-        for req in group:
-            m = len(members)
-            members.append(req)
-            caps.append(req.output_tokens)
-            starts.append(s)
-            joiner_bases.append(req.prompt_tokens - s - 1)
-            if req.output_tokens > 1:
-                active.append(req.id)
-                heapq.heappush(heap, (s + req.output_tokens - 1, m))
-                based += req.prompt_tokens - s - 1
-                n += 1
-        s += 1
-        gone, bases = _drop_finished(heap, s, active, members, base_of)
-        n -= gone
-        based -= bases
-    if not joins:
+        while heap and heap[0][0] < s:  # the members whose last token came before step s
+            _, m = heapq.heappop(heap)
+            active.remove(members[m].id)
+            b = bases[m]
+            based -= b
+            q, r = divmod(b + 1, bs)
+            quotients -= q
+            residues[r] -= 1
+            n -= 1
+            passed += 1
+    if not passed and not joins:
         return None
     durations = flat if s <= _LIST_STEPS else np.array(flat)
     run = sim._new_run(lane, batch, shape, sms, None, now, s, durations)
     first_ids = [r.id for r in members[:n_all]]
     run.phase = ArrivalPhase(segments, seg_ids, groups, members, starts, caps, first_ids, joins)
     return run
-
-
-def _drop_finished(heap: list, s: int, active: list[int], members: list[Request], base_of):
-    """Take the members whose last token came before step ``s`` out of ``active``: how many,
-    and the sum of their bases."""
-    gone = bases = 0
-    while heap and heap[0][0] < s:
-        _, m = heapq.heappop(heap)
-        active.remove(members[m].id)
-        bases += base_of(m)
-        gone += 1
-    return gone, bases
-
-
-def grow_arrival_run(kv: KVCache, batch: Batch, phase: ArrivalPhase, steps: int) -> None:
-    """KV for a run through arrivals, taken when it starts: every member to the tokens it
-    holds when it finishes or the run ends (the arrivals admitted first, from no blocks)."""
-    full = [r for r in batch.decode if r.output_tokens - r.generated >= steps]
-    kv.grow_decodes(full, steps)
-    if len(full) < len(batch.decode):
-        for r in batch.decode:
-            if r.output_tokens - r.generated < steps:
-                kv.grow(r.id, r.kv_tokens + r.output_tokens - r.generated)
-    for chunk in batch.prefill:
-        req = chunk.request
-        left = max(0, req.output_tokens - req.generated - 1)
-        kv.grow(req.id, chunk.start + chunk.length + min(left, steps - 1))
-    for step, group in phase.joins:
-        for req in group:
-            kv.admit(req, 0)
-            made = min(req.output_tokens, steps - step)
-            kv.grow(req.id, req.prompt_tokens + made - 1)
-            kv.commit(req, req.prompt_tokens)
 
 
 def apply_arrival_run(sim: Simulator, run: SimRun, now: float, step_ends) -> None:
@@ -291,7 +282,7 @@ def apply_arrival_run(sim: Simulator, run: SimRun, now: float, step_ends) -> Non
         req.kv_tokens = chunk.start + chunk.length - 1  # its first token writes no KV
         if req.generated == 0:
             req.first_token_s = first_end
-    running, waiting = sim.running, sim.waiting
+    running, waiting, kv = sim.running, sim.waiting, sim.kv
     for step, group in phase.joins:
         began = float(ends[step - 1])
         for req in group:
@@ -305,8 +296,10 @@ def apply_arrival_run(sim: Simulator, run: SimRun, now: float, step_ends) -> Non
             if math.isnan(req.scheduled_s):
                 req.scheduled_s = began
                 sim._scheduled(req)
-            req.kv_tokens = req.prompt_tokens - 1
-            req.first_token_s = float(ends[step])
+            kv.admit(req, 0)
+            req.kv_tokens = req.prefill_target - 1  # its first token writes no KV
+            if req.generated == 0:
+                req.first_token_s = float(ends[step])
     keep = sim.keep_token_times
     finished: list[tuple[int, int]] = []
     starts, caps = phase.starts, phase.caps
@@ -331,8 +324,16 @@ def apply_arrival_run(sim: Simulator, run: SimRun, now: float, step_ends) -> Non
     members = phase.members
     for step, m in finished:
         sim._finish(members[m], now if step == steps - 1 else float(ends[step]))
+    # The blocks of the run's tokens, taken now that the finished have freed theirs: the
+    # tables stepping leaves, block for block in number (no one reads them during the run).
     done = {m for _, m in finished}
     n_dec = len(batch.decode)
+    n_first = n_dec + len(batch.prefill)
+    for m, req in enumerate(members):
+        if m not in done:
+            kv.grow(req.id, req.kv_tokens)
+            if m >= n_first:
+                kv.commit(req, req.prefill_target)
     for m in range(n_dec, len(members)):
         if m not in done:
             sim._prefill_done(members[m])
@@ -351,5 +352,5 @@ def arrival_run_decisions(sim: Simulator, lane: Lane, batch: Batch, run: SimRun)
         if group is None:
             out.append((lane.value, split, ((), tuple(ids), ()), k))
         else:
-            prefill = tuple((r.id, 0, r.prompt_tokens) for r in group)
+            prefill = tuple((r.id, 0, r.prefill_target) for r in group)
             out.append((lane.value, split, (prefill, tuple(ids[: len(ids) - len(group)]), ()), k))

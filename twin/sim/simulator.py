@@ -33,7 +33,6 @@ from twin.sim.arrivals import (
     ArrivalPhase,
     apply_arrival_run,
     arrival_run_decisions,
-    grow_arrival_run,
     plan_through_arrivals,
 )
 from twin.sim.fast_forward import steady_steps
@@ -205,6 +204,15 @@ class Simulator(SchedulingCore):
         if co is None and self.config.fast_forward and not self.partition.is_split:
             if batch.then is not None:
                 return self._plan_then(lane, batch, shape, sms, now)
+            if (
+                batch.admits_arrivals is not None
+                and self.runs_through_arrivals
+                and batch.steady_steps > 1
+            ):
+                first = self.model.predict(shape, sms, None, 0)
+                run = plan_through_arrivals(self, lane, batch, batch, shape, sms, now, first)
+                if run is not None:
+                    return run
             if batch.past_finishes and self.runs_past_finishes and batch.steady_steps > 1:
                 run = self._plan_past_finishes(lane, batch, shape, sms, now)
                 if run is not None:
@@ -222,7 +230,7 @@ class Simulator(SchedulingCore):
         first = self.model.predict(shape, sms, None, 0)
         then = batch.then
         if then.admits_arrivals is not None and self.runs_through_arrivals:
-            run = plan_through_arrivals(self, lane, batch, shape, sms, now, first)
+            run = plan_through_arrivals(self, lane, batch, then, shape, sms, now, first)
             if run is not None:
                 return run
         budget = self._horizon(lane, None, then) - now - first
@@ -343,9 +351,8 @@ class Simulator(SchedulingCore):
         )
 
     def _grow_phase(self, kv: KVCache, batch: Batch, phase, steps: int) -> None:
-        if type(phase) is ArrivalPhase:
-            grow_arrival_run(kv, batch, phase, steps)
-        else:
+        # A run through arrivals takes its blocks when it ends (``apply_arrival_run``).
+        if type(phase) is not ArrivalPhase:
             super()._grow_phase(kv, batch, phase, steps)
 
     def _record_decisions(self, lane: Lane, batch: Batch, run: Run) -> None:
