@@ -57,7 +57,7 @@ def _simulate(workload, params, blocks, model, fast_forward=True, through=True, 
     def counting_plan(*args):
         run = plan(*args)
         if type(run.phase) is ArrivalPhase:
-            joined.append(sum(len(group) for _, group in run.phase.joins))
+            joined.append(len(run.phase.joins))
         return run
 
     sim._plan = counting_plan

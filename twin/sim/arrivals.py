@@ -41,23 +41,27 @@ _LIST_STEPS = 64
 @dataclass(slots=True)
 class ArrivalPhase:
     """A run's steps after its first: ``segments`` (each a batch's shape and iterations: steady
-    decode batches, and the one-step mixed batches where arrivals join), ``ids`` the requests
-    that get a token at each of a segment's steps (a mixed step's decodes, then its arrivals),
-    and ``groups`` each mixed step's arrivals (None for a decode segment).
+    decode batches, and the one-step mixed batches that prefill), ``ids`` the requests that
+    get a token at each of a segment's steps (a mixed step's decodes, then the prompts it
+    completes), and ``groups`` each mixed step's prefill chunks as (request, start, length)
+    (None for a decode segment).
 
-    ``members`` are every request the run advances, in admission order (the first batch's
-    decodes, its prompts, then the arrivals); ``starts`` the step of each one's first token in
-    the run and ``caps`` how many tokens each has left to make from there; ``first_ids`` the
-    requests that get a token at the first step."""
+    ``members`` are every request the run gives tokens, in admission order (the first batch's
+    decodes, its prompts, then the queue's as their prefills complete); ``starts`` the step of
+    each one's first token in the run and ``caps`` how many tokens each has left to make from
+    there; ``first_ids`` the requests that get a token at the first step. ``joins`` are the
+    steps that admit queued requests, and ``filling`` the prompts still being prefilled when
+    the run ends (with the tokens done)."""
 
     segments: list[tuple[BatchShape, int]]
     ids: list[list[int]]
-    groups: list[list[Request] | None]
+    groups: list[list[tuple[Request, int, int]] | None]
     members: list[Request]
     starts: list[int]
     caps: list[int]
     first_ids: list[int]
-    joins: list[tuple[int, list[Request]]]  # (step, the arrivals whose prompts it prefills)
+    joins: list[tuple[int, Request]]  # (step, a queued request it admits)
+    filling: list[tuple[Request, int]]
     offset: int = 1  # the first step, which prefills (rows and counts as in ``DecodePhase``)
 
     @property
@@ -146,6 +150,8 @@ def plan_through_arrivals(
     joins: list[tuple[int, list[Request]]] = []
     flat = [first]  # every step's predicted seconds, in order
     passed = 0  # finishes and arrivals the run went through
+    filling: list[list] = []  # admitted prompts not yet prefilled: [request, tokens done]
+    fill_held = 0  # the blocks they hold
     s, t = 1, now + first
     while n and s < limit:
         while i < total and times[i] <= t:  # arrived by this boundary: queued, or refused
@@ -154,58 +160,88 @@ def plan_through_arrivals(
             if not sim.rejection(req.prompt_tokens, req.output_tokens):
                 queue.append(req)
                 passed += 1
-        # The policy's batch at this boundary: every decode's next token, then the queue's
-        # requests in order while the rule admits each whole.
-        used = blocks_at(s)
+        # The policy's batch at this boundary: every decode's next token, the next chunks of
+        # the prompts being prefilled, then the queue's requests in order while they fit.
+        used = blocks_at(s) + fill_held
         if used > capacity:
             break  # a decode's block does not fit: the policy preempts
-        group: list[Request] = []
+        free = capacity - used
+        tokens_left = rule.token_budget - n
+        chunks_here: list[tuple[Request, int, int]] = []
+        preempts = False
+        for req, done in filling:
+            if tokens_left <= 0:
+                break
+            length = req.prefill_target - done
+            if length > tokens_left:
+                length = tokens_left
+            need = -(-(done + length) // bs) - -(-done // bs)
+            if need > free:
+                preempts = True  # the policy preempts for its chunk
+                break
+            chunks_here.append((req, done, length))
+            tokens_left -= length
+            free -= need
+        if preempts:
+            break
+        new: list[Request] = []
         if head < len(queue):
-            tokens_left = rule.token_budget - n
-            seqs_left = rule.max_seqs - n
-            free = capacity - used
+            seqs_left = rule.max_seqs - n - len(filling)
             while head < len(queue) and tokens_left > 0 and seqs_left > 0:
                 req = queue[head]
                 if caching and req.block_hashes:
-                    group = None  # a cached prefix may shorten its chunk: asked afresh
+                    new = None  # a cached prefix may shorten its chunk: asked afresh
                     break
                 target = req.prefill_target
                 length = target if target < tokens_left else tokens_left
                 need = -(-length // bs)
                 if need + reserve > free:
                     break  # the KV cache keeps it out (and everyone behind it)
-                if length < target:
-                    group = None  # its prompt is chunked: asked afresh
-                    break
-                group.append(req)
+                chunks_here.append((req, 0, length))
+                new.append(req)
                 head += 1
-                tokens_left -= target
+                tokens_left -= length
                 seqs_left -= 1
                 free -= need
-            if group is None:
+            if new is None:
                 break
-        if group:
+        if chunks_here:
+            completing = [r for r, at, length in chunks_here if at + length >= r.prefill_target]
             mixed = BatchShape(
-                prefill_q=tuple(r.prefill_target for r in group),
-                prefill_ctx=(0,) * len(group),
+                prefill_q=tuple(length for _, _, length in chunks_here),
+                prefill_ctx=tuple(start for _, start, _ in chunks_here),
                 n_decode=n,
                 decode_ctx_sum=based + n * s + n,
-                sampled=n + len(group),
+                sampled=n + len(completing),
             )
             step = model.predict(mixed, sms, None, 0)
             segments.append((mixed, 1))
-            seg_ids.append(active + [r.id for r in group])
-            groups.append(group)
-            joins.append((s, group))
+            seg_ids.append(active + [r.id for r in completing])
+            groups.append(chunks_here)
+            joins.extend((s, r) for r in new)
             flat.append(step)
             t += step
-            for req in group:
+            written = {id(r): start + length for r, start, length in chunks_here}
+            kept = []
+            for req, done in filling:
+                kept.append([req, written.get(id(req), done)])
+            for req in new:
+                kept.append([req, written[id(req)]])
+            filling = []
+            fill_held = 0
+            for entry in kept:
+                req, done = entry
+                target = req.prefill_target
+                if done < target:
+                    filling.append(entry)
+                    fill_held += -(-done // bs)
+                    continue
                 m = len(members)
                 cap = req.output_tokens - req.generated
                 members.append(req)
                 caps.append(cap)
                 starts.append(s)
-                b = req.prefill_target - s - 1
+                b = target - s - 1
                 bases.append(b)
                 if cap > 1:
                     active.append(req.id)
@@ -216,6 +252,8 @@ def plan_through_arrivals(
                     residues[r] += 1
                     n += 1
             s += 1
+        elif filling:
+            break  # prompts left half prefilled with no budget for them: asked afresh
         else:
             # Steady decoding until the next finish, or the step under way at the next arrival
             # (while the queue's head is kept out, an arrival only queues behind it).
@@ -263,7 +301,10 @@ def plan_through_arrivals(
     durations = flat if s <= _LIST_STEPS else np.array(flat)
     run = sim._new_run(lane, batch, shape, sms, None, now, s, durations)
     first_ids = [r.id for r in members[:n_all]]
-    run.phase = ArrivalPhase(segments, seg_ids, groups, members, starts, caps, first_ids, joins)
+    run.phase = ArrivalPhase(
+        segments, seg_ids, groups, members, starts, caps, first_ids, joins,
+        [(req, done) for req, done in filling],
+    )  # fmt: skip
     return run
 
 
@@ -283,27 +324,32 @@ def apply_arrival_run(sim: Simulator, run: SimRun, now: float, step_ends) -> Non
         if req.generated == 0:
             req.first_token_s = first_end
     running, waiting, kv = sim.running, sim.waiting, sim.kv
-    for step, group in phase.joins:
+    for step, req in phase.joins:
         began = float(ends[step - 1])
-        for req in group:
-            if req.status is not Status.WAITING or req not in waiting:
-                raise SchedulingError(
-                    f"request {req.id} was planned to join at {began:.6f} s but has not arrived"
-                )
-            waiting.remove(req)
-            running.append(req)
-            req.status = Status.RUNNING
-            if math.isnan(req.scheduled_s):
-                req.scheduled_s = began
-                sim._scheduled(req)
-            kv.admit(req, 0)
-            req.kv_tokens = req.prefill_target - 1  # its first token writes no KV
-            if req.generated == 0:
-                req.first_token_s = float(ends[step])
+        if req.status is not Status.WAITING or req not in waiting:
+            raise SchedulingError(
+                f"request {req.id} was planned to join at {began:.6f} s but is not waiting"
+            )
+        waiting.remove(req)
+        running.append(req)
+        req.status = Status.RUNNING
+        if math.isnan(req.scheduled_s):
+            req.scheduled_s = began
+            sim._scheduled(req)
+        kv.admit(req, 0)
+    n_first = len(batch.decode) + len(batch.prefill)
+    members = phase.members
+    starts, caps = phase.starts, phase.caps
+    for m in range(n_first, len(members)):  # prefilled in the run: their first token then
+        req = members[m]
+        req.kv_tokens = req.prefill_target - 1  # that token writes no KV
+        if req.generated == 0:
+            req.first_token_s = float(ends[starts[m]])
+    for req, done in phase.filling:
+        req.kv_tokens = done
     keep = sim.keep_token_times
     finished: list[tuple[int, int]] = []
-    starts, caps = phase.starts, phase.caps
-    for m, req in enumerate(phase.members):
+    for m, req in enumerate(members):
         start, cap = starts[m], caps[m]
         made = steps - start
         if made >= cap:
@@ -321,20 +367,20 @@ def apply_arrival_run(sim: Simulator, run: SimRun, now: float, step_ends) -> Non
         log.add(ids, ends[i : i + k] if k > 1 else float(ends[i]))
         i += k
     finished.sort()
-    members = phase.members
     for step, m in finished:
         sim._finish(members[m], now if step == steps - 1 else float(ends[step]))
     # The blocks of the run's tokens, taken now that the finished have freed theirs: the
     # tables stepping leaves, block for block in number (no one reads them during the run).
     done = {m for _, m in finished}
-    n_dec = len(batch.decode)
-    n_first = n_dec + len(batch.prefill)
     for m, req in enumerate(members):
         if m not in done:
             kv.grow(req.id, req.kv_tokens)
             if m >= n_first:
                 kv.commit(req, req.prefill_target)
-    for m in range(n_dec, len(members)):
+    for req, tokens in phase.filling:
+        kv.grow(req.id, tokens)
+        kv.commit(req, tokens)
+    for m in range(len(batch.decode), len(members)):
         if m not in done:
             sim._prefill_done(members[m])
     sim._record(run, step_ends)
@@ -352,5 +398,7 @@ def arrival_run_decisions(sim: Simulator, lane: Lane, batch: Batch, run: SimRun)
         if group is None:
             out.append((lane.value, split, ((), tuple(ids), ()), k))
         else:
-            prefill = tuple((r.id, 0, r.prefill_target) for r in group)
-            out.append((lane.value, split, (prefill, tuple(ids[: len(ids) - len(group)]), ()), k))
+            prefill = tuple((r.id, start, length) for r, start, length in group)
+            completes = sum(start + length >= r.prefill_target for r, start, length in group)
+            decodes = tuple(ids[: len(ids) - completes])
+            out.append((lane.value, split, (prefill, decodes, ()), k))
