@@ -33,6 +33,9 @@ from twin.sim.fast_forward import run_length
 if TYPE_CHECKING:
     from twin.sim.simulator import SimRun, Simulator
 
+# A run through arrivals ends after this many steps: longer ones hold more segments until they
+# end than their one event saves (measured on day-scale and overloaded runs).
+RUN_STEPS = 2048
 # Runs up to this many steps keep their durations as plain floats (``Simulator._new_run``
 # sums those in a Python loop; longer ones are arrays).
 _LIST_STEPS = 64
@@ -138,7 +141,7 @@ def plan_through_arrivals(
     i = sim._arrived
     queue = list(sim.waiting)  # the waiting requests, then the arrivals as they come
     head = 0
-    limit = min(sim.config.max_steps_per_event, promise.steady_steps + 1)
+    limit = min(sim.config.max_steps_per_event, promise.steady_steps + 1, RUN_STEPS)
     model = sim.model
     predict_run = model.predict_decode_run
     reserve = rule.reserve_blocks
