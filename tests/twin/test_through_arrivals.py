@@ -1,9 +1,10 @@
 """Runs through arrivals (``twin.sim.arrivals``) are the runs stepping gives.
 
-A run that goes on through the arrivals its policy admits stands for many decisions. Each case
-runs a workload three ways: through arrivals, fast-forwarded without them (each arrival ends
-the run under way) and one iteration at a time, and asks for the same requests, the same
-iterations and, step for step, the same decisions.
+A run that goes on through the finishes and arrivals its policy's admission rule covers stands
+for many decisions. Each case runs a workload three ways: through arrivals, fast-forwarded
+without them (each arrival, or each finish while requests wait, ends the run under way) and one
+iteration at a time, and asks for the same requests, the same iterations and, step for step,
+the same decisions.
 """
 
 from __future__ import annotations
@@ -32,10 +33,14 @@ CASES = {
         dict(n=100, rate=6.0, seed=4, prompt_mean=400),
         None,
     ),
-    # Few sequences: an arrival waits for one, and the queue's promise takes over.
+    # Few sequences: an arrival waits for one.
     "few-seqs": ({"max_num_seqs": 5}, dict(n=80, rate=4.0, seed=2), None),
     # One-token outputs finish in the step that prefills them.
     "short-outputs": ({}, dict(n=100, rate=8.0, seed=5, output_mean=2), None),
+    # Overload: the queue's head waits for KV, admitted as finishes free blocks.
+    "kv-bound": ({}, dict(n=120, rate=40.0, seed=5, prompt_mean=500), 600),
+    # The head waits for a free sequence.
+    "seq-bound": ({"max_num_seqs": 6}, dict(n=80, rate=30.0, seed=2), None),
     "no-caching": (
         {"enable_prefix_caching": False, "watermark": 0.0},
         dict(n=100, rate=10.0, seed=8, prompt_mean=400),
