@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -57,7 +58,7 @@ class ArrivalPhase:
     the run ends (with the tokens done)."""
 
     segments: list[tuple[BatchShape, int]]
-    ids: list[list[int]]
+    ids: list[array]
     groups: list[list[tuple[Request, int, int]] | None]
     members: list[Request]
     starts: list[int]
@@ -93,7 +94,7 @@ def plan_through_arrivals(
     chunks = batch.prefill
     n_dec = len(decodes)
     n_all = n_dec + len(chunks)
-    if len(sim.running) != n_all:
+    if len(sim.running) != n_all or len(sim._pending) >= 1 << 31:
         return None  # a running request outside the batch: not the state the rule is about
     members: list[Request] = decodes + [c.request for c in chunks]
     # Every member holds the blocks of its tokens and no more, so its blocks at each step
@@ -117,7 +118,8 @@ def plan_through_arrivals(
     residues = [0] * bs
     quotients = 0
     heap = []
-    active: list[int] = []
+    # The decoding members' ids as the token log stores them: a segment's copy is one memcpy.
+    active = array(sim.tokens.ids.typecode)
     based = 0
     for m in range(n_all):
         if caps[m] > 1:
@@ -219,7 +221,7 @@ def plan_through_arrivals(
             )
             step = model.predict(mixed, sms, None, 0)
             segments.append((mixed, 1))
-            seg_ids.append(active + [r.id for r in completing])
+            seg_ids.append(active + array(active.typecode, [r.id for r in completing]))
             groups.append(chunks_here)
             joins.extend((s, r) for r in new)
             flat.append(step)
@@ -280,7 +282,7 @@ def plan_through_arrivals(
                 durations = predict_run(n, ctx, steps, sms, None, 0)
             durations = durations[:steps]
             segments.append((BatchShape.decode(n, ctx), steps))
-            seg_ids.append(active.copy())
+            seg_ids.append(active[:])
             groups.append(None)
             if isinstance(durations, list):
                 flat += durations
@@ -329,11 +331,14 @@ def apply_arrival_run(sim: Simulator, run: SimRun, now: float, step_ends) -> Non
     running, waiting, kv = sim.running, sim.waiting, sim.kv
     for step, req in phase.joins:
         began = float(ends[step - 1])
-        if req.status is not Status.WAITING or req not in waiting:
+        try:
+            if req.status is not Status.WAITING:
+                raise ValueError
+            waiting.remove(req)
+        except ValueError:
             raise SchedulingError(
                 f"request {req.id} was planned to join at {began:.6f} s but is not waiting"
-            )
-        waiting.remove(req)
+            ) from None
         running.append(req)
         req.status = Status.RUNNING
         if math.isnan(req.scheduled_s):
