@@ -134,17 +134,24 @@ def test_a_run_through_arrivals_logs_the_same_tokens_without_token_times(name, h
     budget=st.integers(64, 4096),
     seqs=st.integers(1, 64),
     caching=st.booleans(),
+    queue_head=st.sampled_from([1, 3, 256]),
 )
-def test_any_light_workload_runs_through_arrivals_as_stepped(
-    h100_model, n, rate, seed, prompt_mean, output_mean, blocks, budget, seqs, caching
+def test_any_workload_runs_through_arrivals_as_stepped(
+    h100_model, n, rate, seed, prompt_mean, output_mean, blocks, budget, seqs, caching, queue_head
 ):
+    import twin.sim.arrivals as arrivals
+
     workload = make_workload(n, rate, seed, prompt_mean, output_mean)
     params = {
         "max_num_batched_tokens": budget,
         "max_num_seqs": seqs,
         "enable_prefix_caching": caching,
     }
-    _, through, _ = _simulate(workload, params, blocks, h100_model)
+    seen, arrivals.QUEUE_HEAD = arrivals.QUEUE_HEAD, queue_head
+    try:
+        _, through, _ = _simulate(workload, params, blocks, h100_model)
+    finally:
+        arrivals.QUEUE_HEAD = seen
     _, plain, _ = _simulate(workload, params, blocks, h100_model, through=False)
     _, stepped, _ = _simulate(workload, params, blocks, h100_model, fast_forward=False)
     assert_same_run(through, stepped)
@@ -180,3 +187,15 @@ def test_prefix_hashes_or_aborts_keep_runs_from_passing_arrivals(h100_model):
     assert not Simulator(hashed, policies.get("vllm"), h100_model).runs_through_arrivals
     unhashed = Simulator(hashed, policies.get("vllm", enable_prefix_caching=False), h100_model)
     assert unhashed.runs_through_arrivals
+
+
+def test_a_run_that_sees_only_the_head_of_a_long_queue_is_still_stepping(h100_model, monkeypatch):
+    import twin.sim.arrivals as arrivals
+
+    monkeypatch.setattr(arrivals, "QUEUE_HEAD", 2)
+    params, load, blocks = CASES["kv-bound"]
+    workload = make_workload(**load)
+    _, through, joined = _simulate(workload, params, blocks, h100_model)
+    _, stepped, _ = _simulate(workload, params, blocks, h100_model, fast_forward=False)
+    assert joined
+    assert_same_run(through, stepped)

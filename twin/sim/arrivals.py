@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 # A run through arrivals ends after this many steps: longer ones hold more segments until they
 # end than their one event saves (measured on day-scale and overloaded runs).
 RUN_STEPS = 2048
+# How much of a long queue a run through arrivals looks at (it admits one request a finish).
+QUEUE_HEAD = 256
 # Runs up to this many steps keep their durations as plain floats (``Simulator._new_run``
 # sums those in a Python loop; longer ones are arrays).
 _LIST_STEPS = 64
@@ -141,7 +143,10 @@ def plan_through_arrivals(
     pending, times = sim._pending, sim._arrival_times
     total = len(pending)
     i = sim._arrived
-    queue = list(sim.waiting)  # the waiting requests, then the arrivals as they come
+    # The queue's head: the waiting requests (the first QUEUE_HEAD of a long queue, a run
+    # admitting them all ends there), then the arrivals as they come.
+    queue = sim.waiting[:QUEUE_HEAD]
+    cut = len(sim.waiting) > QUEUE_HEAD
     head = 0
     limit = min(sim.config.max_steps_per_event, promise.steady_steps + 1, RUN_STEPS)
     model = sim.model
@@ -163,8 +168,11 @@ def plan_through_arrivals(
             req = pending[i]
             i += 1
             if not sim.rejection(req.prompt_tokens, req.output_tokens):
-                queue.append(req)
+                if not cut:
+                    queue.append(req)
                 passed += 1
+        if cut and head == len(queue):
+            break  # the rest of a long queue was left out of this run
         # The policy's batch at this boundary: every decode's next token, the next chunks of
         # the prompts being prefilled, then the queue's requests in order while they fit.
         used = blocks_at(s) + fill_held
@@ -208,6 +216,8 @@ def plan_through_arrivals(
                 tokens_left -= length
                 seqs_left -= 1
                 free -= need
+            if cut and head == len(queue):
+                new = None  # the next request of a long queue is beyond what this run saw
             if new is None:
                 break
         if chunks_here:
