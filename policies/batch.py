@@ -75,13 +75,16 @@ def _decode_shape(n_decode: int, decode_ctx_sum: int) -> BatchShape:
 
 @dataclass(frozen=True, slots=True)
 class ArrivalAdmission:
-    """How a policy admits requests that arrive while its steady decode batch runs with
-    nobody waiting: at the next step, in arrival order, each whole in one prefill chunk
-    beside every running decode, while its prompt fits the ``token_budget`` left after the
-    decodes and the prompts before it, a sequence of ``max_seqs`` is free and its blocks fit
-    leaving ``reserve_blocks`` free. A request whose prefix the KV cache may hold (one with
-    block hashes, under prefix caching) is not covered. After that step the batch of every
-    running request is steady with the same promise (``Batch.admits_arrivals``)."""
+    """How a policy's steps go while every running request decodes or prefills its prompt in
+    chunks: each step takes every decode's next token, then the next chunk of each prompt
+    being prefilled (in admission order, while the ``token_budget`` left after the decodes
+    lasts), then the queue's requests first come first served, each with a first chunk of its
+    prompt up to the budget left, while a sequence of ``max_seqs`` is free and its blocks fit
+    leaving ``reserve_blocks`` free; the first that does not fit stops the admissions. A step
+    whose decodes' or chunks' blocks do not fit preempts, and a queued request whose prefix the
+    KV cache may hold (one with block hashes, under prefix caching) is not covered: there the
+    policy must be asked. Carried by ``Batch.admits_arrivals``.
+    """
 
     token_budget: int
     max_seqs: int
@@ -128,10 +131,10 @@ class Batch:
     ``past_finishes`` widens a steady promise past its requests' finishes: when some finish,
     the batch of the rest is steady with the same promise (nothing else runs or waits).
 
-    ``admits_arrivals`` widens a steady promise with nobody waiting through arrivals
-    (``ArrivalAdmission``): the policy's batch after an arrival follows from the rule, and the
-    batch after that is steady again with the same promise. Engines may run all of it as one
-    (the simulator does while its KV accounting shows every block fits).
+    ``admits_arrivals`` widens a steady promise through arrivals and finishes
+    (``ArrivalAdmission``): the policy's batch at every step boundary while the rule holds
+    follows from the rule. Engines may run all of it as one (the simulator does, within its
+    exact count of the KV blocks).
     """
 
     prefill: list[PrefillChunk] = field(default_factory=list)

@@ -1,20 +1,23 @@
-"""Runs through arrivals: a mixed step and the steady decoding after it, then the arrivals the
-policy admits as they come, as one run.
+"""Runs through arrivals: steady decoding, the finishes and arrivals inside it and the steps
+that admit the queue, as one run.
 
-A batch with prefill chunks may carry the policy's promise of the steady decode batch after it
-(``Batch.then``), and that promise may say how the policy admits arrivals while nobody waits
-(``Batch.admits_arrivals``, an ``ArrivalAdmission``). The simulator knows the workload's
-arrivals in advance, so it can plan past them: at the step boundary after an arrival, the
-next batch is that arrival's whole prompt beside every running decode, and the batch after it
-the steady decoding of all, with the same promise. One run then stands for many decisions:
-segments of steady decoding cut at finishes, and the mixed steps where arrivals join.
+A steady decode batch, or a batch with prefill chunks and the steady decoding it promises
+after it (``Batch.then``), may carry its policy's admission rule (``Batch.admits_arrivals``,
+an ``ArrivalAdmission``): how each of its steps goes while every running request decodes or
+prefills its prompt in chunks. The simulator knows the workload's arrivals in advance, so it
+applies the rule at every step boundary where something changes (an arrival, a finish): the
+decodes' next tokens, the next chunks of the prompts being prefilled, then the queue's
+requests in order while each one's first chunk fits. Between those boundaries the batch is the
+same steady decode batch, or the step after a chunk. One run then stands for many decisions:
+segments of steady decoding, and the one-step mixed batches that prefill.
 
-The run ends at the first boundary where the rule does not admit every arrival due (the
-token budget, a free sequence, a prompt that may hit the prefix cache), where the blocks of
-the next steps might not fit, at the step limit, or when every member has finished: the
-policy then decides afresh, as it would at that step. Blocks are counted as if finished
-members kept theirs and each member's last block were full (every block of the run is taken
-when it starts), so the KV test never passes where stepping would not.
+KV blocks are counted exactly: a decoding member holds ceil(tokens / block size) blocks, so
+the blocks of all of them at a step follow from a count per residue of their tokens, and a
+finished member's blocks return at its finish. The run ends where the rule does not cover the
+next step: a decode's or a chunk's block that does not fit (the policy preempts), a queued
+request that may hit the prefix cache, every member finished, or ``RUN_STEPS``. The policy then
+decides afresh, as it would at that step. The blocks are taken when the run ends, after the
+finished members free theirs (no one reads the cache while a simulated run executes).
 """
 
 from __future__ import annotations

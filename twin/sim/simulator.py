@@ -5,8 +5,9 @@ each batch the core launches ends with an event at its predicted time, when the 
 it and asks the policy again. In split mode the two lanes share HBM: whenever either lane
 starts or finishes a batch, the other's remaining time is re-rated with its new co-runner
 (``twin.core.contention``), not frozen at launch. Decode-only batches the policy marks steady
-are advanced several iterations per event (``twin.sim.fast_forward``), so the result equals
-stepping one iteration at a time.
+are advanced several iterations per event (``twin.sim.fast_forward``); a policy that states
+how its steps admit the queue runs through the arrivals and finishes that rule covers
+(``twin.sim.arrivals``). Either way the result equals stepping one iteration at a time.
 """
 
 from __future__ import annotations
