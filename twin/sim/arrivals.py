@@ -117,31 +117,11 @@ def plan_through_arrivals(
     caps = [r.output_tokens - r.generated for r in members]
     bases = [r.kv_tokens for r in decodes] + [c.start + c.length - 1 for c in chunks]
     starts = [0] * n_all
-    # A member decoding at step s holds ceil((base + 1 + s) / bs) blocks after that step's
-    # grant: with base + 1 = q * bs + r, that is q + ceil((r + s) / bs). Members are kept as
-    # the sum of q and a count per r, so the blocks of all of them at a step cost O(1).
-    residues = [0] * bs
-    quotients = 0
-    heap = []
-    # The decoding members' ids as the token log stores them: a segment's copy is one memcpy.
-    active = array(sim.tokens.ids.typecode)
-    based = 0
+    decoding = _Decoding(bs, sim.tokens.ids.typecode)
     for m in range(n_all):
         if caps[m] > 1:
-            b = bases[m]
-            q, r = divmod(b + 1, bs)
-            quotients += q
-            residues[r] += 1
-            based += b
-            heap.append((caps[m] - 1, m))
-            active.append(members[m].id)
-    heapq.heapify(heap)
-    n = len(active)
-
-    def blocks_at(step: int) -> int:
-        a, b = divmod(step, bs)
-        held = quotients + n * (a + 1) + (sum(residues[bs + 1 - b :]) if b > 1 else 0)
-        return held - residues[0] if b == 0 else held
+            decoding.join(m, members[m].id, bases[m], caps[m] - 1)
+    active, heap, blocks_at = decoding.ids, decoding.heap, decoding.blocks_at
 
     pending, times = sim._pending, sim._arrival_times
     total = len(pending)
@@ -158,15 +138,16 @@ def plan_through_arrivals(
     caching = kv.prefix_caching
 
     segments: list[tuple[BatchShape, int]] = []
-    seg_ids: list[list[int]] = []
-    groups: list[list[Request] | None] = []
-    joins: list[tuple[int, list[Request]]] = []
+    seg_ids: list[array] = []
+    groups: list[list[tuple[Request, int, int]] | None] = []
+    joins: list[tuple[int, Request]] = []
     flat = [first]  # every step's predicted seconds, in order
     passed = 0  # finishes and arrivals the run went through
     filling: list[list] = []  # admitted prompts not yet prefilled: [request, tokens done]
     fill_held = 0  # the blocks they hold
     s, t = 1, now + first
-    while n and s < limit:
+    while decoding.n and s < limit:
+        n = decoding.n
         while i < total and times[i] <= t:  # arrived by this boundary: queued, or refused
             req = pending[i]
             i += 1
@@ -229,7 +210,7 @@ def plan_through_arrivals(
                 prefill_q=tuple(length for _, _, length in chunks_here),
                 prefill_ctx=tuple(start for _, start, _ in chunks_here),
                 n_decode=n,
-                decode_ctx_sum=based + n * s + n,
+                decode_ctx_sum=decoding.ctx_at(s),
                 sampled=n + len(completing),
             )
             step = model.predict(mixed, sms, None, 0)
@@ -239,20 +220,20 @@ def plan_through_arrivals(
             joins.extend((s, r) for r in new)
             flat.append(step)
             t += step
-            written = {id(r): start + length for r, start, length in chunks_here}
-            kept = []
-            for req, done in filling:
-                kept.append([req, written.get(id(req), done)])
-            for req in new:
-                kept.append([req, written[id(req)]])
-            filling = []
-            fill_held = 0
-            for entry in kept:
+            # The continued chunks are the first of ``filling``, in its order; the new
+            # requests' chunks follow them.
+            continued = len(chunks_here) - len(new)
+            for entry, (_, start, length) in zip(
+                filling[:continued], chunks_here[:continued], strict=True
+            ):
+                entry[1] = start + length
+            filling += [[req, length] for req, _, length in chunks_here[continued:]]
+            left = []
+            for entry in filling:
                 req, done = entry
                 target = req.prefill_target
                 if done < target:
-                    filling.append(entry)
-                    fill_held += -(-done // bs)
+                    left.append(entry)
                     continue
                 m = len(members)
                 cap = req.output_tokens - req.generated
@@ -262,13 +243,9 @@ def plan_through_arrivals(
                 b = target - s - 1
                 bases.append(b)
                 if cap > 1:
-                    active.append(req.id)
-                    heapq.heappush(heap, (s + cap - 1, m))
-                    based += b
-                    q, r = divmod(b + 1, bs)
-                    quotients += q
-                    residues[r] += 1
-                    n += 1
+                    decoding.join(m, req.id, b, s + cap - 1)
+            filling = left
+            fill_held = sum(-(-done // bs) for _, done in filling)
             s += 1
         elif filling:
             break  # prompts left half prefilled with no budget for them: asked afresh
@@ -289,7 +266,7 @@ def plan_through_arrivals(
                 k = lo  # the next boundary's check ends the run
             if k < 1:
                 break
-            ctx = based + n * s + n
+            ctx = decoding.ctx_at(s)
             steps, durations = run_length(sim, n, ctx, k, due - t, sms, None, 0)
             if durations is None:
                 durations = predict_run(n, ctx, steps, sms, None, 0)
@@ -304,16 +281,7 @@ def plan_through_arrivals(
                 flat += durations.tolist()
                 t += float(durations.sum())
             s += steps
-        while heap and heap[0][0] < s:  # the members whose last token came before step s
-            _, m = heapq.heappop(heap)
-            active.remove(members[m].id)
-            b = bases[m]
-            based -= b
-            q, r = divmod(b + 1, bs)
-            quotients -= q
-            residues[r] -= 1
-            n -= 1
-            passed += 1
+        passed += decoding.drop_finished(s, members, bases)
     if not passed and not joins:
         return None
     durations = flat if s <= _LIST_STEPS else np.array(flat)
@@ -324,6 +292,61 @@ def plan_through_arrivals(
         [(req, done) for req, done in filling],
     )  # fmt: skip
     return run
+
+
+class _Decoding:
+    """The run's decoding members: their ids in admission order, a heap of (last token's
+    step, member), and what their KV blocks and context follow from.
+
+    A member decoding at step s holds base + s tokens and, after that step's grant,
+    ceil((base + 1 + s) / bs) blocks: with base + 1 = q * bs + r, that is q + ceil((r + s) / bs).
+    Members are kept as the sum of q and a count per r, so the blocks of all of them at a
+    step cost O(1)."""
+
+    __slots__ = ("bs", "ids", "heap", "residues", "quotients", "based", "n")
+
+    def __init__(self, bs: int, typecode: str) -> None:
+        self.bs = bs
+        self.ids = array(typecode)  # as the token log stores them: a segment's copy is a memcpy
+        self.heap: list[tuple[int, int]] = []
+        self.residues = [0] * bs
+        self.quotients = 0
+        self.based = 0
+        self.n = 0
+
+    def join(self, m: int, rid: int, base: int, last: int) -> None:
+        q, r = divmod(base + 1, self.bs)
+        self.quotients += q
+        self.residues[r] += 1
+        self.based += base
+        self.n += 1
+        self.ids.append(rid)
+        heapq.heappush(self.heap, (last, m))
+
+    def drop_finished(self, s: int, members: list[Request], bases: list[int]) -> int:
+        """Take out the members whose last token came before step ``s``; how many."""
+        heap, gone = self.heap, 0
+        while heap and heap[0][0] < s:
+            _, m = heapq.heappop(heap)
+            self.ids.remove(members[m].id)
+            b = bases[m]
+            q, r = divmod(b + 1, self.bs)
+            self.quotients -= q
+            self.residues[r] -= 1
+            self.based -= b
+            self.n -= 1
+            gone += 1
+        return gone
+
+    def ctx_at(self, s: int) -> int:
+        """Context a decode step at ``s`` attends to: every member's tokens and its new one."""
+        return self.based + self.n * (s + 1)
+
+    def blocks_at(self, s: int) -> int:
+        bs, residues = self.bs, self.residues
+        a, b = divmod(s, bs)
+        held = self.quotients + self.n * (a + 1) + (sum(residues[bs + 1 - b :]) if b > 1 else 0)
+        return held - residues[0] if b == 0 else held
 
 
 def apply_arrival_run(sim: Simulator, run: SimRun, now: float, step_ends) -> None:
@@ -370,12 +393,15 @@ def apply_arrival_run(sim: Simulator, run: SimRun, now: float, step_ends) -> Non
         req.kv_tokens = done
     keep = sim.keep_token_times
     finished: list[tuple[int, int]] = []
+    alive: list[int] = []  # the members still decoding when the run ends
     for m, req in enumerate(members):
         start, cap = starts[m], caps[m]
         made = steps - start
         if made >= cap:
             made = cap
             finished.append((start + cap - 1, m))
+        else:
+            alive.append(m)
         req.kv_tokens += made
         req.generated += made
         if keep:
@@ -392,17 +418,17 @@ def apply_arrival_run(sim: Simulator, run: SimRun, now: float, step_ends) -> Non
         sim._finish(members[m], now if step == steps - 1 else float(ends[step]))
     # The blocks of the run's tokens, taken now that the finished have freed theirs: the
     # tables stepping leaves, block for block in number (no one reads them during the run).
-    done = {m for _, m in finished}
-    for m, req in enumerate(members):
-        if m not in done:
-            kv.grow(req.id, req.kv_tokens)
-            if m >= n_first:
-                kv.commit(req, req.prefill_target)
+    for m in alive:
+        req = members[m]
+        kv.grow(req.id, req.kv_tokens)
+        if m >= n_first:
+            kv.commit(req, req.prefill_target)
     for req, tokens in phase.filling:
         kv.grow(req.id, tokens)
         kv.commit(req, tokens)
-    for m in range(len(batch.decode), len(members)):
-        if m not in done:
+    n_dec = len(batch.decode)
+    for m in alive:
+        if m >= n_dec:
             sim._prefill_done(members[m])
     sim._record(run, step_ends)
     sim._sample()
